@@ -1,0 +1,276 @@
+"""Save and load adapters: safetensors weights, PEFT's config, graphpeft's manifest.
+
+A saved adapter directory holds
+  - ``adapter_model.safetensors``: tensors under PEFT's keys (``base_model.model.<fqn>.<suffix>``);
+  - ``adapter_config.json``: PEFT's config, when PEFT can express the adapter (PEFT then loads it);
+  - ``graphpeft.json``: the manifest: rules, sites, tensor shapes, versions, base-graph fingerprint.
+Adapters other than ``default`` go in sub-folders named after them (PEFT's layout).
+Writes are atomic: everything is written to a temporary sibling folder that is renamed into place.
+Loading reads only JSON and safetensors; nothing is unpickled or executed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from .errors import GraphPeftError, LoadError, SaveError
+from .match import ResolvedRule
+from .methods import get_method
+from .peft_format import PREFIX, lora_config, rules_from_peft_config
+from .rules import Pattern, Rule
+from .runtime import GraphPeftModel, check_adapter_name
+
+MANIFEST = "graphpeft.json"
+WEIGHTS = "adapter_model.safetensors"
+PEFT_CONFIG = "adapter_config.json"
+FORMAT_VERSION = 1
+
+
+def fingerprint(model: GraphPeftModel) -> str:
+    """sha256 over the base graph's op sites (key, module class, weight shape)."""
+    rows = [[s.key, s.cls.rsplit(".", 1)[-1], list(s.weight_shape or ())] for s in model.sites() if s.op != "module"]
+    return hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest()
+
+
+def adapter_tensors(model: GraphPeftModel, adapter: str) -> dict[str, torch.Tensor]:
+    """One adapter's tensors under PEFT's keys, ready to save (contiguous CPU copies)."""
+    out = {}
+    for site, claim in model.adapter_specs[adapter].claims.values():
+        for suffix, tensor in get_method(claim.method).state(site, model.adapters, adapter).items():
+            out[f"{PREFIX}{site.fqn}.{suffix}"] = tensor.detach().to("cpu").contiguous().clone()
+    return out
+
+
+def manifest(model: GraphPeftModel, adapter: str, tensors: dict[str, torch.Tensor], peft_ok: bool) -> dict[str, Any]:
+    import transformers
+
+    from . import __version__
+
+    spec = model.adapter_specs[adapter]
+    base = model.base_model
+    return {
+        "format": "graphpeft-adapter",
+        "format_version": FORMAT_VERSION,
+        "adapter_name": adapter,
+        "versions": {"graphpeft": __version__, "torch": torch.__version__, "transformers": transformers.__version__},
+        "model": {
+            "class": type(base).__name__,
+            "model_type": getattr(getattr(base, "config", None), "model_type", None),
+            "fingerprint": fingerprint(model),
+        },
+        "rules": [_rule_record(r) for r in spec.rules],
+        "sites": {
+            key: {
+                "rule": claim.rule,
+                "method": claim.method,
+                "options": claim.options,
+                "tensors": {
+                    k[len(PREFIX) + len(site.fqn) + 1:]: list(v.shape)
+                    for k, v in tensors.items()
+                    if k.startswith(f"{PREFIX}{site.fqn}.")
+                },
+            }
+            for key, (site, claim) in spec.claims.items()
+        },
+        "weights": WEIGHTS,
+        "peft_compatible": peft_ok,
+    }
+
+
+def _rule_record(resolved: ResolvedRule) -> dict[str, Any]:
+    record = resolved.rule.to_dict()
+    record["targets"] = [p.to_dict() for _, p in resolved.patterns]
+    record["source"] = resolved.source
+    return record
+
+
+def save_pretrained(model: GraphPeftModel, directory: str | os.PathLike, adapter_names: list[str] | None = None, overwrite: bool = False) -> None:
+    """Write the adapters to ``directory`` (default at the top, others in sub-folders)."""
+    names = list(adapter_names) if adapter_names is not None else list(model.adapter_specs)
+    for name in names:
+        model._spec(name)
+    target = Path(directory)
+    if target.exists() and not target.is_dir():
+        raise SaveError(f"cannot save to {target}: it exists and is not a directory")
+    if target.is_dir() and any(target.iterdir()) and not overwrite:
+        raise SaveError(f"{target} already holds files; pass overwrite=True to replace it, or choose a new directory")
+    parent = target.resolve().parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        _clean_stale(parent, target.name)
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=parent))
+    except OSError as exc:
+        raise SaveError(f"cannot write to {parent}: {exc.strerror or exc}; choose a writable directory") from None
+    try:
+        for name in names:
+            folder = staging if name == "default" else staging / name
+            folder.mkdir(exist_ok=True)
+            _write_adapter(model, name, folder)
+        _fsync_tree(staging)
+        _swap_into_place(staging, target)
+    except BaseException as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        if isinstance(exc, OSError):
+            raise SaveError(f"saving to {target} failed: {exc.strerror or exc}; the previous contents are unchanged") from None
+        raise
+
+
+def _write_adapter(model: GraphPeftModel, name: str, folder: Path) -> None:
+    tensors = adapter_tensors(model, name)
+    peft = lora_config(model.base_model, model.adapter_specs[name].claims)
+    save_file(tensors, str(folder / WEIGHTS), metadata={"format": "pt"})
+    if peft is not None:
+        (folder / PEFT_CONFIG).write_text(json.dumps(peft, indent=2, sort_keys=True) + "\n")
+    (folder / MANIFEST).write_text(json.dumps(manifest(model, name, tensors, peft is not None), indent=2) + "\n")
+
+
+def _fsync_tree(folder: Path) -> None:
+    for path in folder.rglob("*"):
+        if path.is_file():
+            with open(path, "rb") as handle:
+                os.fsync(handle.fileno())
+
+
+def _swap_into_place(staging: Path, target: Path) -> None:
+    if not target.exists():
+        os.rename(staging, target)
+        return
+    old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
+    os.rename(target, old)
+    os.rename(staging, target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _clean_stale(parent: Path, name: str) -> None:
+    """Remove temporary folders left by a save that was killed midway."""
+    for stale in parent.glob(f".{name}.tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    for stale in parent.glob(f".{name}.old-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------- load
+def read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise LoadError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except json.JSONDecodeError as exc:
+        raise LoadError(f"{path} is not valid JSON ({exc}); the file is corrupted, save the adapter again") from None
+    if not isinstance(data, dict):
+        raise LoadError(f"{path} must hold a JSON object")
+    return data
+
+
+def read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise LoadError(f"{path} is missing; an adapter directory needs {WEIGHTS}")
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as handle:
+            return {key: handle.get_tensor(key) for key in handle.keys()}
+    except Exception as exc:  # safetensors raises its own error types for truncated or corrupt files
+        raise LoadError(f"{path} is not a readable safetensors file ({type(exc).__name__}: {exc}); it may be truncated or corrupted") from None
+
+
+def load_into(model: GraphPeftModel, directory: str | os.PathLike, adapter_name: str = "default", is_trainable: bool = False) -> None:
+    """Add the adapter saved in ``directory`` to ``model``; on any error ``model`` is unchanged."""
+    check_adapter_name(adapter_name)
+    folder = Path(directory)
+    if not folder.is_dir():
+        raise LoadError(f"{folder} is not a directory; pass the folder save_pretrained wrote")
+    if (folder / MANIFEST).is_file():
+        record = read_json(folder / MANIFEST)
+        rules = _rules_from_manifest(record, folder)
+    elif (folder / PEFT_CONFIG).is_file():
+        record = None
+        rules = rules_from_peft_config(read_json(folder / PEFT_CONFIG), model.sites())
+    else:
+        raise LoadError(f"{folder} holds neither {MANIFEST} nor {PEFT_CONFIG}; it is not an adapter directory")
+    tensors = read_tensors(folder / WEIGHTS)
+    grads = {id(p): p.requires_grad for p in model.base_model.parameters()}
+    try:
+        model.add_adapter(adapter_name, rules)
+        if record is not None:
+            _check_manifest(model, adapter_name, record, folder)
+        _copy_tensors(model, adapter_name, tensors, folder)
+    except BaseException as exc:
+        model.delete_adapter_state(adapter_name)
+        for param in model.base_model.parameters():
+            param.requires_grad_(grads.get(id(param), param.requires_grad))
+        if isinstance(exc, GraphPeftError) and not isinstance(exc, LoadError):
+            raise LoadError(f"cannot load {folder} onto {type(model.base_model).__name__}: {exc}") from exc
+        raise
+    if not is_trainable:
+        for param in model.adapter_parameters(adapter_name).values():
+            param.requires_grad_(False)
+
+
+def _rules_from_manifest(record: dict[str, Any], folder: Path) -> list[ResolvedRule]:
+    version = record.get("format_version")
+    if record.get("format") != "graphpeft-adapter" or not isinstance(version, int):
+        raise LoadError(f"{folder / MANIFEST} is not a graphpeft manifest")
+    if version > FORMAT_VERSION:
+        raise LoadError(
+            f"{folder / MANIFEST} has format_version {version}, newer than this graphpeft reads ({FORMAT_VERSION}); "
+            "upgrade graphpeft"
+        )
+    resolved = []
+    try:
+        for raw in record["rules"]:
+            patterns = tuple(Pattern.from_dict(t, f"manifest rule {raw['name']!r}") for t in raw["targets"])
+            options = {k: v for k, v in raw.items() if k not in ("name", "method", "targets", "required", "source", "also")}
+            rule = Rule(raw["name"], raw["method"], patterns, options, raw.get("required", True))
+            resolved.append(ResolvedRule(rule, tuple((p.to_dict().__repr__(), p) for p in patterns), raw.get("source", MANIFEST)))
+    except (KeyError, TypeError) as exc:
+        raise LoadError(f"{folder / MANIFEST} is malformed (missing or wrong field {exc}); save the adapter again") from None
+    except GraphPeftError as exc:
+        raise LoadError(f"{folder / MANIFEST} holds an invalid rule: {exc}") from None
+    return resolved
+
+
+def _check_manifest(model: GraphPeftModel, adapter: str, record: dict[str, Any], folder: Path) -> None:
+    saved = record.get("model", {})
+    if saved.get("fingerprint") != fingerprint(model):
+        raise LoadError(
+            f"{folder} was saved for a different base graph (fingerprint mismatch: saved for "
+            f"{saved.get('class')} / {saved.get('model_type')}, loading onto {type(model.base_model).__name__}); "
+            "load it onto the base model it was trained on"
+        )
+    claimed = set(model.adapter_specs[adapter].claims)
+    expected = set(record.get("sites", {}))
+    if claimed != expected:
+        missing = sorted(expected - claimed)[:3]
+        raise LoadError(f"{folder}: the rules select other sites on this model than when saved (e.g. {missing}); wrong base model?")
+
+
+def _copy_tensors(model: GraphPeftModel, adapter: str, tensors: dict[str, torch.Tensor], folder: Path) -> None:
+    used = set()
+    for site, claim in model.adapter_specs[adapter].claims.values():
+        method = get_method(claim.method)
+        wanted = {}
+        for suffix, param in method.state(site, model.adapters, adapter).items():
+            key = f"{PREFIX}{site.fqn}.{suffix}"
+            if key not in tensors:
+                raise LoadError(f"{folder / WEIGHTS} lacks tensor {key!r}; the file does not belong to this adapter config")
+            if tuple(tensors[key].shape) != tuple(param.shape):
+                raise LoadError(
+                    f"{folder / WEIGHTS}: tensor {key!r} has shape {tuple(tensors[key].shape)}, but this model needs "
+                    f"{tuple(param.shape)}; the adapter was made for a base model of another size"
+                )
+            wanted[suffix] = tensors[key].to(device=param.device, dtype=param.dtype)
+            used.add(key)
+        method.load_state(site, model.adapters, adapter, wanted)
+    unused = sorted(set(tensors) - used)
+    if unused:
+        raise LoadError(f"{folder / WEIGHTS} holds tensors no site of this model takes, e.g. {unused[:3]}; wrong base model?")

@@ -1,0 +1,86 @@
+"""Adapter methods. Each module here defines one :class:`Method` and registers it.
+
+A method says which op kinds it adapts, which options it takes, how to create
+its parameters for a site, how to rewrite a site node into an adapter subgraph,
+and (if it can) how to merge into and unmerge from the base weight.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+from torch import nn
+
+from ..errors import RuleError, did_you_mean
+
+if TYPE_CHECKING:
+    from ..options import Option
+    from ..rewrite import SiteEditor
+    from ..sites import Site
+
+
+class Method:
+    """Interface every adapter method implements."""
+
+    name: ClassVar[str]
+    options: ClassVar[dict[str, Option]]
+    site_ops: ClassVar[tuple[str, ...]]
+    mergeable: ClassVar[bool] = False
+    peft_type: ClassVar[str | None] = None
+
+    def check_site(self, site: Site, options: dict[str, Any]) -> str | None:
+        """Why this method cannot adapt ``site`` with ``options`` (None = it can)."""
+        return None
+
+    def create(self, site: Site, options: dict[str, Any], model: nn.Module, store: nn.Module, adapter: str) -> None:
+        """Create this adapter's parameters for ``site`` inside ``store``."""
+        raise NotImplementedError
+
+    def rewrite(self, edit: SiteEditor) -> None:
+        """Insert the adapter subgraph for one site."""
+        raise NotImplementedError
+
+    def merge(self, site: Site, options: dict[str, Any], model: nn.Module, store: nn.Module, adapter: str) -> None:
+        raise NotImplementedError(f"{self.name} adapters cannot be merged")
+
+    def unmerge(self, site: Site, options: dict[str, Any], model: nn.Module, store: nn.Module, adapter: str) -> None:
+        raise NotImplementedError(f"{self.name} adapters cannot be unmerged")
+
+    def state(self, site: Site, store: nn.Module, adapter: str) -> dict[str, torch.Tensor]:
+        """This adapter's tensors for ``site``, keyed by PEFT's per-module key suffix."""
+        raise NotImplementedError
+
+    def load_state(self, site: Site, store: nn.Module, adapter: str, tensors: dict[str, torch.Tensor]) -> None:
+        """Copy tensors (keys as :meth:`state` returns them) into the parameters."""
+        raise NotImplementedError
+
+
+_REGISTRY: dict[str, Method] = {}
+
+
+def register(method: Method) -> Method:
+    _REGISTRY[method.name] = method
+    return method
+
+
+def get_method(name: Any, where: str = "") -> Method:
+    _load_builtin()
+    if not isinstance(name, str) or name not in _REGISTRY:
+        prefix = f"{where}: " if where else ""
+        shown = name if isinstance(name, str) else repr(name)
+        raise RuleError(
+            f"{prefix}unknown method {shown!r}{did_you_mean(str(name), _REGISTRY)}; "
+            f"available methods are {', '.join(sorted(_REGISTRY))}"
+        )
+    return _REGISTRY[name]
+
+
+def method_names() -> list[str]:
+    _load_builtin()
+    return sorted(_REGISTRY)
+
+
+def _load_builtin() -> None:
+    if not _REGISTRY:
+        from . import lora, train  # noqa: F401  (registers on import)

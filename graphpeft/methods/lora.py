@@ -1,0 +1,259 @@
+"""LoRA (and rsLoRA, DoRA) on linear, GPT-2 Conv1D, embedding and conv2d sites.
+
+For a linear site with weight W (out, in) and input x (..., in):
+
+    y = W x + b + scale · B (A (dropout(x)))      A: (r, in), B: (out, r)
+
+with scale = alpha / r, or alpha / √r for rsLoRA. DoRA (as PEFT defines it)
+rescales each output row by m / ‖W + scale·B A‖ (norm taken on detached LoRA
+weights, then detached): y = m̂ ⊙ (W x + scale · B A x) + b.
+Embedding sites use A: (r, vocab), B: (dim, r) and no dropout, as PEFT does.
+Parameter names and on-disk keys follow PEFT.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..options import Option, positive, probability
+from ..rewrite import SiteEditor, container
+from ..sites import Site
+from . import Method, register
+
+aten = torch.ops.aten
+
+
+def scale_of(options: dict[str, Any]) -> float:
+    """alpha / r, or alpha / sqrt(r) with rsLoRA."""
+    r = options["r"]
+    return options["alpha"] / (math.sqrt(r) if options["rslora"] else r)
+
+
+def _slots(site: Site) -> tuple[str, str]:
+    return ("lora_embedding_A", "lora_embedding_B") if site.op == "embedding" else ("lora_A", "lora_B")
+
+
+def _weight_out_in(site: Site, weight: torch.Tensor) -> torch.Tensor:
+    """The base weight as (out, in) (embedding: (dim, vocab))."""
+    if site.op == "embedding" or site.transposed:
+        return weight.t()
+    return weight
+
+
+class LoRA(Method):
+    name = "lora"
+    site_ops = ("linear", "embedding", "conv2d")
+    mergeable = True
+    peft_type = "LORA"
+    options = {
+        "r": Option(int, 8, "rank of the update", check=positive),
+        "alpha": Option((int, float), 8, "scale numerator (PEFT's lora_alpha)", check=positive),
+        "dropout": Option((int, float), 0.0, "dropout on the adapter input (linear sites)", check=probability),
+        "rslora": Option(bool, False, "scale by alpha/sqrt(r) instead of alpha/r"),
+        "dora": Option(bool, False, "weight-decomposed LoRA (magnitude vector per output)"),
+        "init": Option(str, "default", "initialisation", choices=("default", "gaussian", "random")),
+    }
+
+    def check_site(self, site: Site, options: dict[str, Any]) -> str | None:
+        if site.op not in self.site_ops:
+            return f"LoRA adapts {', '.join(self.site_ops)} sites, not {site.op}"
+        if site.op == "conv2d" and options["dora"]:
+            return "DoRA on conv2d sites is not supported by graphpeft"
+        return None
+
+    # ------------------------------------------------------------------ parameters
+    def create(self, site: Site, options: dict[str, Any], model: nn.Module, store: nn.Module, adapter: str) -> None:
+        weight = model.get_parameter(site.weight)
+        r, init = options["r"], options["init"]
+        kwargs = {"device": weight.device, "dtype": weight.dtype}
+        if weight.dtype in (torch.float16, torch.bfloat16):
+            kwargs["dtype"] = torch.float32  # adapters train in fp32 (PEFT's autocast_adapter_dtype)
+        if site.op == "conv2d":
+            out_ch, in_ch, kh, kw = weight.shape
+            a = torch.empty(r, in_ch, kh, kw, **kwargs)
+            b = torch.empty(out_ch, r, 1, 1, **kwargs)
+        else:
+            a = torch.empty(r, site.in_features, **kwargs)
+            b = torch.empty(site.out_features, r, **kwargs)
+        if weight.device.type != "meta":
+            _initialise(site, a, b, r, init)
+        slot_a, slot_b = _slots(site)
+        host = container(store, site.fqn)
+        for slot, tensor in ((slot_a, a), (slot_b, b)):
+            if slot not in host._modules:
+                host.register_module(slot, nn.ParameterDict())
+            host._modules[slot][adapter] = nn.Parameter(tensor)
+        if options["dora"]:
+            if "lora_magnitude_vector" not in host._modules:
+                host.register_module("lora_magnitude_vector", nn.ParameterDict())
+            magnitude = torch.empty(site.out_features, **kwargs)
+            if weight.device.type != "meta":
+                magnitude = self._weight_norm(site, weight, a, b, scale_of(options))
+            host._modules["lora_magnitude_vector"][adapter] = nn.Parameter(magnitude)
+
+    def _delta(self, site: Site, a: torch.Tensor, b: torch.Tensor, scale: float) -> torch.Tensor:
+        """scale · B A in the base weight's own layout."""
+        if site.op == "conv2d":
+            r = a.shape[0]
+            return (b.reshape(-1, r) @ a.reshape(r, -1)).reshape(b.shape[0], *a.shape[1:]) * scale
+        delta = (b @ a) * scale  # (out, in) / (dim, vocab)
+        return delta.t() if (site.op == "embedding" or site.transposed) else delta
+
+    def _weight_norm(self, site: Site, weight: torch.Tensor, a: torch.Tensor, b: torch.Tensor, scale: float) -> torch.Tensor:
+        """‖W + scale·B A‖ per output row, shape (out,)."""
+        with torch.no_grad():
+            combined = _weight_out_in(site, weight).to(a.dtype) + scale * (b @ a)
+            return torch.linalg.norm(combined, dim=1)
+
+    # ------------------------------------------------------------------ rewrite
+    def rewrite(self, edit: SiteEditor) -> None:
+        site, node, options = edit.site, edit.node, edit.options
+        scale = scale_of(options)
+        if site.op == "embedding":
+            return self._rewrite_embedding(edit, scale)
+        x = node.args[1] if site.transposed else node.args[0]
+        dropout = options["dropout"] if edit.training else 0.0
+        x_in = edit.call(aten.dropout.default, x, float(dropout), True, role="lora_dropout") if dropout > 0 else x
+        a, b = edit.param("lora_A"), edit.param("lora_B")
+        if site.op == "conv2d":
+            stride = node.args[3] if len(node.args) > 3 else [1, 1]
+            padding = node.args[4] if len(node.args) > 4 else [0, 0]
+            down = edit.call(aten.conv2d.default, x_in, a, None, stride, padding, role="lora_down")
+            up = edit.call(aten.conv2d.default, down, b, role="lora_up")
+        else:
+            down = edit.call(aten.linear.default, x_in, a, role="lora_down")
+            up = edit.call(aten.linear.default, down, b, role="lora_up")
+        if not options["dora"]:
+            delta = edit.call(aten.mul.Tensor, up, scale, role="lora_scale")
+            out = edit.call(aten.add.Tensor, node, delta, role="lora_add")
+            edit.redirect(out)
+            return
+        # DoRA: delta = (m̂ - 1) ⊙ (W x) + m̂ ⊙ scale · B A x, with m̂ = m / ‖W + scale·BA‖ (detached).
+        weight = node.args[2] if site.transposed else node.args[1]
+        w_oi = edit.call(aten.t.default, weight, role="dora_weight_t") if site.transposed else weight
+        norm = self._norm_nodes(edit, w_oi, a, b, scale)
+        mag = edit.call(aten.div.Tensor, edit.param("lora_magnitude_vector"), norm, role="dora_mag_scale")
+        if dropout > 0:
+            base = edit.call(aten.linear.default, x_in, w_oi, role="dora_base")
+        else:
+            bias = node.args[0] if site.transposed else (node.args[2] if len(node.args) > 2 else None)
+            base = edit.call(aten.sub.Tensor, node, bias, role="dora_base") if bias is not None else node
+        mag_minus = edit.call(aten.sub.Tensor, mag, 1.0, role="dora_mag_minus_one")
+        base_part = edit.call(aten.mul.Tensor, base, mag_minus, role="dora_base_scaled")
+        lora_part = edit.call(aten.mul.Tensor, edit.call(aten.mul.Tensor, up, mag, role="dora_lora_mag"), scale, role="lora_scale")
+        delta = edit.call(aten.add.Tensor, base_part, lora_part, role="dora_delta")
+        out = edit.call(aten.add.Tensor, node, delta, role="lora_add")
+        edit.redirect(out)
+
+    def _norm_nodes(self, edit: SiteEditor, w_oi: Any, a: Any, b: Any, scale: float) -> Any:
+        lora_w = edit.call(aten.detach.default, edit.call(aten.mm.default, b, a, role="dora_lora_weight"), role="dora_lora_weight_detached")
+        combined = edit.call(aten.add.Tensor, w_oi, edit.call(aten.mul.Tensor, lora_w, scale, role="dora_lora_weight_scaled"), role="dora_combined")
+        norm = edit.call(aten.linalg_vector_norm.default, combined, 2, [1], role="dora_weight_norm")
+        return edit.call(aten.detach.default, norm, role="dora_weight_norm_detached")
+
+    def _rewrite_embedding(self, edit: SiteEditor, scale: float) -> None:
+        node, options = edit.node, edit.options
+        ids = node.args[1]
+        padding_idx = node.args[2] if len(node.args) > 2 else -1
+        a, b = edit.param("lora_embedding_A"), edit.param("lora_embedding_B")
+        a_t = edit.call(aten.t.default, a, role="lora_embedding_A_t")
+        down = edit.call(aten.embedding.default, a_t, ids, padding_idx, role="lora_down")
+        up = edit.call(aten.matmul.default, down, edit.call(aten.t.default, b, role="lora_embedding_B_t"), role="lora_up")
+        scaled = edit.call(aten.mul.Tensor, up, scale, role="lora_scale")
+        if not options["dora"]:
+            out = edit.call(aten.add.Tensor, node, scaled, role="lora_add")
+            edit.redirect(out)
+            return
+        # PEFT's DoRA embedding: y = m̂ ⊙ (E[ids] + scale · A^T[ids] B^T), m̂ over the embedding dim.
+        w_t = edit.call(aten.t.default, node.args[0], role="dora_weight_t")
+        norm = self._norm_nodes(edit, w_t, a, b, scale)
+        mag = edit.call(aten.div.Tensor, edit.param("lora_magnitude_vector"), norm, role="dora_mag_scale")
+        total = edit.call(aten.add.Tensor, node, scaled, role="dora_sum")
+        out = edit.call(aten.mul.Tensor, total, mag, role="lora_add")
+        edit.redirect(out)
+
+    # ------------------------------------------------------------------ merge
+    def merge(self, site: Site, options: dict[str, Any], model: nn.Module, store: nn.Module, adapter: str) -> None:
+        weight = model.get_parameter(site.weight)
+        a, b = self._ab(site, store, adapter)
+        scale = scale_of(options)
+        with torch.no_grad():
+            delta = self._delta(site, a.float(), b.float(), scale)
+            merged = weight.float() + delta
+            if options["dora"]:
+                norm = self._weight_norm(site, weight.float(), a.float(), b.float(), scale)
+                factor = self._magnitude(site, store, adapter).float() / norm
+                _dora_norms(store, site)[adapter] = norm
+                merged = merged * (factor.view(1, -1) if (site.op == "embedding" or site.transposed) else factor.view(-1, 1))
+            weight.copy_(merged.to(weight.dtype))
+
+    def unmerge(self, site: Site, options: dict[str, Any], model: nn.Module, store: nn.Module, adapter: str) -> None:
+        weight = model.get_parameter(site.weight)
+        a, b = self._ab(site, store, adapter)
+        with torch.no_grad():
+            restored = weight.float()
+            if options["dora"]:
+                norm = _dora_norms(store, site).pop(adapter)
+                factor = self._magnitude(site, store, adapter).float() / norm
+                restored = restored / (factor.view(1, -1) if (site.op == "embedding" or site.transposed) else factor.view(-1, 1))
+            restored = restored - self._delta(site, a.float(), b.float(), scale_of(options))
+            weight.copy_(restored.to(weight.dtype))
+
+    def _ab(self, site: Site, store: nn.Module, adapter: str) -> tuple[torch.Tensor, torch.Tensor]:
+        slot_a, slot_b = _slots(site)
+        host = container(store, site.fqn, create=False)
+        return host._modules[slot_a][adapter], host._modules[slot_b][adapter]
+
+    def _magnitude(self, site: Site, store: nn.Module, adapter: str) -> torch.Tensor:
+        return container(store, site.fqn, create=False)._modules["lora_magnitude_vector"][adapter]
+
+    # ------------------------------------------------------------------ state
+    def state(self, site: Site, store: nn.Module, adapter: str) -> dict[str, torch.Tensor]:
+        a, b = self._ab(site, store, adapter)
+        if site.op == "embedding":
+            out = {"lora_embedding_A": a, "lora_embedding_B": b}
+        else:
+            out = {"lora_A.weight": a, "lora_B.weight": b}
+        host = container(store, site.fqn, create=False)
+        magnitudes = host._modules.get("lora_magnitude_vector")
+        if magnitudes is not None and adapter in magnitudes:
+            out["lora_magnitude_vector"] = magnitudes[adapter]
+        return out
+
+    def load_state(self, site: Site, store: nn.Module, adapter: str, tensors: dict[str, torch.Tensor]) -> None:
+        for key, param in self.state(site, store, adapter).items():
+            with torch.no_grad():
+                param.copy_(tensors[key])
+
+
+def _initialise(site: Site, a: torch.Tensor, b: torch.Tensor, r: int, init: str) -> None:
+    if site.op == "embedding":
+        if init == "random":
+            nn.init.normal_(a)
+        else:
+            nn.init.zeros_(a)
+        nn.init.normal_(b)
+        return
+    if init == "gaussian":
+        nn.init.normal_(a, std=1 / r)
+    else:
+        nn.init.kaiming_uniform_(a, a=math.sqrt(5))
+    if init == "random":
+        nn.init.kaiming_uniform_(b, a=math.sqrt(5))
+    else:
+        nn.init.zeros_(b)
+
+
+def _dora_norms(store: nn.Module, site: Site) -> dict[str, torch.Tensor]:
+    """Weight norms cached at merge time, so unmerge can invert the DoRA factor."""
+    host = container(store, site.fqn, create=False)
+    if "_dora_merge_norms" not in host.__dict__:
+        host.__dict__["_dora_merge_norms"] = {}
+    return host.__dict__["_dora_merge_norms"]
+
+
+register(LoRA())

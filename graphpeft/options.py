@@ -1,0 +1,76 @@
+"""Typed, validated option schemas for adapter methods.
+
+A method declares its options once (name, type, default, constraint); rule
+files, Python ``Rule`` objects and ``apply(**overrides)`` are all checked
+against the same schema, so every bad value fails the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import RuleError, did_you_mean
+
+
+@dataclass(frozen=True)
+class Option:
+    """One method option: ``kind`` is the accepted Python type(s); ``check`` returns
+    an error text for a bad value or ``None``; ``choices`` lists the allowed values."""
+
+    kind: type | tuple[type, ...]
+    default: Any
+    doc: str
+    check: Callable[[Any], str | None] | None = None
+    choices: tuple[Any, ...] | None = None
+
+
+def positive(value: Any) -> str | None:
+    return None if value > 0 else "must be > 0"
+
+
+def probability(value: Any) -> str | None:
+    return None if 0.0 <= value < 1.0 else "must be in [0, 1)"
+
+
+def _type_name(kind: type | tuple[type, ...]) -> str:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    return " or ".join(k.__name__ for k in kinds)
+
+
+def validate_options(
+    schema: Mapping[str, Option], given: Mapping[str, Any], where: str
+) -> dict[str, Any]:
+    """Fill defaults and check ``given`` against ``schema``.
+
+    ``where`` names the rule (``"rule 'lora' in passes/llama.toml"``) for the message.
+    Returns a new dict with every option of the schema.
+    """
+    out = {name: opt.default for name, opt in schema.items()}
+    for key, value in given.items():
+        if key not in schema:
+            raise RuleError(
+                f"{where}: unknown key {key!r}{did_you_mean(key, schema)}; "
+                f"valid keys are {', '.join(sorted(schema))}"
+            )
+        opt = schema[key]
+        kinds = opt.kind if isinstance(opt.kind, tuple) else (opt.kind,)
+        # bool is an int subclass: refuse True where a number is meant and vice versa.
+        bad_bool = isinstance(value, bool) and bool not in kinds
+        if bad_bool or not isinstance(value, kinds):
+            raise RuleError(
+                f"{where}: key {key!r} must be {_type_name(opt.kind)}, got {value!r} "
+                f"({type(value).__name__})"
+            )
+        if opt.choices is not None and value not in opt.choices:
+            raise RuleError(
+                f"{where}: key {key!r} is {value!r}{did_you_mean(str(value), map(str, opt.choices))}; "
+                f"choose one of {', '.join(repr(c) for c in opt.choices)}"
+            )
+        if opt.check is not None:
+            problem = opt.check(value)
+            if problem:
+                raise RuleError(f"{where}: key {key!r} = {value!r} {problem}")
+        out[key] = value
+    return out

@@ -1,0 +1,189 @@
+"""PEFT's on-disk format: ``adapter_config.json`` and tensor keys, both directions.
+
+PEFT 0.21 keys are ``base_model.model.<fqn>.<suffix>`` with the adapter name
+removed (``lora_A.weight``, ``lora_embedding_A``, ``lora_magnitude_vector``;
+``modules_to_save`` copies under the module's own parameter names).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from torch import nn
+
+from .errors import LoadError
+from .match import ResolvedRule
+from .rules import Pattern, Rule
+from .sites import Site
+
+PREFIX = "base_model.model."
+PEFT_VERSION = "0.21.2"
+
+_TASK_BY_CLASS_SUFFIX = (
+    ("ForCausalLM", "CAUSAL_LM"),
+    ("LMHeadModel", "CAUSAL_LM"),
+    ("ForConditionalGeneration", "SEQ_2_SEQ_LM"),
+    ("ForSeq2SeqLM", "SEQ_2_SEQ_LM"),
+    ("ForSequenceClassification", "SEQ_CLS"),
+    ("ForTokenClassification", "TOKEN_CLS"),
+    ("ForQuestionAnswering", "QUESTION_ANS"),
+)
+
+LORA_CONFIG_DEFAULTS: dict[str, Any] = {
+    "alora_invocation_tokens": None,
+    "alpha_pattern": {},
+    "arrow_config": None,
+    "auto_mapping": None,
+    "base_model_name_or_path": None,
+    "bias": "none",
+    "corda_config": None,
+    "ensure_weight_tying": False,
+    "eva_config": None,
+    "exclude_modules": None,
+    "fan_in_fan_out": False,
+    "inference_mode": True,
+    "init_lora_weights": True,
+    "kasa_config": None,
+    "layer_replication": None,
+    "layers_pattern": None,
+    "layers_to_transform": None,
+    "loftq_config": {},
+    "lora_alpha": 8,
+    "lora_bias": False,
+    "lora_dropout": 0.0,
+    "lora_ga_config": None,
+    "megatron_config": None,
+    "megatron_core": "megatron.core",
+    "modules_to_save": None,
+    "monteclora_config": None,
+    "peft_type": "LORA",
+    "peft_version": PEFT_VERSION,
+    "qalora_group_size": 16,
+    "r": 8,
+    "rank_pattern": {},
+    "revision": None,
+    "target_modules": None,
+    "target_parameters": None,
+    "task_type": None,
+    "trainable_token_indices": None,
+    "use_bdlora": None,
+    "use_dora": False,
+    "use_qalora": False,
+    "use_rslora": False,
+    "velora_config": None,
+}
+
+
+def task_type(model: nn.Module) -> str | None:
+    name = type(model).__name__
+    for suffix, task in _TASK_BY_CLASS_SUFFIX:
+        if name.endswith(suffix):
+            return task
+    return None
+
+
+def lora_config(model: nn.Module, claims: dict[str, tuple[Site, Any]]) -> dict[str, Any] | None:
+    """PEFT's ``adapter_config.json`` for an adapter, or None if PEFT cannot express it."""
+    lora = [(s, c) for s, c in claims.values() if c.method == "lora"]
+    trained = [s.fqn for s, c in claims.values() if c.method == "train"]
+    if not lora or any(c.method not in ("lora", "train") for _, c in claims.values()):
+        return None
+    shared = {(c.options["dropout"], c.options["rslora"], c.options["dora"]) for _, c in lora}
+    if len(shared) > 1 or len({s.fqn for s, _ in lora}) != len(lora):
+        return None  # PEFT has one dropout/rslora/dora per adapter and one LoRA per module
+    first = lora[0][1].options
+    config = dict(LORA_CONFIG_DEFAULTS)
+    config.update(
+        {
+            "base_model_name_or_path": getattr(getattr(model, "config", None), "_name_or_path", None) or None,
+            "task_type": task_type(model),
+            "r": first["r"],
+            "lora_alpha": first["alpha"],
+            "lora_dropout": first["dropout"],
+            "use_rslora": first["rslora"],
+            "use_dora": first["dora"],
+            "init_lora_weights": {"default": True, "gaussian": "gaussian", "random": False}[first["init"]],
+            "fan_in_fan_out": any(s.transposed for s, _ in lora),
+            "target_modules": sorted(s.fqn for s, _ in lora),
+            "rank_pattern": {s.fqn: c.options["r"] for s, c in lora if c.options["r"] != first["r"]},
+            "alpha_pattern": {s.fqn: c.options["alpha"] for s, c in lora if c.options["alpha"] != first["alpha"]},
+            "modules_to_save": sorted(trained) or None,
+        }
+    )
+    return config
+
+
+def rules_from_peft_config(config: dict[str, Any], sites: list[Site]) -> list[ResolvedRule]:
+    """Rules that select exactly the modules PEFT would adapt with this LoRA config."""
+    peft_type = config.get("peft_type")
+    if peft_type != "LORA":
+        raise LoadError(f"PEFT adapter type {peft_type!r} is not supported by graphpeft.load yet (LORA is)")
+    for key, fine in (("bias", "none"), ("lora_bias", False), ("layer_replication", None), ("target_parameters", None)):
+        if config.get(key, fine) not in (fine, [], {}):
+            raise LoadError(f"PEFT config sets {key}={config[key]!r}, which graphpeft does not support")
+    targets = config.get("target_modules")
+    candidates = [s for s in sites if s.op in ("linear", "embedding", "conv2d")]
+    chosen = [s for s in candidates if _peft_targets(s.fqn, targets, config)]
+    if not chosen:
+        raise LoadError(
+            f"PEFT config target_modules={targets!r} selects no linear/embedding/conv2d module of this model; "
+            "is this adapter for another architecture?"
+        )
+    groups: dict[tuple[int, float], list[str]] = {}
+    for site in chosen:
+        r = _pattern_value(site.fqn, config.get("rank_pattern") or {}, config.get("r", 8))
+        alpha = _pattern_value(site.fqn, config.get("alpha_pattern") or {}, config.get("lora_alpha", 8))
+        groups.setdefault((r, alpha), []).append(site.fqn)
+    resolved = []
+    for i, ((r, alpha), fqns) in enumerate(groups.items()):
+        options = {
+            "r": int(r),
+            "alpha": alpha,
+            "dropout": float(config.get("lora_dropout", 0.0) or 0.0),
+            "rslora": bool(config.get("use_rslora", False)),
+            "dora": bool(config.get("use_dora", False)),
+        }
+        pattern = Pattern(module=tuple(_escape_glob(f) for f in dict.fromkeys(fqns)))
+        rule = Rule(f"peft_lora_{i}" if i else "peft_lora", "lora", (pattern,), options)
+        resolved.append(ResolvedRule(rule, (("target_modules", pattern),), "adapter_config.json"))
+    saved = config.get("modules_to_save") or []
+    if saved:
+        names = "|".join(re.escape(n) for n in saved)
+        pattern = Pattern(op="module", regex=rf"(.*\.)?({names})")
+        rule = Rule("peft_modules_to_save", "train", (pattern,), {}, required=False)
+        resolved.append(ResolvedRule(rule, (("modules_to_save", pattern),), "adapter_config.json"))
+    return resolved
+
+
+def _escape_glob(fqn: str) -> str:
+    return re.sub(r"([*?\[])", r"[\1]", fqn)
+
+
+def _peft_targets(fqn: str, targets: Any, config: dict[str, Any]) -> bool:
+    if targets is None:
+        return False
+    if isinstance(targets, str):
+        hit = re.fullmatch(targets, fqn) is not None
+    else:
+        hit = any(fqn == t or fqn.endswith("." + t) for t in targets)
+    exclude = config.get("exclude_modules")
+    if hit and exclude:
+        if isinstance(exclude, str):
+            hit = re.fullmatch(exclude, fqn) is None
+        else:
+            hit = not any(fqn == e or fqn.endswith("." + e) for e in exclude)
+    layers = config.get("layers_to_transform")
+    if hit and layers is not None:
+        from .rules import layer_index
+
+        wanted = [layers] if isinstance(layers, int) else list(layers)
+        hit = layer_index(fqn) in wanted
+    return hit
+
+
+def _pattern_value(fqn: str, patterns: dict[str, Any], default: Any) -> Any:
+    for key, value in patterns.items():
+        if re.match(rf"(.*\.)?({key})$", fqn):
+            return value
+    return default

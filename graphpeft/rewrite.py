@@ -1,0 +1,144 @@
+"""Materialize: turn annotated site nodes into adapter subgraphs.
+
+Matching only writes ``node.meta["graphpeft.claims"]``; this pass reads those
+claims and lets each method insert its nodes through a :class:`SiteEditor`,
+which names new nodes after their site (``model_layers_0_self_attn_q_proj_lora_A``),
+copies the site's ``nn_module_stack`` onto them and attaches the adapter
+parameters to the GraphModule under the same names the runtime owns them by.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from torch import fx, nn
+
+from .sites import Site
+
+CLAIMS = "graphpeft.claims"
+ADAPTER_NODE = "graphpeft.adapter_node"
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A rule's claim on a site for one adapter."""
+
+    adapter: str
+    rule: str
+    method: str
+    options: dict[str, Any]
+
+
+def container(root: nn.Module, path: str, create: bool = True) -> nn.Module:
+    """The module at ``path`` under ``root``, creating empty modules along the way."""
+    module = root
+    for part in [p for p in path.split(".") if p]:
+        child = module._modules.get(part)
+        if child is None:
+            if not create:
+                raise AttributeError(path)
+            child = nn.Module()
+            module.register_module(part, child)
+        module = child
+    return module
+
+
+class SiteEditor:
+    """Inserts one adapter's nodes for one site, right after the site node.
+
+    ``store`` is the runtime's adapter tree (mirrors base FQNs); slots such as
+    ``lora_A`` are ``ParameterDict``/``ModuleDict`` keyed by adapter name and are
+    shared, not copied, into the GraphModule.
+    """
+
+    def __init__(self, gm: fx.GraphModule, node: fx.Node | None, site: Site, claim: Claim, store: nn.Module, training: bool):
+        self.gm = gm
+        self.node = node
+        self.site = site
+        self.claim = claim
+        self.store = store
+        self.training = training
+        self.created: set[fx.Node] = set()
+        self._cursor = node
+        self._prefix = (site.fqn or "root").replace(".", "_")
+        if site.occurrence:
+            self._prefix += f"_{site.occurrence}"
+        if claim.adapter != "default":
+            self._prefix += f"_{claim.adapter}"
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return self.claim.options
+
+    def _tag(self, new: fx.Node, role: str) -> fx.Node:
+        if self.node is not None and "nn_module_stack" in self.node.meta:
+            new.meta["nn_module_stack"] = dict(self.node.meta["nn_module_stack"])
+        new.meta[ADAPTER_NODE] = {
+            "site": self.site.key,
+            "adapter": self.claim.adapter,
+            "rule": self.claim.rule,
+            "method": self.claim.method,
+            "role": role,
+        }
+        self.created.add(new)
+        return new
+
+    def param(self, slot: str, subpath: str = "") -> fx.Node:
+        """A ``get_attr`` node for ``<fqn>.<slot>.<adapter>[.<subpath>]``."""
+        slot_container = container(self.store, f"{self.site.fqn}.{slot}", create=False)
+        host = container(self.gm, self.site.fqn)
+        if host._modules.get(slot) is not slot_container:
+            host.register_module(slot, slot_container)
+        target = ".".join(p for p in (self.site.fqn, slot, self.claim.adapter, subpath) if p)
+        with self.gm.graph.inserting_after(self._cursor):
+            new = self.gm.graph.get_attr(target)
+        new.name = self.gm.graph._graph_namespace.create_name(f"{self._prefix}_{slot}", new)
+        self._cursor = new
+        return self._tag(new, slot)
+
+    def call(self, target: Callable[..., Any], *args: Any, role: str) -> fx.Node:
+        """Insert ``target(*args)`` after the previous inserted node."""
+        with self.gm.graph.inserting_after(self._cursor):
+            new = self.gm.graph.create_node(
+                "call_function", target, args, {}, name=f"{self._prefix}_{role}"
+            )
+        self._cursor = new
+        return self._tag(new, role)
+
+    def redirect(self, output: fx.Node, original: fx.Node | None = None) -> None:
+        """Make every user of the site's result (but our own nodes) read ``output``."""
+        original = original or self.node
+        original.replace_all_uses_with(output, delete_user_cb=lambda user: user not in self.created)
+
+
+def annotate(plan: list[tuple[Site, fx.Node | None, list[Claim]]]) -> None:
+    """Record each site's claims in its node's meta (the dry-run view of the rewrite)."""
+    for _, node, claims in plan:
+        if node is not None:
+            node.meta[CLAIMS] = list(claims)
+
+
+def materialize(
+    gm: fx.GraphModule, plan: list[tuple[Site, fx.Node | None, list[Claim]]], store: nn.Module, training: bool
+) -> fx.GraphModule:
+    """Apply every claim of the plan (``node`` is None for whole-module sites), then lint and recompile."""
+    from .methods import get_method
+
+    for site, node, claims in plan:
+        for claim in claims:
+            method = get_method(claim.method)
+            method.rewrite(SiteEditor(gm, node, site, claim, store, training))
+    for node in list(gm.graph.nodes):
+        if node.op == "get_attr" and not node.users:
+            gm.graph.erase_node(node)
+    gm.graph.lint()
+    gm.recompile()
+    return gm
+
+
+def adapter_nodes(gm: fx.GraphModule) -> list[fx.Node]:
+    """The nodes graphpeft inserted into ``gm``."""
+    return [n for n in gm.graph.nodes if ADAPTER_NODE in n.meta]
+

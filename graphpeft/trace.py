@@ -1,0 +1,197 @@
+"""Trace: model + call signature -> torch.export training-IR GraphModule.
+
+For transformers models the example inputs are synthesized from the config and
+the kwargs of the actual call (their names, dtypes and ranks), with dynamic batch
+and sequence dims, so one graph serves every batch size and length. For any other
+``nn.Module`` the caller's example inputs are used as they are.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import logging
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import fx, nn
+from torch.export import Dim
+
+from .errors import TraceError
+
+EXAMPLE_BATCH, EXAMPLE_SEQ, EXAMPLE_DECODER_SEQ = 2, 8, 5
+_SEQUENCE_INPUTS = {"input_ids", "attention_mask", "token_type_ids", "position_ids", "inputs_embeds"}
+
+
+def is_transformers_model(model: nn.Module) -> bool:
+    return hasattr(getattr(model, "config", None), "model_type")
+
+
+def forward_parameters(model: nn.Module) -> list[str]:
+    return list(inspect.signature(model.forward).parameters)
+
+
+@dataclass(frozen=True)
+class Signature:
+    """What makes two calls need different graphs.
+
+    ``inputs`` holds, per kwarg, ``(name, dtype, roles)`` for tensors, where ``roles``
+    names each dim (``B`` batch, ``S`` sequence, ``T`` decoder sequence, or a fixed
+    size), or ``(name, value)`` for constants (``return_dict=False``).
+    """
+
+    inputs: tuple[tuple[Any, ...], ...]
+    training: bool
+    device: str
+
+    def names(self) -> list[str]:
+        return [entry[0] for entry in self.inputs]
+
+
+def _roles(name: str, tensor: torch.Tensor, encoder_decoder: bool) -> tuple[Any, ...]:
+    shape = tuple(tensor.shape)
+    if not shape:
+        return ()
+    if name.startswith("decoder_") or (name == "labels" and encoder_decoder and tensor.dim() == 2):
+        return ("B", "T", *shape[2:])
+    if name in _SEQUENCE_INPUTS or (name == "labels" and tensor.dim() >= 2):
+        return ("B", "S", *shape[2:]) if len(shape) >= 2 else ("B",)
+    return ("B", *shape[1:])
+
+
+def signature_of(model: nn.Module, kwargs: Mapping[str, Any], training: bool, static: bool) -> Signature:
+    """The graph key of a call. ``static`` keys on exact shapes (non-transformers models)."""
+    encoder_decoder = bool(getattr(getattr(model, "config", None), "is_encoder_decoder", False))
+    entries = []
+    device = "cpu"
+    for name in sorted(kwargs):
+        value = kwargs[name]
+        if isinstance(value, torch.Tensor):
+            roles = tuple(value.shape) if static else _roles(name, value, encoder_decoder)
+            entries.append((name, value.dtype, roles))
+            device = str(value.device)
+        else:
+            entries.append((name, _freeze(value)))
+    params = next(model.parameters(), None)
+    if params is not None:
+        device = str(params.device)
+    return Signature(tuple(entries), training, device)
+
+
+def _freeze(value: Any) -> Any:
+    try:
+        hash(value)
+        return value
+    except TypeError:
+        return repr(value)
+
+
+def _max_positions(config: Any) -> int | None:
+    for attr in ("max_position_embeddings", "n_positions", "max_positions"):
+        value = getattr(config, attr, None)
+        if isinstance(value, int) and value > EXAMPLE_SEQ:
+            return value
+    return None
+
+
+def example_inputs(model: nn.Module, signature: Signature) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Synthetic kwargs and ``dynamic_shapes`` for a transformers model and a signature."""
+    config = model.config
+    device = signature.device
+    vocab = int(getattr(config, "vocab_size", 2) or 2)
+    max_len = _max_positions(config)
+    dims = {
+        "B": Dim("batch", min=1),
+        "S": Dim("seq", min=1, max=max_len) if max_len else Dim("seq", min=1),
+        "T": Dim("decoder_seq", min=1, max=max_len) if max_len else Dim("decoder_seq", min=1),
+    }
+    sizes = {"B": EXAMPLE_BATCH, "S": EXAMPLE_SEQ, "T": EXAMPLE_DECODER_SEQ}
+    kwargs: dict[str, Any] = {}
+    shapes: dict[str, Any] = {}
+    for entry in signature.inputs:
+        if len(entry) == 2:
+            kwargs[entry[0]] = entry[1]
+            shapes[entry[0]] = None
+            continue
+        name, dtype, roles = entry
+        shape = tuple(sizes.get(r, r) for r in roles)
+        kwargs[name] = _fill(name, dtype, shape, vocab, config, device)
+        shapes[name] = {i: dims[r] for i, r in enumerate(roles) if r in dims} or None
+    return kwargs, shapes
+
+
+def _fill(name: str, dtype: torch.dtype, shape: tuple[int, ...], vocab: int, config: Any, device: str) -> torch.Tensor:
+    if dtype.is_floating_point:
+        return torch.randn(shape, dtype=dtype, device=device)
+    if dtype == torch.bool or "attention_mask" in name:
+        return torch.ones(shape, dtype=dtype, device=device)
+    if name in ("token_type_ids",):
+        return torch.zeros(shape, dtype=dtype, device=device)
+    if name.endswith("position_ids"):
+        return torch.arange(shape[-1], device=device).expand(shape).to(dtype).contiguous()
+    high = vocab
+    if name == "labels" and len(shape) == 1:
+        high = max(int(getattr(config, "num_labels", 2) or 2), 1)
+    return torch.randint(0, high, shape, dtype=dtype, device=device)
+
+
+@contextlib.contextmanager
+def _mode(model: nn.Module, training: bool):
+    previous = {m: m.training for m in model.modules()}
+    model.train(training)
+    try:
+        yield
+    finally:
+        for module, mode in previous.items():
+            module.training = mode
+
+
+@contextlib.contextmanager
+def _quiet():
+    loggers = [logging.getLogger(n) for n in ("torch._export", "torch.export", "torch._dynamo", "torch.fx.experimental.symbolic_shapes")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+def export_graph(
+    model: nn.Module,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    dynamic_shapes: Any,
+    training: bool,
+) -> fx.GraphModule:
+    """``torch.export`` (non-strict, training IR) of ``model`` in the given mode, as a GraphModule.
+
+    The GraphModule reads the model's own parameter tensors (no copy).
+    """
+    with _mode(model, training), _quiet():
+        try:
+            program = torch.export.export(model, args, kwargs, dynamic_shapes=dynamic_shapes, strict=False)
+        except Exception as exc:  # export raises many types; summarize them all the same way
+            raise TraceError(summarize_export_error(model, exc)) from exc
+        return program.module()
+
+
+def summarize_export_error(model: nn.Module, exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    first = next((line for line in text if line.strip()), type(exc).__name__)
+    if len(first) > 300:
+        first = first[:300] + "..."
+    return (
+        f"torch.export could not trace {type(model).__name__}: {type(exc).__name__}: {first}\n"
+        "graphpeft adapts models through their exported graph. Check that the model runs eagerly with these "
+        "inputs, that its forward has no data-dependent Python control flow, and for custom modules pass "
+        "example_inputs (and dynamic_shapes) that match how you call it. The full export error is chained "
+        "below (raise ... from)."
+    )
