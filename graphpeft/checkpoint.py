@@ -27,7 +27,7 @@ from safetensors.torch import save_file
 from .errors import GraphPeftError, LoadError, SaveError
 from .match import ResolvedRule
 from .methods import get_method
-from .peft_format import PREFIX, lora_config, rules_from_peft_config
+from .peft_format import PREFIX, peft_config, rules_from_peft_config
 from .rules import Pattern, Rule
 from .runtime import GraphPeftModel, check_adapter_name
 
@@ -128,7 +128,7 @@ def save_pretrained(model: GraphPeftModel, directory: str | os.PathLike, adapter
 
 def _write_adapter(model: GraphPeftModel, name: str, folder: Path) -> None:
     tensors = adapter_tensors(model, name)
-    peft = lora_config(model.base_model, model.adapter_specs[name].claims)
+    peft = peft_config(model.base_model, model.adapter_specs[name].claims)
     save_file(tensors, str(folder / WEIGHTS), metadata={"format": "pt"})
     if peft is not None:
         (folder / PEFT_CONFIG).write_text(json.dumps(peft, indent=2, sort_keys=True) + "\n")

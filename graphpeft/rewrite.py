@@ -51,9 +51,16 @@ class SiteEditor:
     ``store`` is the runtime's adapter tree (mirrors base FQNs); slots such as
     ``lora_A`` are ``ParameterDict``/``ModuleDict`` keyed by adapter name and are
     shared, not copied, into the GraphModule.
+
+    Several claims on one site compose like nested modules, in claim order: ``output``
+    is the site's result after the earlier claims (the node itself for the first), and
+    ``inner`` holds the nodes those claims created, so a later claim wraps them all.
     """
 
-    def __init__(self, gm: fx.GraphModule, node: fx.Node | None, site: Site, claim: Claim, store: nn.Module, training: bool):
+    def __init__(
+        self, gm: fx.GraphModule, node: fx.Node | None, site: Site, claim: Claim, store: nn.Module, training: bool,
+        output: fx.Node | None = None, inner: frozenset[fx.Node] = frozenset(),
+    ):
         self.gm = gm
         self.node = node
         self.site = site
@@ -61,7 +68,9 @@ class SiteEditor:
         self.store = store
         self.training = training
         self.created: set[fx.Node] = set()
-        self._cursor = node
+        self.output = output if output is not None else node
+        self.inner = inner
+        self._cursor = self.output
         self._prefix = (site.fqn or "root").replace(".", "_")
         if site.occurrence:
             self._prefix += f"_{site.occurrence}"
@@ -109,8 +118,20 @@ class SiteEditor:
 
     def redirect(self, output: fx.Node, original: fx.Node | None = None) -> None:
         """Make every user of the site's result (but our own nodes) read ``output``."""
-        original = original or self.node
+        original = original or self.output
         original.replace_all_uses_with(output, delete_user_cb=lambda user: user not in self.created)
+        if original is self.output:
+            self.output = output
+
+    def before(self) -> None:
+        """Insert the next nodes right before the site node (to rewrite its inputs)."""
+        self._cursor = self.node.prev
+
+    def replace_input(self, old: fx.Node, new: fx.Node) -> None:
+        """Make the site node, and the earlier claims' nodes, read ``new`` instead of ``old``."""
+        for user in [self.node, *self.inner]:
+            if user is not new and old in user.all_input_nodes:
+                user.replace_input_with(old, new)
 
 
 def annotate(plan: list[tuple[Site, fx.Node | None, list[Claim]]]) -> None:
@@ -127,9 +148,11 @@ def materialize(
     from .methods import get_method
 
     for site, node, claims in plan:
+        output, inner = node, frozenset()
         for claim in claims:
-            method = get_method(claim.method)
-            method.rewrite(SiteEditor(gm, node, site, claim, store, training))
+            edit = SiteEditor(gm, node, site, claim, store, training, output, inner)
+            get_method(claim.method).rewrite(edit)
+            output, inner = edit.output, inner | edit.created
     for node in list(gm.graph.nodes):
         if node.op == "get_attr" and not node.users:
             gm.graph.erase_node(node)

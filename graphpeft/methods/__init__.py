@@ -83,4 +83,4 @@ def method_names() -> list[str]:
 
 def _load_builtin() -> None:
     if not _REGISTRY:
-        from . import lora, train  # noqa: F401  (registers on import)
+        from . import bottleneck, ia3, lora, train  # noqa: F401  (registers on import)

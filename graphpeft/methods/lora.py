@@ -129,7 +129,7 @@ class LoRA(Method):
             up = edit.call(aten.linear.default, down, b, role="lora_up")
         if not options["dora"]:
             delta = edit.call(aten.mul.Tensor, up, scale, role="lora_scale")
-            out = edit.call(aten.add.Tensor, node, delta, role="lora_add")
+            out = edit.call(aten.add.Tensor, edit.output, delta, role="lora_add")
             edit.redirect(out)
             return
         # DoRA: delta = (m̂ - 1) ⊙ (W x) + m̂ ⊙ scale · B A x, with m̂ = m / ‖W + scale·BA‖ (detached).
@@ -146,7 +146,7 @@ class LoRA(Method):
         base_part = edit.call(aten.mul.Tensor, base, mag_minus, role="dora_base_scaled")
         lora_part = edit.call(aten.mul.Tensor, edit.call(aten.mul.Tensor, up, mag, role="dora_lora_mag"), scale, role="lora_scale")
         delta = edit.call(aten.add.Tensor, base_part, lora_part, role="dora_delta")
-        out = edit.call(aten.add.Tensor, node, delta, role="lora_add")
+        out = edit.call(aten.add.Tensor, edit.output, delta, role="lora_add")
         edit.redirect(out)
 
     def _norm_nodes(self, edit: SiteEditor, w_oi: Any, a: Any, b: Any, scale: float) -> Any:
@@ -165,7 +165,7 @@ class LoRA(Method):
         up = edit.call(aten.matmul.default, down, edit.call(aten.t.default, b, role="lora_embedding_B_t"), role="lora_up")
         scaled = edit.call(aten.mul.Tensor, up, scale, role="lora_scale")
         if not options["dora"]:
-            out = edit.call(aten.add.Tensor, node, scaled, role="lora_add")
+            out = edit.call(aten.add.Tensor, edit.output, scaled, role="lora_add")
             edit.redirect(out)
             return
         # PEFT's DoRA embedding: y = m̂ ⊙ (E[ids] + scale · A^T[ids] B^T), m̂ over the embedding dim.
