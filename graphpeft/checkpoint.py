@@ -183,6 +183,19 @@ def read_tensors(path: Path) -> dict[str, torch.Tensor]:
         raise LoadError(f"{path} is not a readable safetensors file ({type(exc).__name__}: {exc}); it may be truncated or corrupted") from None
 
 
+def is_adapter_folder(folder: Path) -> bool:
+    return (folder / MANIFEST).is_file() or (folder / PEFT_CONFIG).is_file()
+
+
+def adapter_folders(directory: str | os.PathLike, top_name: str = "default") -> list[tuple[str, Path]]:
+    """``(adapter name, folder)`` for the adapter at the top of ``directory`` and each sub-folder adapter."""
+    folder = Path(directory)
+    found = [(top_name, folder)] if is_adapter_folder(folder) else []
+    if folder.is_dir():
+        found += [(sub.name, sub) for sub in sorted(folder.iterdir()) if sub.is_dir() and is_adapter_folder(sub)]
+    return found or [(top_name, folder)]  # load_into explains why the folder is not an adapter
+
+
 def load_into(model: GraphPeftModel, directory: str | os.PathLike, adapter_name: str = "default", is_trainable: bool = False) -> None:
     """Add the adapter saved in ``directory`` to ``model``; on any error ``model`` is unchanged."""
     check_adapter_name(adapter_name)

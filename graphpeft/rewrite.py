@@ -94,13 +94,13 @@ class SiteEditor:
         self.created.add(new)
         return new
 
-    def param(self, slot: str, subpath: str = "") -> fx.Node:
-        """A ``get_attr`` node for ``<fqn>.<slot>.<adapter>[.<subpath>]``."""
+    def param(self, slot: str, subpath: str = "", adapter: str | None = None) -> fx.Node:
+        """A ``get_attr`` node for ``<fqn>.<slot>.<adapter>[.<subpath>]`` (``adapter``: the claim's by default)."""
         slot_container = container(self.store, f"{self.site.fqn}.{slot}", create=False)
         host = container(self.gm, self.site.fqn)
         if host._modules.get(slot) is not slot_container:
             host.register_module(slot, slot_container)
-        target = ".".join(p for p in (self.site.fqn, slot, self.claim.adapter, subpath) if p)
+        target = ".".join(p for p in (self.site.fqn, slot, adapter or self.claim.adapter, subpath) if p)
         with self.gm.graph.inserting_after(self._cursor):
             new = self.gm.graph.get_attr(target)
         new.name = self.gm.graph._graph_namespace.create_name(f"{self._prefix}_{slot}", new)

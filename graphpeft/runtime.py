@@ -89,11 +89,18 @@ class GraphPeftModel(nn.Module):
             self._sites = [site for site, _ in graph_sites(gm)] + module_sites(self.base_model)
         return self._sites
 
-    def add_adapter(self, adapter_name: str, rules: list[ResolvedRule]) -> None:
-        """Match ``rules``, create the adapter's parameters and make it active."""
+    def add_adapter(self, adapter_name: str, rules: Any, **overrides: Any) -> None:
+        """Add an adapter made by ``rules`` (every form :func:`graphpeft.apply` takes, or resolved rules).
+
+        The first adapter becomes active; later ones wait for :meth:`set_adapter`.
+        """
         check_adapter_name(adapter_name)
         if adapter_name in self.adapter_specs:
             raise AdapterError(f"adapter {adapter_name!r} already exists; delete it first or pick another name")
+        if not (isinstance(rules, list) and rules and all(isinstance(r, ResolvedRule) for r in rules)):
+            from .rulebook import resolve_rules
+
+            rules = resolve_rules(self.base_model, rules, overrides)
         claims = match(rules, self.sites(), adapter_name)
         for param in self.base_model.parameters():
             param.requires_grad_(False)
@@ -195,7 +202,10 @@ class GraphPeftModel(nn.Module):
                 raise AdapterError(f"adapter {name!r} is already merged; call unmerge() first")
             blocked = sorted(m for m in spec.methods() if not get_method(m).mergeable)
             if blocked:
-                raise AdapterError(f"adapter {name!r} uses {', '.join(blocked)}, which cannot be merged")
+                raise AdapterError(
+                    f"adapter {name!r} uses {', '.join(blocked)}, which cannot be merged (no weight can absorb a "
+                    "non-linear adapter block); run it unmerged, or merge only the other adapters"
+                )
         for name in names:
             for site, claim in self._spec(name).claims.values():
                 get_method(claim.method).merge(site, claim.options, self.base_model, self.adapters, name)
@@ -225,8 +235,17 @@ class GraphPeftModel(nn.Module):
         return self.base_model
 
     # ------------------------------------------------------------------ forward
-    def forward(self, *args: Any, **kwargs: Any) -> Any:
+    def forward(self, *args: Any, adapter_names: Sequence[str] | None = None, **kwargs: Any) -> Any:
+        """Run the base model's forward with the active adapters.
+
+        ``adapter_names`` (one name per row, ``"__base__"`` for none) runs a mixed-adapter batch:
+        each row with its own adapter, in one batched graph (see :mod:`graphpeft.mixed`).
+        """
         kwargs = self._bind(args, kwargs)
+        if adapter_names is not None:
+            from .mixed import mixed_call
+
+            return mixed_call(self, kwargs, adapter_names)
         return self._graph(kwargs)(**kwargs)
 
     def _bind(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:

@@ -36,6 +36,7 @@ class IA3(Method):
     name = "ia3"
     site_ops = ("linear",)
     mergeable = True
+    mixable = True
     peft_type = "IA3"
     options = {
         "feedforward": Option(bool, False, "scale the site's input (PEFT's feedforward_modules) instead of its output"),
@@ -70,6 +71,31 @@ class IA3(Method):
         flat = edit.call(aten.view.default, edit.param(SLOT), [-1], role="ia3_flat")
         out = edit.call(aten.mul.Tensor, edit.output, flat, role="ia3_scale")
         edit.redirect(out)
+
+    def rewrite_mixed(self, edit: SiteEditor, claims: list[Any], order: tuple[str, ...], rows: Any) -> None:
+        """Per-row IA3: vectors stacked (slots, d) with ones for slots without a claim, gathered per row."""
+        from ..mixed import check_mixable_site, gather_rows, row_shape
+
+        check_mixable_site(edit)
+        for feedforward in (False, True):  # output scaling first: it inserts after the site node
+            group = [c if c is not None and c.options["feedforward"] == feedforward else None for c in claims]
+            if not any(group):
+                continue
+            if feedforward:
+                edit.before()
+            flats = [
+                edit.call(aten.view.default, edit.param(SLOT, adapter=order[slot]), [-1], role="ia3_flat") if claim else None
+                for slot, claim in enumerate(group)
+            ]
+            template = next(f for f in flats if f is not None)
+            width = edit.site.in_features if feedforward else edit.site.out_features
+            ones = edit.call(aten.new_ones.default, template, [width], role="ia3_identity")
+            scale = row_shape(edit, gather_rows(edit, [f if f is not None else ones for f in flats], rows, "ia3"))
+            if feedforward:
+                x = edit.node.args[0]
+                edit.replace_input(x, edit.call(aten.mul.Tensor, x, scale, role="ia3_scale_input"))
+            else:
+                edit.redirect(edit.call(aten.mul.Tensor, edit.output, scale, role="ia3_scale"))
 
     # ------------------------------------------------------------------ merge
     def merge(self, site: Site, options: dict[str, Any], model: nn.Module, store: nn.Module, adapter: str) -> None:

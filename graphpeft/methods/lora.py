@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import AdapterError
 from ..options import Option, positive, probability
 from ..rewrite import SiteEditor, container
 from ..sites import Site
@@ -48,6 +49,7 @@ class LoRA(Method):
     name = "lora"
     site_ops = ("linear", "embedding", "conv2d")
     mergeable = True
+    mixable = True
     peft_type = "LORA"
     options = {
         "r": Option(int, 8, "rank of the update", check=positive),
@@ -175,6 +177,47 @@ class LoRA(Method):
         total = edit.call(aten.add.Tensor, node, scaled, role="dora_sum")
         out = edit.call(aten.mul.Tensor, total, mag, role="lora_add")
         edit.redirect(out)
+
+    def rewrite_mixed(self, edit: SiteEditor, claims: list[Any], order: tuple[str, ...], rows: Any) -> None:
+        """Per-row LoRA: A (slots, r_max, in), scale·B (slots, out, r_max), ranks zero-padded to r_max."""
+        from ..mixed import check_mixable_site, gather_rows
+
+        check_mixable_site(edit)
+        present = [c for c in claims if c is not None]
+        if any(c.options["dora"] for c in present):
+            raise AdapterError(f"DoRA adapters cannot serve mixed-adapter batches (site {edit.site.key})")
+        dropouts = {float(c.options["dropout"]) for c in present} if edit.training else {0.0}
+        if len(dropouts) > 1:
+            raise AdapterError(
+                f"adapters on site {edit.site.key} use different LoRA dropouts {sorted(dropouts)}; "
+                "a mixed-adapter training batch needs one dropout per site"
+            )
+        x = edit.node.args[0]
+        if max(dropouts) > 0:
+            x = edit.call(aten.dropout.default, x, max(dropouts), True, role="lora_dropout")
+        r_max = max(c.options["r"] for c in present)
+        a_slices, b_slices = [], []
+        for slot, claim in enumerate(claims):
+            if claim is None:
+                a_slices.append(None)
+                b_slices.append(None)
+                continue
+            pad = r_max - claim.options["r"]
+            a, b = edit.param("lora_A", adapter=order[slot]), edit.param("lora_B", adapter=order[slot])
+            if pad:
+                a = edit.call(aten.constant_pad_nd.default, a, [0, 0, 0, pad], role="lora_A_pad")
+                b = edit.call(aten.constant_pad_nd.default, b, [0, pad], role="lora_B_pad")
+            a_slices.append(a)
+            b_slices.append(edit.call(aten.mul.Tensor, b, scale_of(claim.options), role="lora_scale"))
+        template_a = next(a for a in a_slices if a is not None)
+        template_b = next(b for b in b_slices if b is not None)
+        zero_a = edit.call(aten.new_zeros.default, template_a, [r_max, edit.site.in_features], role="lora_A_zero")
+        zero_b = edit.call(aten.new_zeros.default, template_b, [edit.site.out_features, r_max], role="lora_B_zero")
+        a_rows = gather_rows(edit, [a if a is not None else zero_a for a in a_slices], rows, "lora_A")
+        b_rows = gather_rows(edit, [b if b is not None else zero_b for b in b_slices], rows, "lora_B")
+        down = edit.call(aten.einsum.default, "b...i,bri->b...r", [x, a_rows], role="lora_down")
+        up = edit.call(aten.einsum.default, "b...r,bor->b...o", [down, b_rows], role="lora_up")
+        edit.redirect(edit.call(aten.add.Tensor, edit.output, up, role="lora_add"))
 
     # ------------------------------------------------------------------ merge
     def merge(self, site: Site, options: dict[str, Any], model: nn.Module, store: nn.Module, adapter: str) -> None:
