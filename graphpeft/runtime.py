@@ -8,7 +8,9 @@ the active adapters), traced lazily; every graph reads the same parameters.
 from __future__ import annotations
 
 import contextlib
+import copy
 import inspect
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -51,6 +53,7 @@ class GraphPeftModel(nn.Module):
         self.adapter_specs: dict[str, AdapterSpec] = {}
         self.active_adapters: list[str] = []
         self._graphs: dict[Any, fx.GraphModule] = {}
+        self._exports: dict[Any, fx.GraphModule] = {}  # signature -> pristine export (never rewritten)
         self._merged: list[str] = []
         self._disabled = False
         self._transformers = is_transformers_model(model)
@@ -232,6 +235,7 @@ class GraphPeftModel(nn.Module):
         for param in self.base_model.parameters():
             param.requires_grad_(self._grad_before.get(id(param), True))
         self._graphs.clear()
+        self._exports.clear()
         return self.base_model
 
     # ------------------------------------------------------------------ forward
@@ -292,11 +296,16 @@ class GraphPeftModel(nn.Module):
         return graph
 
     def _trace(self, signature: Any, kwargs: dict[str, Any]) -> fx.GraphModule:
-        if self._transformers:
-            example, shapes = example_inputs(self.base_model, signature)
-        else:
-            example, shapes = kwargs, self._dynamic_shapes
-        return export_graph(self.base_model, (), example, shapes, signature.training)
+        """A fresh, unrewritten graph for ``signature``: exported once, then copied for each rewrite."""
+        exported = self._exports.get(signature)
+        if exported is None:
+            if self._transformers:
+                example, shapes = example_inputs(self.base_model, signature)
+            else:
+                example, shapes = kwargs, self._dynamic_shapes
+            exported = export_graph(self.base_model, (), example, shapes, signature.training)
+            self._exports[signature] = exported
+        return _copy_graph(exported)
 
     def _canonical_kwargs(self) -> dict[str, Any]:
         if not self._transformers:
@@ -340,11 +349,24 @@ class GraphPeftModel(nn.Module):
     def _apply(self, fn: Any, recurse: bool = True) -> GraphPeftModel:
         # Graphs bake devices and dtypes into some ops (arange(..., device=cpu)); retrace after .to().
         self._graphs.clear()
+        self._exports.clear()
         return super()._apply(fn, recurse)
 
     def graph(self, **kwargs: Any) -> fx.GraphModule:
         """The rewritten GraphModule that a call with these kwargs runs (for inspection)."""
         return self._graph(self._bind((), kwargs))
+
+
+def _copy_graph(gm: fx.GraphModule) -> fx.GraphModule:
+    """A new GraphModule over a copy of ``gm``'s graph that reads the same parameter tensors.
+
+    Copying takes milliseconds where a new export takes seconds. The copy drops export's
+    input-constraint hooks; the graphs are only ever called by this runtime.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch's pytree deprecations while copying the codegen
+        graph = copy.deepcopy(gm.graph)
+    return fx.GraphModule(gm, graph, class_name=type(gm).__name__)
 
 
 def check_adapter_name(name: Any) -> None:
