@@ -3,11 +3,13 @@
 Each row of the batch runs with its own adapter in one batched computation. The
 rewritten graph takes one extra input, ``graphpeft_adapter_rows`` (batch,) int64: the
 row's slot among the batch's adapters, with the last slot for ``__base__``. At every
-adapted site the methods stack their per-adapter weights along a new leading dim of
-size n_adapters + 1 (the last slot is the identity: zero LoRA update, IA3 vector of ones),
-gather one slice per row with ``index_select`` and apply it with batched einsums;
-there is no loop over adapters or rows at run time, and gradients reach every
-adapter's own parameters, so mixed batches train as well as they infer.
+adapted site the methods combine their per-adapter weights into one tensor and pick
+each row's part with ``index_select`` on the rows input:
+  - IA3 stacks its vectors (slots, d), ones in slots without a claim, gathers (batch, d);
+  - LoRA concatenates the adapters' A and B along the rank (ranks may differ) and gathers a
+    per-row mask that keeps the row adapter's rank columns, times its scale (zeros for base).
+There is no loop over adapters or rows at run time, and gradients reach every adapter's
+own parameters, so mixed batches train as well as they infer.
 """
 
 from __future__ import annotations
@@ -126,7 +128,7 @@ def rewrite_mixed(model: GraphPeftModel, gm: fx.GraphModule, order: tuple[str, .
 
 
 def gather_rows(edit: SiteEditor, slices: list[fx.Node], rows: fx.Node, role: str) -> fx.Node:
-    """Stack per-slot tensors (n_slots, ...) and pick each row's slice: (batch, ...)."""
+    """Stack per-slot tensors into (n_slots, ...) and pick each row's slice: (batch, ...)."""
     stacked = edit.call(torch.ops.aten.stack.default, slices, 0, role=f"{role}_stack")
     return edit.call(torch.ops.aten.index_select.default, stacked, 0, rows, role=f"{role}_rows")
 

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import fx, nn
 
 from .sites import Site
@@ -106,6 +107,15 @@ class SiteEditor:
         new.name = self.gm.graph._graph_namespace.create_name(f"{self._prefix}_{slot}", new)
         self._cursor = new
         return self._tag(new, slot)
+
+    def constant(self, role: str, tensor: torch.Tensor) -> fx.Node:
+        """A ``get_attr`` node for a constant tensor, kept as a buffer of the GraphModule."""
+        name = self.gm.graph._graph_namespace.create_name(f"{self._prefix}_{role}", None)
+        self.gm.register_buffer(name, tensor)
+        with self.gm.graph.inserting_after(self._cursor):
+            new = self.gm.graph.get_attr(name)
+        self._cursor = new
+        return self._tag(new, role)
 
     def call(self, target: Callable[..., Any], *args: Any, role: str) -> fx.Node:
         """Insert ``target(*args)`` after the previous inserted node."""

@@ -42,7 +42,7 @@ def test_each_row_of_a_mixed_batch_equals_that_row_run_alone_with_its_adapter(mo
             torch.testing.assert_close(mixed[i:i + 1], _row_alone(model, i, name), atol=1e-5, rtol=0)
 
 
-def test_the_mixed_graph_takes_the_row_index_as_an_input_and_gathers_once_per_stacked_weight(model):
+def test_the_mixed_graph_takes_the_row_index_as_an_input_and_gathers_once_per_site_and_method(model):
     model.eval()
     model(**INPUTS, adapter_names=NAMES)
     gm = next(g for key, g in model._graphs.items() if key[1][:1] == ("mixed",))
@@ -50,7 +50,7 @@ def test_the_mixed_graph_takes_the_row_index_as_an_input_and_gathers_once_per_st
     gathers = [n for n in gm.graph.nodes if n.target is torch.ops.aten.index_select.default]
 
     assert ROWS in placeholders
-    assert len(gathers) == 2 * 8 + 6  # LoRA A and B on 8 sites (q/k/v/o x 2 layers), one IA3 vector on 6 sites
+    assert len(gathers) == 8 + 6  # one row mask per LoRA site (q/k/v/o x 2 layers), one IA3 vector per IA3 site
 
 
 def test_mixed_batches_train_each_adapter_only_from_its_own_rows(model):

@@ -179,14 +179,20 @@ class LoRA(Method):
         edit.redirect(out)
 
     def rewrite_mixed(self, edit: SiteEditor, claims: list[Any], order: tuple[str, ...], rows: Any) -> None:
-        """Per-row LoRA: A (slots, r_max, in), scale·B (slots, out, r_max), ranks zero-padded to r_max."""
-        from ..mixed import check_mixable_site, gather_rows
+        """Per-row LoRA with the adapters' ranks concatenated: A_cat (Σr, in), B_cat (out, Σr).
+
+        down = x A_catᵀ (..., Σr) is multiplied by each row's mask (batch, Σr), which holds the row
+        adapter's scale on that adapter's rank columns and zeros elsewhere (all zeros for the base
+        slot), then up = masked B_catᵀ. Ranks may differ; no padding is needed. Two plain matmuls
+        over Σr columns cost less than per-row batched matmuls for the few adapters a batch mixes.
+        """
+        from ..mixed import check_mixable_site, row_shape
 
         check_mixable_site(edit)
-        present = [c for c in claims if c is not None]
-        if any(c.options["dora"] for c in present):
+        present = [(slot, c) for slot, c in enumerate(claims) if c is not None]
+        if any(c.options["dora"] for _, c in present):
             raise AdapterError(f"DoRA adapters cannot serve mixed-adapter batches (site {edit.site.key})")
-        dropouts = {float(c.options["dropout"]) for c in present} if edit.training else {0.0}
+        dropouts = {float(c.options["dropout"]) for _, c in present} if edit.training else {0.0}
         if len(dropouts) > 1:
             raise AdapterError(
                 f"adapters on site {edit.site.key} use different LoRA dropouts {sorted(dropouts)}; "
@@ -195,28 +201,22 @@ class LoRA(Method):
         x = edit.node.args[0]
         if max(dropouts) > 0:
             x = edit.call(aten.dropout.default, x, max(dropouts), True, role="lora_dropout")
-        r_max = max(c.options["r"] for c in present)
-        a_slices, b_slices = [], []
-        for slot, claim in enumerate(claims):
-            if claim is None:
-                a_slices.append(None)
-                b_slices.append(None)
-                continue
-            pad = r_max - claim.options["r"]
-            a, b = edit.param("lora_A", adapter=order[slot]), edit.param("lora_B", adapter=order[slot])
-            if pad:
-                a = edit.call(aten.constant_pad_nd.default, a, [0, 0, 0, pad], role="lora_A_pad")
-                b = edit.call(aten.constant_pad_nd.default, b, [0, pad], role="lora_B_pad")
-            a_slices.append(a)
-            b_slices.append(edit.call(aten.mul.Tensor, b, scale_of(claim.options), role="lora_scale"))
-        template_a = next(a for a in a_slices if a is not None)
-        template_b = next(b for b in b_slices if b is not None)
-        zero_a = edit.call(aten.new_zeros.default, template_a, [r_max, edit.site.in_features], role="lora_A_zero")
-        zero_b = edit.call(aten.new_zeros.default, template_b, [edit.site.out_features, r_max], role="lora_B_zero")
-        a_rows = gather_rows(edit, [a if a is not None else zero_a for a in a_slices], rows, "lora_A")
-        b_rows = gather_rows(edit, [b if b is not None else zero_b for b in b_slices], rows, "lora_B")
-        down = edit.call(aten.einsum.default, "b...i,bri->b...r", [x, a_rows], role="lora_down")
-        up = edit.call(aten.einsum.default, "b...r,bor->b...o", [down, b_rows], role="lora_up")
+        a_parts, b_parts, masks, width = [], [], [], 0
+        for slot, claim in present:
+            a_parts.append(edit.param("lora_A", adapter=order[slot]))
+            b_parts.append(edit.param("lora_B", adapter=order[slot]))
+            masks.append((slot, width, width + claim.options["r"], scale_of(claim.options)))
+            width += claim.options["r"]
+        template = edit.store.get_parameter(f"{edit.site.fqn}.lora_A.{order[present[0][0]]}")
+        mask = torch.zeros(len(claims), width, dtype=template.dtype, device=template.device)
+        for slot, start, stop, scale in masks:
+            mask[slot, start:stop] = scale
+        a_cat = edit.call(aten.cat.default, a_parts, 0, role="lora_A_cat") if len(a_parts) > 1 else a_parts[0]
+        b_cat = edit.call(aten.cat.default, b_parts, 1, role="lora_B_cat") if len(b_parts) > 1 else b_parts[0]
+        row_mask = edit.call(aten.index_select.default, edit.constant("lora_row_mask", mask), 0, rows, role="lora_rows")
+        down = edit.call(aten.linear.default, x, a_cat, role="lora_down")
+        masked = edit.call(aten.mul.Tensor, down, row_shape(edit, row_mask), role="lora_mask")
+        up = edit.call(aten.linear.default, masked, b_cat, role="lora_up")
         edit.redirect(edit.call(aten.add.Tensor, edit.output, up, role="lora_add"))
 
     # ------------------------------------------------------------------ merge
