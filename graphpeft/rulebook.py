@@ -55,8 +55,10 @@ def resolve_rules(
     :class:`RuleSet`, a :class:`Rule` or a list of rules.
     """
     if isinstance(rules, (str, Path)) and (".toml" in str(rules) or Path(rules).is_file()):
-        path, _, name = str(rules).partition(".toml#")
-        path = path + ".toml" if name or str(rules).endswith(".toml") else str(rules)
+        path, name = str(rules), ""
+        if ".toml#" in path:
+            path, name = path.split(".toml#", 1)
+            path += ".toml"
         ruleset = RuleSet.from_toml(path)
         if not ruleset.rules:
             raise RuleError(f"{ruleset.source} has no [[rules]]; add at least one rule")
@@ -84,7 +86,8 @@ def resolve_rules(
         )
     if overrides:
         chosen = _override(chosen, overrides)
-    return [ResolvedRule(r, tuple(ruleset.resolve(r)), ruleset.source) for r in chosen]
+    source = "<python>" if isinstance(rules, Rule) or not isinstance(rules, (str, Path, RuleSet)) else ruleset.source
+    return [ResolvedRule(r, tuple(ruleset.resolve(r)), source) for r in chosen]
 
 
 def _override(chosen: list[Rule], overrides: dict[str, Any]) -> list[Rule]:
