@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from importlib import resources
+import importlib.util
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +18,12 @@ from .rules import Rule, RuleSet
 def passes_dir() -> Path:
     """Folder of the built-in rule files (installed package data, or the source tree)."""
     try:
-        installed = Path(str(resources.files("graphpeft.passes")))
-        if installed.is_dir() and any(installed.glob("*.toml")):
-            return installed
+        spec = importlib.util.find_spec("graphpeft.passes")
     except ModuleNotFoundError:
-        pass
+        spec = None
+    for location in (spec.submodule_search_locations or []) if spec else []:
+        if any(Path(location).glob("*.toml")):
+            return Path(location)
     return Path(__file__).resolve().parent.parent / "passes"
 
 
