@@ -25,7 +25,7 @@ from .errors import AdapterError, CallError, TraceError, did_you_mean
 from .methods import get_method
 from .rewrite import Claim, SiteEditor
 from .sites import graph_sites
-from .trace import signature_of
+from .trace import clone_graph
 
 if TYPE_CHECKING:
     from .runtime import GraphPeftModel
@@ -39,12 +39,11 @@ def mixed_call(model: GraphPeftModel, kwargs: dict[str, Any], adapter_names: Seq
     order = slot_order(model, adapter_names, _batch_size(kwargs))
     device = next(model.base_model.parameters()).device
     rows = torch.tensor([order.index(n) if n != BASE else len(order) for n in adapter_names], device=device)
-    static = not model._transformers and model._dynamic_shapes is None
-    signature = signature_of(model.base_model, kwargs, model.training, static)
+    signature = model._signature(kwargs)
     key = (signature, ("mixed", *order))
     graph = model._graphs.get(key)
     if graph is None:
-        graph = model._trace(signature, kwargs)
+        graph = clone_graph(model._traced(signature, kwargs))
         rewrite_mixed(model, graph, order, signature.training)
         model._graphs[key] = graph
     return graph(**kwargs, **{ROWS: rows})
