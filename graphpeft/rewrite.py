@@ -20,6 +20,7 @@ from .sites import Site
 
 CLAIMS = "graphpeft.claims"
 ADAPTER_NODE = "graphpeft.adapter_node"
+ORIGINAL_ARGS = "graphpeft.original_args"  # a site node's args before a claim rewrote its inputs
 
 
 @dataclass(frozen=True)
@@ -133,12 +134,19 @@ class SiteEditor:
         if original is self.output:
             self.output = output
 
+    @property
+    def site_input(self) -> fx.Node:
+        """The site op's activation input as it was before any claim rewrote it (x of linear, ids of embedding)."""
+        args = self.node.meta.get(ORIGINAL_ARGS, self.node.args)
+        return args[1] if (self.site.transposed or self.site.op == "embedding") else args[0]
+
     def before(self) -> None:
         """Insert the next nodes right before the site node (to rewrite its inputs)."""
         self._cursor = self.node.prev
 
     def replace_input(self, old: fx.Node, new: fx.Node) -> None:
         """Make the site node, and the earlier claims' nodes, read ``new`` instead of ``old``."""
+        self.node.meta.setdefault(ORIGINAL_ARGS, self.node.args)
         for user in [self.node, *self.inner]:
             if user is not new and old in user.all_input_nodes:
                 user.replace_input_with(old, new)

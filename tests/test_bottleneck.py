@@ -57,7 +57,7 @@ def test_training_houlsby_lowers_the_loss_and_changes_only_adapter_weights():
     model = graphpeft.apply(base, "houlsby", reduction_factor=4).train()
     before = {k: v.detach().clone() for k, v in model.adapter_parameters().items()}
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
-    inputs = batch("llama", batch_size=4, length=12, left_pad=False)
+    inputs = batch("llama", batch_size=2, length=8, left_pad=False)
     losses = []
     for _ in range(30):
         loss = model(**inputs, labels=inputs["input_ids"]).loss

@@ -60,11 +60,10 @@ class IA3(Method):
         host._modules[SLOT][adapter] = nn.Parameter(vector)
 
     def rewrite(self, edit: SiteEditor) -> None:
-        node = edit.node
         if edit.options["feedforward"]:
             edit.before()
             flat = edit.call(aten.view.default, edit.param(SLOT), [-1], role="ia3_flat")
-            x = node.args[1] if edit.site.transposed else node.args[0]
+            x = edit.site_input
             scaled = edit.call(aten.mul.Tensor, x, flat, role="ia3_scale_input")
             edit.replace_input(x, scaled)
             return
@@ -92,7 +91,7 @@ class IA3(Method):
             ones = edit.call(aten.new_ones.default, template, [width], role="ia3_identity")
             scale = row_shape(edit, gather_rows(edit, [f if f is not None else ones for f in flats], rows, "ia3"))
             if feedforward:
-                x = edit.node.args[0]
+                x = edit.site_input
                 edit.replace_input(x, edit.call(aten.mul.Tensor, x, scale, role="ia3_scale_input"))
             else:
                 edit.redirect(edit.call(aten.mul.Tensor, edit.output, scale, role="ia3_scale"))

@@ -117,7 +117,7 @@ class LoRA(Method):
         scale = scale_of(options)
         if site.op == "embedding":
             return self._rewrite_embedding(edit, scale)
-        x = node.args[1] if site.transposed else node.args[0]
+        x = edit.site_input
         dropout = options["dropout"] if edit.training else 0.0
         x_in = edit.call(aten.dropout.default, x, float(dropout), True, role="lora_dropout") if dropout > 0 else x
         a, b = edit.param("lora_A"), edit.param("lora_B")
@@ -198,7 +198,7 @@ class LoRA(Method):
                 f"adapters on site {edit.site.key} use different LoRA dropouts {sorted(dropouts)}; "
                 "a mixed-adapter training batch needs one dropout per site"
             )
-        x = edit.node.args[0]
+        x = edit.site_input
         if max(dropouts) > 0:
             x = edit.call(aten.dropout.default, x, max(dropouts), True, role="lora_dropout")
         a_parts, b_parts, masks, width = [], [], [], 0
