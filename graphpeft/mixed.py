@@ -101,20 +101,18 @@ def rewrite_mixed(model: GraphPeftModel, gm: fx.GraphModule, order: tuple[str, .
             claims = per_method.setdefault(claim.method, [None] * (len(order) + 1))
             claims[slot] = claim
     for key, per_method in wanted.items():
-        if key not in located:
-            raise TraceError(
-                f"site {key} is not in the graph traced for this call; mixed-adapter batches need the adapters' "
-                "sites to be op sites of the traced graph (whole-module 'train' rules cannot be mixed)"
-            )
-        site, node = located[key]
-        output, inner = node, frozenset()
-        for method_name, claims in per_method.items():
-            method = get_method(method_name)
-            if not method.mixable:
+        for method_name in per_method:
+            if not get_method(method_name).mixable:
                 raise AdapterError(
                     f"{method_name} adapters cannot serve mixed-adapter batches (site {key}); "
                     "mixed batches take LoRA (linear, without DoRA) and IA3 adapters"
                 )
+        if key not in located:
+            raise TraceError(f"site {key} is not in the graph traced for this call, so the adapters cannot be placed")
+        site, node = located[key]
+        output, inner = node, frozenset()
+        for method_name, claims in per_method.items():
+            method = get_method(method_name)
             label = Claim("mixed", "+".join(c.rule for c in claims if c), method_name, {})
             edit = SiteEditor(gm, node, site, label, model.adapters, training, output, inner)
             method.rewrite_mixed(edit, claims, order, rows)

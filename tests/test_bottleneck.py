@@ -52,7 +52,7 @@ def test_parallel_adapter_reads_the_feed_forward_input():
 
 
 def test_training_houlsby_lowers_the_loss_and_changes_only_adapter_weights():
-    base = tiny_llama()
+    base = tiny_llama(layers=1)
     frozen = {k: v.clone() for k, v in base.state_dict().items()}
     model = graphpeft.apply(base, "houlsby", reduction_factor=4).train()
     before = {k: v.detach().clone() for k, v in model.adapter_parameters().items()}
@@ -72,15 +72,16 @@ def test_training_houlsby_lowers_the_loss_and_changes_only_adapter_weights():
 
 
 def test_bottleneck_sizes_come_from_reduction_factor_or_bottleneck_size():
-    by_factor = graphpeft.apply(tiny_llama(), "pfeiffer", reduction_factor=4)
-    by_size = graphpeft.apply(tiny_llama(), "pfeiffer", bottleneck_size=5)
+    model = graphpeft.apply(tiny_llama(layers=1), "pfeiffer", reduction_factor=4)
+    model.add_adapter("sized", "pfeiffer", bottleneck_size=5)
+    params = model.adapter_parameters()
 
-    assert by_factor.adapter_parameters()["model.layers.0.mlp.down_proj.adapter_down.default"].shape == (8, 32)
-    assert by_size.adapter_parameters()["model.layers.0.mlp.down_proj.adapter_up.default"].shape == (32, 5)
+    assert params["model.layers.0.mlp.down_proj.adapter_down.default"].shape == (8, 32)
+    assert params["model.layers.0.mlp.down_proj.adapter_up.sized"].shape == (32, 5)
 
 
 def test_merging_a_bottleneck_adapter_is_refused():
-    model = graphpeft.apply(tiny_llama(), "pfeiffer")
+    model = graphpeft.apply(tiny_llama(layers=1), "pfeiffer")
 
     with pytest.raises(AdapterError, match="bottleneck"):
         model.merge()

@@ -85,3 +85,12 @@ def test_gpt2_conv1d_sites_refuse_mixed_batches_with_a_clear_error():
 
     with pytest.raises(AdapterError, match="Conv1D"):
         model(**batch("gpt2"), adapter_names=["default", "__base__", "default"])
+
+
+def test_bottleneck_adapters_refuse_mixed_batches_with_a_clear_error(model):
+    model.add_adapter("bn", "pfeiffer")
+    try:
+        with pytest.raises(AdapterError, match="bottleneck adapters cannot serve mixed-adapter batches"):
+            model(**INPUTS, adapter_names=["bn", "a", "b", "c", "__base__"])
+    finally:
+        model.delete_adapter("bn")
