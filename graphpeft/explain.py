@@ -319,8 +319,8 @@ def _site_label(item: SiteReport) -> Text:
         text.append(f"#{site.occurrence}", style="dim")
     if site.weight_shape is not None and site.op in ("linear", "conv2d"):
         text.append(f" {site.in_features}→{site.out_features}", style="dim")
-    text.append(f"  ← {item.method} ", style="green")
-    text.append(f"rule {item.rule!r}, adapter {item.adapter!r}  ")
+    text.append(f"  ← {item.method}", style="green")
+    text.append(f" rule {item.rule!r} @{item.adapter}  ")
     shown = list(item.shapes.items())
     text.append(", ".join(f"{slot} {'×'.join(map(str, shape))}" for slot, shape in shown[:4]))
     if len(shown) > 4:

@@ -9,6 +9,7 @@ or its ancestor at ``depth``) into one node. Nodes graphpeft inserted carry
 
 from __future__ import annotations
 
+import copy
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,12 +26,18 @@ LEVELS = ("op", "module")
 
 
 def graphs_of(obj: Any) -> tuple[fx.GraphModule, fx.GraphModule | None]:
-    """``(graph, base graph)``: for a GraphPeftModel, the rewritten graph of the canonical call and
-    the unrewritten one (for diffs); for a GraphModule, itself and None."""
+    """``(graph, base graph)``: for a GraphPeftModel, its active adapters placed on a copy of the
+    base graph of the canonical call (the rewrite its forward runs, without a second export) and
+    that base graph; for a GraphModule, itself and None."""
     from .runtime import GraphPeftModel
 
     if isinstance(obj, GraphPeftModel):
-        return obj._graph(obj._canonical_kwargs()), obj._base_graph()
+        base = obj._base_graph()
+        rewritten = fx.GraphModule(base, copy.deepcopy(base.graph))  # shares the base's tensors
+        adapters = obj._graph_adapters()
+        if adapters:
+            obj._rewrite(rewritten, adapters, obj.training)
+        return rewritten, base
     if isinstance(obj, fx.GraphModule):
         return obj, None
     kind = type(obj).__name__
