@@ -78,6 +78,7 @@ def test_diff_lists_added_nodes_per_site_and_the_rewired_users():
 
 
 def test_dot_text_parses_back_to_the_same_graph(ops):
+    """Checked with the small DOT reader in tests/dot_reader.py (no graphviz needed)."""
     nodes, edges = read_dot(to_dot(ops))
     assert set(nodes) == set(ops.nodes)
     assert sorted(edges) == sorted(ops.edges)
@@ -85,12 +86,19 @@ def test_dot_text_parses_back_to_the_same_graph(ops):
     assert "lora / default" in nodes[adapter]["label"]
 
 
-def test_module_dot_parses_with_pydot_when_available(modules):
+@pytest.mark.parametrize("level", ["op", "module"])
+def test_dot_parses_with_pydot_when_available(level):
     pydot = pytest.importorskip("pydot", reason="pydot is not installed; the structural DOT check above still runs")
-    (parsed,) = pydot.graph_from_dot_data(to_dot(modules))
-    names = {n.get_name().strip('"') for n in parsed.get_nodes()} - {"node", "graph", "edge"}
-    assert names == set(modules.nodes)
-    assert len(parsed.get_edges()) == modules.number_of_edges()
+    graph = graphpeft.to_networkx(llama_with_lora(), level=level)
+    (parsed,) = pydot.graph_from_dot_data(to_dot(graph))
+    names: set[str] = set()
+    pending = [parsed]
+    while pending:  # op-level DOT puts each module's ops in a cluster subgraph
+        current = pending.pop()
+        names |= {n.get_name().strip('"') for n in current.get_nodes()} - {"node", "graph", "edge"}
+        pending.extend(current.get_subgraphs())
+    assert names == set(graph.nodes)
+    assert len(parsed.get_edges()) == graph.number_of_edges()
 
 
 def test_write_picks_the_format_from_the_suffix(tmp_path):
