@@ -120,3 +120,10 @@ def test_views_refuse_a_model_that_is_not_adapted():
         graphpeft.to_networkx(tiny_llama())
     with pytest.raises(UsageError, match="level must be one of op, module"):
         graphpeft.to_networkx(llama_with_lora(), level="layer")
+
+
+def test_viewed_graph_is_the_graph_forward_runs(ops):
+    model = llama_with_lora()
+    runs = model._graph(model._canonical_kwargs())
+    assert {n.name for n in runs.graph.nodes} == set(ops.nodes)
+    assert {(a.name, n.name) for n in runs.graph.nodes for a in n.all_input_nodes} == set(ops.edges)
