@@ -93,12 +93,31 @@ def build_generation_graphs(
     example, shapes = _prefill_example(base, empty)
     prefill = export_graph(base, (), example, shapes, training=False)
     place(prefill, "prefill")
+    drop_runtime_checks(prefill)
     with torch.no_grad():
         out = prefill(**example)
     example, shapes = _decode_example(base, empty, example, out)
     decode = export_graph(base, (), example, shapes, training=False, runtime_asserts=True)
     place(decode, "decode")
+    drop_runtime_checks(decode)
     return _describe(base, prefill, decode)
+
+
+_CHECK_OPS = (torch.ops.aten._assert_tensor_metadata.default, torch.ops.aten._assert_scalar.default)
+
+
+def drop_runtime_checks(gm: fx.GraphModule) -> None:
+    """Remove the dtype/shape asserts export leaves in a graph, and the size arithmetic feeding them.
+
+    They re-check, on every decode step, facts that generate() guarantees by construction
+    (int64 ids and masks, one token per row, a cache as long as the mask minus one); a
+    small model's step is mostly Python overhead, so each node counts.
+    """
+    for node in list(gm.graph.nodes):
+        if node.op == "call_function" and node.target in _CHECK_OPS:
+            gm.graph.erase_node(node)
+    gm.graph.eliminate_dead_code()
+    gm.recompile()
 
 
 def check_generative(base: Any) -> None:

@@ -119,14 +119,19 @@ def choose_tokens(logits: torch.Tensor, settings: GenerationSettings) -> torch.T
     """
     if not settings.do_sample:
         return logits.argmax(dim=-1)
+    probs = torch.softmax(warp(logits, settings), dim=-1)
+    return torch.multinomial(probs, 1, generator=settings.generator).squeeze(1)
+
+
+def warp(logits: torch.Tensor, settings: GenerationSettings) -> torch.Tensor:
+    """Temperature, top-k and top-p applied to (batch, vocab) logits; filtered tokens get -inf."""
     scores = logits / settings.temperature if settings.temperature != 1.0 else logits
     if 0 < settings.top_k < scores.shape[-1]:
         kth_best = torch.topk(scores, settings.top_k, dim=-1).values[:, -1:]
         scores = scores.masked_fill(scores < kth_best, float("-inf"))
     if settings.top_p < 1.0:
         scores = _nucleus(scores, settings.top_p)
-    probs = torch.softmax(scores, dim=-1)
-    return torch.multinomial(probs, 1, generator=settings.generator).squeeze(1)
+    return scores
 
 
 def _nucleus(scores: torch.Tensor, top_p: float) -> torch.Tensor:
