@@ -25,6 +25,7 @@ from torch import fx
 from torch.export import Dim
 
 from .errors import CallError
+from .flat_graph import FlatGraph, flat_graph
 from .kv_cache import GraphCache, GraphEncoderDecoderCache
 from .sampling import GENERATE_OPTIONS, GenerationSettings, choose_tokens, resolve_settings
 from .trace import EXAMPLE_BATCH, EXAMPLE_DECODER_SEQ, EXAMPLE_SEQ, Signature, _max_positions, export_graph, forward_parameters
@@ -269,6 +270,7 @@ class _CausalSteps:
 
     def __init__(self, graphs: GenerationGraphs):
         self.graphs = graphs
+        self.prefill_graph, self.decode_graph = flat_graph(graphs.prefill), flat_graph(graphs.decode)
 
     def first_tokens(self, input_ids: torch.Tensor) -> torch.Tensor:
         return input_ids
@@ -277,12 +279,12 @@ class _CausalSteps:
         batch, length = input_ids.shape
         self.mask = torch.cat([attention_mask, attention_mask.new_ones(batch, max_new)], dim=1)
         self.length = length
-        inputs = {"input_ids": input_ids, "attention_mask": attention_mask, self.graphs.cache_name: GraphCache()}
+        inputs = {"input_ids": input_ids, "attention_mask": attention_mask, self.graphs.cache_name: []}
         if self.graphs.takes_positions:
             positions = (attention_mask.cumsum(-1) - 1).masked_fill(attention_mask == 0, 0)
             inputs["position_ids"] = positions
             self.position = positions[:, -1:]
-        return self._run(self.graphs.prefill, inputs)
+        return self._run(self.prefill_graph, inputs)
 
     def decode(self, tokens: torch.Tensor) -> torch.Tensor:
         self.length += 1
@@ -290,12 +292,12 @@ class _CausalSteps:
         if self.graphs.takes_positions:
             self.position = self.position + 1
             inputs["position_ids"] = self.position
-        return self._run(self.graphs.decode, inputs)
+        return self._run(self.decode_graph, inputs)
 
-    def _run(self, graph: fx.GraphModule, inputs: dict[str, Any]) -> torch.Tensor:
+    def _run(self, graph: FlatGraph, inputs: dict[str, Any]) -> torch.Tensor:
         out = graph(**inputs, **self.graphs.static_inputs)
         self.cache = out[self.graphs.cache_name]
-        return out.logits[:, -1, :].float()
+        return out["logits"][0][:, -1, :].float()
 
 
 class _Seq2SeqSteps:
@@ -303,33 +305,35 @@ class _Seq2SeqSteps:
 
     def __init__(self, graphs: GenerationGraphs, base: Any):
         self.graphs = graphs
+        self.prefill_graph, self.decode_graph = flat_graph(graphs.prefill), flat_graph(graphs.decode)
         start = getattr(base.generation_config, "decoder_start_token_id", None)
         start = getattr(base.config, "decoder_start_token_id", None) if start is None else start
         if start is None:
             raise CallError(f"{type(base).__name__} has no decoder_start_token_id; set model.generation_config.decoder_start_token_id")
         self.start = int(start)
 
-    def prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new: int) -> torch.Tensor:
-        self.mask = attention_mask
-        decoder_ids = torch.full((input_ids.shape[0], 1), self.start, dtype=torch.long, device=input_ids.device)
-        out = self.graphs.prefill(
-            input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=decoder_ids,
-            **{self.graphs.cache_name: GraphEncoderDecoderCache()}, **self.graphs.static_inputs,
-        )
-        self.encoder_outputs = (out.encoder_last_hidden_state,)
-        self.cache = out[self.graphs.cache_name]
-        return out.logits[:, -1, :].float()
-
     def first_tokens(self, input_ids: torch.Tensor) -> torch.Tensor:
         return torch.full((input_ids.shape[0], 1), self.start, dtype=torch.long, device=input_ids.device)
 
+    def prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new: int) -> torch.Tensor:
+        self.mask = attention_mask
+        out = self.prefill_graph(
+            input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=self.first_tokens(input_ids),
+            **{self.graphs.cache_name: []}, **self.graphs.static_inputs,
+        )
+        self.encoder_outputs = out["encoder_last_hidden_state"]
+        return self._logits(out)
+
     def decode(self, tokens: torch.Tensor) -> torch.Tensor:
-        out = self.graphs.decode(
+        out = self.decode_graph(
             attention_mask=self.mask, encoder_outputs=self.encoder_outputs, decoder_input_ids=tokens,
             **{self.graphs.cache_name: self.cache}, **self.graphs.static_inputs,
         )
+        return self._logits(out)
+
+    def _logits(self, out: dict[str, list[torch.Tensor]]) -> torch.Tensor:
         self.cache = out[self.graphs.cache_name]
-        return out.logits[:, -1, :].float()
+        return out["logits"][0][:, -1, :].float()
 
 
 def _decode_loop(steps: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, settings: GenerationSettings) -> torch.Tensor:
