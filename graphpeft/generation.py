@@ -76,28 +76,29 @@ def build_generation_graphs(
 ) -> GenerationGraphs:
     """Export the prefill and decode graphs of ``model.base_model`` and place ``adapters`` on both.
 
-    ``rewrite(gm, phase)`` replaces the default placement (``model._rewrite``; the decode graph
-    skips sites it never computes, e.g. an encoder-decoder's encoder). The decode graph's example
+    ``rewrite(gm, phase)`` replaces the default placement (``model._rewrite``; an encoder-decoder's
+    decode graph skips the sites it never computes: the encoder and the cross-attention key/value
+    projections, whose results sit in the cache). The decode graph's example
     cache comes from running the rewritten prefill graph on synthetic inputs.
     """
     base = model.base_model
     check_generative(base)
-    encoder_decoder = bool(getattr(base.config, "is_encoder_decoder", False))
+    layout = _describe(base, None, None)
 
     def place(gm: fx.GraphModule, phase: str) -> None:
         if rewrite is not None:
             rewrite(gm, phase)
         elif adapters:
-            model._rewrite(gm, adapters, training=False, skip_missing=phase == "decode")
+            skip = phase == "decode" and layout.encoder_decoder
+            model._rewrite(gm, adapters, training=False, skip_missing=skip)
 
-    empty = _describe(base, None, None)
-    example, shapes = _prefill_example(base, empty)
+    example, shapes = _prefill_example(base, layout)
     prefill = export_graph(base, (), example, shapes, training=False)
     place(prefill, "prefill")
     drop_runtime_checks(prefill)
     with torch.no_grad():
         out = prefill(**example)
-    example, shapes = _decode_example(base, empty, example, out)
+    example, shapes = _decode_example(base, layout, example, out)
     decode = export_graph(base, (), example, shapes, training=False, runtime_asserts=True)
     place(decode, "decode")
     drop_runtime_checks(decode)

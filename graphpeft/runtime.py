@@ -246,8 +246,8 @@ class GraphPeftModel(nn.Module):
     ) -> torch.Tensor:
         """Greedy or sampled decoding on the adapted prefill and decode graphs, with a KV cache.
 
-        ``None`` options take the model's ``generation_config``. Returns token ids like transformers'
-        ``generate``: prompt + new tokens (decoder-only), or decoder ids with the start token first
+        ``None`` options take the model's ``generation_config``; ``eos_token_id=[]`` never stops early.
+        Returns token ids like transformers' ``generate``: prompt + new tokens (decoder-only), or decoder ids with the start token first
         (encoder-decoder). See :mod:`graphpeft.generation`.
         """
         from .generation import generate
