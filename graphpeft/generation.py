@@ -240,7 +240,13 @@ def generate(model: GraphPeftModel, input_ids: Any, attention_mask: Any = None, 
     device = next(base.parameters()).device
     input_ids, attention_mask = _check_prompt(input_ids, attention_mask, encoder_decoder, device)
     given = {name: options.pop(name) for name in list(options) if name in GENERATE_OPTIONS}
-    settings = resolve_settings(base.generation_config, input_ids.shape[1], encoder_decoder, given, options)
+    max_positions = _max_positions(base.config)
+    settings = resolve_settings(base.generation_config, input_ids.shape[1], encoder_decoder, max_positions, given, options)
+    if max_positions is not None and not encoder_decoder and input_ids.shape[1] + settings.max_new_tokens > max_positions:
+        raise CallError(
+            f"a {input_ids.shape[1]}-token prompt plus max_new_tokens={settings.max_new_tokens} exceeds the "
+            f"model's {max_positions} positions (max_position_embeddings); shorten the prompt or lower max_new_tokens"
+        )
     graphs = generation_graphs(model)
     with torch.no_grad():
         steps = _Seq2SeqSteps(graphs, base) if encoder_decoder else _CausalSteps(graphs)

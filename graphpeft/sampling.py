@@ -14,6 +14,7 @@ import torch
 
 from .errors import CallError, did_you_mean
 
+DEFAULT_NEW_TOKENS = 20
 GENERATE_OPTIONS = (
     "max_new_tokens", "do_sample", "temperature", "top_k", "top_p", "eos_token_id", "pad_token_id", "generator",
 )
@@ -34,9 +35,18 @@ class GenerationSettings:
 
 
 def resolve_settings(
-    config: Any, prompt_length: int, encoder_decoder: bool, given: dict[str, Any], unsupported: dict[str, Any]
+    config: Any,
+    prompt_length: int,
+    encoder_decoder: bool,
+    max_positions: int | None,
+    given: dict[str, Any],
+    unsupported: dict[str, Any],
 ) -> GenerationSettings:
-    """Merge the caller's options (``None`` = not given) over ``config`` (a ``GenerationConfig``) and check them."""
+    """Merge the caller's options (``None`` = not given) over ``config`` (a ``GenerationConfig``) and check them.
+
+    Without ``max_new_tokens`` anywhere, ``config.max_length`` bounds the total length, or else 20 new
+    tokens are generated (fewer when the prompt nearly fills ``max_positions``), as in transformers.
+    """
     if unsupported:
         name = next(iter(unsupported))
         raise CallError(
@@ -53,9 +63,12 @@ def resolve_settings(
     max_new = given.get("max_new_tokens")
     if max_new is None:
         max_new = getattr(config, "max_new_tokens", None)
-    if max_new is None:
-        max_length = getattr(config, "max_length", None) or 20
-        max_new = max_length - (1 if encoder_decoder else prompt_length)
+    if max_new is None and getattr(config, "max_length", None) is not None:
+        max_new = config.max_length - (1 if encoder_decoder else prompt_length)
+    if max_new is None:  # transformers' default: 20 new tokens, within the model's position range
+        max_new = DEFAULT_NEW_TOKENS
+        if max_positions is not None and not encoder_decoder:
+            max_new = min(max_new, max_positions - prompt_length)
     do_sample = pick("do_sample", False)
     settings = GenerationSettings(
         max_new_tokens=_check_int("max_new_tokens", max_new, 1, "pass max_new_tokens=N with N >= 1"),

@@ -75,6 +75,12 @@ def test_a_single_one_token_prompt_equals_peft_generate(tmp_path_factory):
     assert torch.equal(model.generate(**inputs, max_new_tokens=6), peft_generate(peft_model, inputs, max_new_tokens=6))
 
 
+def test_without_max_new_tokens_the_length_follows_transformers_defaults(tmp_path_factory):
+    peft_model, model = pair("llama", tmp_path_factory)
+    inputs = prompt("llama")
+    assert torch.equal(model.generate(**inputs), peft_generate(peft_model, inputs))
+
+
 def test_rows_that_reach_eos_are_filled_with_pad_as_transformers_does(tmp_path_factory):
     peft_model, model = pair("llama", tmp_path_factory)
     inputs = prompt("llama")
@@ -186,6 +192,7 @@ def test_warping_equals_transformers_logits_warpers(temperature, top_k, top_p):
         ({"top_p": 1.5}, "top_p"),
         ({"generator": 7}, "torch.Generator"),
         ({"eos_token_id": "2"}, "eos_token_id"),
+        ({"max_new_tokens": 200}, "max_position_embeddings"),
     ],
 )
 def test_bad_options_raise_call_errors_naming_the_option(options, message, tmp_path_factory):
