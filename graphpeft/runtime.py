@@ -250,6 +250,35 @@ class GraphPeftModel(nn.Module):
             return mixed_call(self, kwargs, adapter_names)
         return self._graph(kwargs)(**kwargs)
 
+    def generate(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        *,
+        max_new_tokens: int | None = None,
+        do_sample: bool | None = None,
+        temperature: float | None = None,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        eos_token_id: int | Sequence[int] | None = None,
+        pad_token_id: int | None = None,
+        generator: torch.Generator | None = None,
+        **unsupported: Any,
+    ) -> torch.Tensor:
+        """Greedy or sampled decoding on the adapted prefill and decode graphs, with a KV cache.
+
+        ``None`` options take the model's ``generation_config``; ``eos_token_id=[]`` never stops early.
+        Returns token ids like transformers' ``generate``: prompt + new tokens (decoder-only), or decoder ids with the start token first
+        (encoder-decoder). See :mod:`graphpeft.generation`.
+        """
+        from .generation import generate
+
+        options = dict(
+            max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p,
+            eos_token_id=eos_token_id, pad_token_id=pad_token_id, generator=generator,
+        )
+        return generate(self, input_ids, attention_mask, **options, **unsupported)
+
     def _bind(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
         names = [p for p in self._params if p not in ("self", "args", "kwargs")]
         if len(args) > len(names):
@@ -329,7 +358,10 @@ class GraphPeftModel(nn.Module):
         static = not self._transformers and self._dynamic_shapes is None
         return self._traced(signature_of(self.base_model, kwargs, self.training, static), kwargs)
 
-    def _rewrite(self, gm: fx.GraphModule, adapters: tuple[str, ...], training: bool) -> None:
+    def _rewrite(self, gm: fx.GraphModule, adapters: tuple[str, ...], training: bool, skip_missing: bool = False) -> None:
+        """Place ``adapters`` on ``gm``. ``skip_missing`` leaves out claimed sites that ``gm`` never
+        computes (an encoder-decoder's decode step runs neither the encoder nor the cross-attention
+        key/value projections); otherwise a missing site is an error."""
         located: dict[str, tuple[Site, fx.Node | None]] = {s.key: (s, n) for s, n in graph_sites(gm)}
         located.update({s.key: (s, None) for s in module_sites(self.base_model)})
         plan = []
@@ -339,6 +371,8 @@ class GraphPeftModel(nn.Module):
                 wanted.setdefault(key, []).append(claim)
         for key, claims in wanted.items():
             if key not in located:
+                if skip_missing:
+                    continue
                 raise TraceError(
                     f"site {key} (claimed by rule {claims[0].rule!r}) is not in the graph traced for this call; "
                     "the model's graph changes with these inputs, so the adapter cannot be placed"
