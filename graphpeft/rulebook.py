@@ -55,8 +55,8 @@ def resolve_rules(
     :class:`RuleSet`, a :class:`Rule` or a list of rules.
     """
     if isinstance(rules, (str, Path)) and (".toml" in str(rules) or Path(rules).is_file()):
-        path, _, name = str(rules).partition(".toml#")
-        path = path + ".toml" if name or str(rules).endswith(".toml") else str(rules)
+        path, hash_sign, name = str(rules).partition(".toml#")
+        path = path + ".toml" if hash_sign else str(rules)
         ruleset = RuleSet.from_toml(path)
         if not ruleset.rules:
             raise RuleError(f"{ruleset.source} has no [[rules]]; add at least one rule")

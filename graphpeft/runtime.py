@@ -8,6 +8,7 @@ the active adapters), traced lazily; every graph reads the same parameters.
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -37,12 +38,33 @@ class AdapterSpec:
         return {claim.method for _, claim in self.claims.values()}
 
 
+class _ForwardWithBaseSignature:
+    """``GraphPeftModel.forward``, presented with the base model's forward signature.
+
+    Code that inspects ``model.forward`` to learn the model's inputs (transformers' ``Trainer``
+    keeps only dataset columns named there, and passes loss kwargs only if it takes ``**kwargs``)
+    must see ``input_ids, attention_mask, labels, ...`` rather than ``*args, **kwargs``.
+    """
+
+    def __get__(self, model: GraphPeftModel | None, owner: type) -> Any:
+        if model is None:
+            return GraphPeftModel._forward
+        bound = functools.partial(GraphPeftModel._forward, model)
+        bound.__signature__ = inspect.signature(model.base_model.forward)
+        return bound
+
+
 class GraphPeftModel(nn.Module):
     """A base model whose forward runs adapter-rewritten export graphs.
 
     Call it like the base model (same kwargs, same output type). Use
     :func:`graphpeft.apply` or :func:`graphpeft.load` to make one.
     """
+
+    # transformers' Trainer passes ``num_items_in_batch`` to models that accept loss kwargs; such
+    # ``**kwargs`` tensors cannot be given dynamic shapes in torch.export (torch 2.13), so the Trainer is
+    # told to normalise the loss itself, as it does for any model without loss kwargs.
+    accepts_loss_kwargs = False
 
     def __init__(self, model: nn.Module, example_inputs: Any = None, dynamic_shapes: Any = None):
         super().__init__()
@@ -128,11 +150,36 @@ class GraphPeftModel(nn.Module):
             self.active_adapters = [next(iter(self.adapter_specs))]
         self._graphs.clear()
 
-    def save_pretrained(self, save_directory: str, adapter_names: Sequence[str] | None = None, overwrite: bool = False) -> None:
-        """Write adapter weights, PEFT's config (when PEFT can express it) and graphpeft's manifest."""
+    def save_pretrained(
+        self,
+        save_directory: str,
+        adapter_names: Sequence[str] | None = None,
+        overwrite: bool = False,
+        *,
+        selected_adapters: Sequence[str] | None = None,
+        is_main_process: bool = True,
+        safe_serialization: bool = True,
+        state_dict: dict[str, torch.Tensor] | None = None,
+        **unsupported: Any,
+    ) -> None:
+        """Write adapter weights, PEFT's config (when PEFT can express it) and graphpeft's manifest.
+
+        ``selected_adapters``, ``is_main_process``, ``safe_serialization`` and ``state_dict`` are
+        accepted as PEFT's ``save_pretrained`` takes them, so training loops written for PEFT work:
+        only the main process writes; the format is always safetensors (never pickle); the weights
+        are read from the adapter parameters themselves, so ``state_dict`` is not consulted.
+        """
         from .checkpoint import save_pretrained
 
-        save_pretrained(self, save_directory, list(adapter_names) if adapter_names is not None else None, overwrite)
+        if unsupported:
+            raise CallError(
+                f"save_pretrained() takes no argument {', '.join(map(repr, unsupported))}; it takes save_directory, "
+                "adapter_names (or selected_adapters), overwrite, is_main_process, safe_serialization and state_dict"
+            )
+        if not is_main_process:
+            return
+        names = adapter_names if adapter_names is not None else selected_adapters
+        save_pretrained(self, save_directory, list(names) if names is not None else None, overwrite)
 
     def load_adapter(self, directory: str, adapter_name: str, is_trainable: bool = False) -> None:
         """Add an adapter from a graphpeft or PEFT directory (this model is unchanged if it fails)."""
@@ -225,9 +272,11 @@ class GraphPeftModel(nn.Module):
         return self.base_model
 
     # ------------------------------------------------------------------ forward
-    def forward(self, *args: Any, **kwargs: Any) -> Any:
+    def _forward(self, *args: Any, **kwargs: Any) -> Any:
         kwargs = self._bind(args, kwargs)
         return self._graph(kwargs)(**kwargs)
+
+    forward = _ForwardWithBaseSignature()
 
     def _bind(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
         names = [p for p in self._params if p not in ("self", "args", "kwargs")]
