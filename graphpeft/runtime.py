@@ -38,22 +38,6 @@ class AdapterSpec:
         return {claim.method for _, claim in self.claims.values()}
 
 
-class _ForwardWithBaseSignature:
-    """``GraphPeftModel.forward``, presented with the base model's forward signature.
-
-    Code that inspects ``model.forward`` to learn the model's inputs (transformers' ``Trainer``
-    keeps only dataset columns named there, and passes loss kwargs only if it takes ``**kwargs``)
-    must see ``input_ids, attention_mask, labels, ...`` rather than ``*args, **kwargs``.
-    """
-
-    def __get__(self, model: GraphPeftModel | None, owner: type) -> Any:
-        if model is None:
-            return GraphPeftModel._forward
-        bound = functools.partial(GraphPeftModel._forward, model)
-        bound.__signature__ = inspect.signature(model.base_model.forward)
-        return bound
-
-
 class GraphPeftModel(nn.Module):
     """A base model whose forward runs adapter-rewritten export graphs.
 
@@ -84,6 +68,11 @@ class GraphPeftModel(nn.Module):
                 "tracing; pass example_inputs=(tensor, ...) or example_inputs={'x': tensor} to graphpeft.apply"
             )
         self._grad_before = {id(p): p.requires_grad for p in model.parameters()}
+        # Code that inspects ``model.forward`` to learn the inputs (transformers' Trainer keeps only the
+        # dataset columns named there) must see the base model's parameters, not ``*args, **kwargs``.
+        signed_forward = functools.partial(type(self).forward, self)
+        signed_forward.__signature__ = inspect.signature(model.forward)
+        self.__dict__["forward"] = signed_forward
         self._sites: list[Site] | None = None
         self.training = model.training
 
@@ -272,11 +261,9 @@ class GraphPeftModel(nn.Module):
         return self.base_model
 
     # ------------------------------------------------------------------ forward
-    def _forward(self, *args: Any, **kwargs: Any) -> Any:
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
         kwargs = self._bind(args, kwargs)
         return self._graph(kwargs)(**kwargs)
-
-    forward = _ForwardWithBaseSignature()
 
     def _bind(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
         names = [p for p in self._params if p not in ("self", "args", "kwargs")]

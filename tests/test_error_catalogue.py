@@ -184,7 +184,7 @@ CASES = [
     Case("call_with_misspelled_kwarg", lambda w: w.wrapped(input_idz=torch.ones(1, 4, dtype=torch.long)), CallError, "did you mean 'input_ids'"),
     Case("call_with_too_many_positionals", lambda w: w.wrapped(*[None] * 40), CallError, "positional inputs, got 40"),
     Case("call_with_use_cache", lambda w: w.wrapped(input_ids=torch.ones(1, 4, dtype=torch.long), use_cache=True), CallError, "use_cache=True is not supported"),
-    Case("call_with_past_key_values", lambda w: w.wrapped(input_ids=torch.ones(1, 4, dtype=torch.long), past_key_values=object()), CallError, "use generate() for cached decoding"),
+    Case("call_with_cache", lambda w: w.wrapped(input_ids=torch.ones(1, 4, dtype=torch.long), cache=object()), CallError, "use generate() for cached decoding"),
     # ---------------------------------------------------------------- adapter names
     Case("adapter_name_with_slash", apply("lora", adapter_name="a/b"), AdapterError, "may not contain '/'"),
     Case("adapter_name_dotdot", lambda w: w.wrapped.load_adapter(str(w.saved), ".."), AdapterError, "may not contain"),
@@ -218,6 +218,7 @@ CASES = [
     Case("save_onto_a_file", lambda w: w.wrapped.save_pretrained(str(_touch(w.tmp / "file"))), SaveError, "it exists and is not a directory"),
     Case("save_under_a_file", lambda w: w.wrapped.save_pretrained(str(_touch(w.tmp / "file") / "adapter")), SaveError, "choose a writable directory"),
     Case("save_under_proc", lambda w: w.wrapped.save_pretrained("/proc/graphpeft-test/adapter"), SaveError, "choose a writable directory"),
+    Case("save_over_folder_with_other_files", lambda w: w.wrapped.save_pretrained(str(_touch(_mkdir(w.tmp / "run") / "optimizer.pt").parent), overwrite=True), SaveError, "not part of an adapter (optimizer.pt)"),
     Case("save_unknown_adapter", lambda w: w.wrapped.save_pretrained(str(w.tmp / "out"), adapter_names=["nope"]), AdapterError, "no adapter named 'nope'"),
     Case("save_unknown_keyword", lambda w: w.wrapped.save_pretrained(str(w.tmp / "out"), max_shard_size="1GB"), CallError, "max_shard_size"),
 ]
@@ -237,6 +238,11 @@ def _peft_config(folder: Path, **changes: Any) -> Path:
     data.update(changes)
     (folder / "adapter_config.json").write_text(json.dumps(data))
     return folder
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir()
+    return path
 
 
 def _touch(path: Path) -> Path:
