@@ -105,7 +105,7 @@ def save_pretrained(model: GraphPeftModel, directory: str | os.PathLike, adapter
         raise SaveError(f"cannot save to {target}: it exists and is not a directory")
     if target.is_dir() and any(target.iterdir()) and not overwrite:
         raise SaveError(f"{target} already holds files; pass overwrite=True to replace it, or choose a new directory")
-    foreign = _foreign_entries(target)
+    foreign = foreign_entries(target)
     if foreign:
         raise SaveError(
             f"{target} holds files that are not part of an adapter ({', '.join(foreign[:3])}); a save replaces the "
@@ -132,7 +132,7 @@ def save_pretrained(model: GraphPeftModel, directory: str | os.PathLike, adapter
         raise
 
 
-def _foreign_entries(target: Path) -> list[str]:
+def foreign_entries(target: Path) -> list[str]:
     """Names in ``target`` that a save would delete but that no adapter wrote (sorted)."""
     if not target.is_dir():
         return []

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from transformers import Trainer
 
-from .checkpoint import MANIFEST, _foreign_entries, restore_weights
+from .checkpoint import MANIFEST, foreign_entries, restore_weights
 from .runtime import GraphPeftModel
 
 
@@ -44,7 +44,7 @@ def save_into(model: GraphPeftModel, folder: Path) -> None:
     (a checkpoint that a resumed run writes again: ``optimizer.pt``, ``trainer_state.json``) gets the
     adapter files one by one, each replaced atomically, the manifest last.
     """
-    if not _foreign_entries(folder):
+    if not foreign_entries(folder):
         model.save_pretrained(str(folder), overwrite=True)
         return
     staging = folder / f".adapter.tmp-{os.getpid()}"
