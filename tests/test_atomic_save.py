@@ -17,21 +17,17 @@ import textwrap
 import time
 from pathlib import Path
 
+import mlp
 import pytest
 import torch
-from models import batch, tiny_llama
-
-import graphpeft
 
 CHILD_PRELUDE = """
 import os, sys, time
 from pathlib import Path
 sys.path.insert(0, {tests!r})
-import torch, graphpeft
-from models import tiny_llama
+import mlp
 target, marker = Path(sys.argv[1]), Path(sys.argv[2])
-torch.manual_seed(123)
-model = graphpeft.apply(tiny_llama(layers=1), "lora", r=4, init="random")
+model = mlp.adapted(seed=123)
 
 def pause_here():
     marker.write_text("paused")
@@ -69,23 +65,22 @@ model.save_pretrained(str(target), overwrite=True)
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
-    """A trained-looking adapter saved once: (model, folder, logits)."""
-    torch.manual_seed(7)
-    model = graphpeft.apply(tiny_llama(layers=1), "lora", r=4, init="random").eval()
+    """An adapter with random weights saved once: (model, folder, outputs)."""
+    model = mlp.adapted(seed=7).eval()
     folder = tmp_path_factory.mktemp("reference") / "adapter"
     model.save_pretrained(str(folder))
     with torch.no_grad():
-        logits = model(**batch("llama")).logits
-    return model, folder, logits
+        outputs = model(mlp.example())
+    return model, folder, outputs
 
 
 @pytest.fixture()
 def saved(reference, tmp_path):
-    """A copy of the reference adapter in ``tmp_path/adapter`` and the logits it gives."""
-    _, folder, logits = reference
+    """A copy of the reference adapter in ``tmp_path/adapter`` and the outputs it gives."""
+    _, folder, outputs = reference
     target = tmp_path / "adapter"
     shutil.copytree(folder, target)
-    return target, logits
+    return target, outputs
 
 
 def kill_while_saving(target: Path, pause_code: str) -> None:
@@ -114,17 +109,16 @@ def leftovers(target: Path) -> list[str]:
     return sorted(p.name for p in target.parent.iterdir() if p.name.startswith(f".{target.name}."))
 
 
-def logits_of(target: Path) -> torch.Tensor:
-    model = graphpeft.load(tiny_llama(layers=1), str(target))
+def outputs_of(target: Path) -> torch.Tensor:
     with torch.no_grad():
-        return model(**batch("llama")).logits
+        return mlp.load(str(target))(mlp.example())
 
 
 def test_kill_mid_write_keeps_previous_adapter_and_load_removes_the_temp_folder(saved):
-    target, logits = saved
+    target, outputs = saved
     kill_while_saving(target, PAUSE_MID_WRITE)
     assert any(".tmp-" in name for name in leftovers(target)), "the kill did not land inside the write"
-    assert torch.equal(logits_of(target), logits)
+    assert torch.equal(outputs_of(target), outputs)
     assert leftovers(target) == []
 
 
@@ -152,7 +146,7 @@ def test_kill_between_renames_restores_previous_adapter_on_load(reference, saved
     target, _ = saved
     kill_while_saving(target, PAUSE_BETWEEN_RENAMES)
     assert not target.exists() and any(".old-" in name for name in leftovers(target))
-    loaded = graphpeft.load(tiny_llama(layers=1), str(target)).adapter_parameters()
+    loaded = mlp.load(str(target)).adapter_parameters()
     for name, param in reference[0].adapter_parameters().items():
         assert torch.equal(loaded[name], param), name
     assert leftovers(target) == []

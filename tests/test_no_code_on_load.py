@@ -8,11 +8,10 @@ import json
 import os
 import pickle
 
+import mlp
 import pytest
 import torch
-from models import tiny_llama
 
-import graphpeft
 from graphpeft.errors import LoadError
 
 
@@ -57,9 +56,9 @@ class WritesMarker:
 
 
 def test_loading_a_graphpeft_adapter_never_unpickles(tmp_path, no_unpickling):
-    graphpeft.apply(tiny_llama(layers=1), "lora", r=4).save_pretrained(str(tmp_path / "adapter"))
+    mlp.adapted().save_pretrained(str(tmp_path / "adapter"))
     no_unpickling.clear()
-    model = graphpeft.load(tiny_llama(layers=1), str(tmp_path / "adapter"))
+    model = mlp.load(str(tmp_path / "adapter"))
     assert list(model.adapter_specs) == ["default"]
     assert adapter_files_opened(no_unpickling, tmp_path / "adapter") == {"graphpeft.json"}
 
@@ -67,9 +66,9 @@ def test_loading_a_graphpeft_adapter_never_unpickles(tmp_path, no_unpickling):
 def test_loading_a_peft_adapter_never_unpickles(tmp_path, no_unpickling):
     from peft import LoraConfig, get_peft_model
 
-    get_peft_model(tiny_llama(layers=1), LoraConfig(r=4, target_modules=["q_proj", "v_proj"])).save_pretrained(str(tmp_path / "peft"))
+    get_peft_model(mlp.base(), LoraConfig(r=4, target_modules=["fc1", "fc2"])).save_pretrained(str(tmp_path / "peft"))
     no_unpickling.clear()
-    model = graphpeft.load(tiny_llama(layers=1), str(tmp_path / "peft"))
+    model = mlp.load(str(tmp_path / "peft"))
     assert len(model.adapter_specs["default"].claims) == 2
     assert adapter_files_opened(no_unpickling, tmp_path / "peft") == {"adapter_config.json"}
 
@@ -79,8 +78,8 @@ def test_pickled_weights_are_refused_and_never_executed(tmp_path):
     folder.mkdir()
     marker = tmp_path / "code-ran"
     (folder / "adapter_model.bin").write_bytes(pickle.dumps(WritesMarker(marker)))
-    config = {"peft_type": "LORA", "r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"]}
+    config = {"peft_type": "LORA", "r": 4, "lora_alpha": 8, "target_modules": ["fc1", "fc2"]}
     (folder / "adapter_config.json").write_text(json.dumps(config))
     with pytest.raises(LoadError, match="adapter_model.safetensors is missing"):
-        graphpeft.load(tiny_llama(layers=1), str(folder))
+        mlp.load(str(folder))
     assert not marker.exists()
