@@ -8,6 +8,7 @@ the active adapters), traced lazily; every graph reads the same parameters.
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -44,6 +45,11 @@ class GraphPeftModel(nn.Module):
     :func:`graphpeft.apply` or :func:`graphpeft.load` to make one.
     """
 
+    # transformers' Trainer passes ``num_items_in_batch`` to models that accept loss kwargs; such
+    # ``**kwargs`` tensors cannot be given dynamic shapes in torch.export (torch 2.13), so the Trainer is
+    # told to normalise the loss itself, as it does for any model without loss kwargs.
+    accepts_loss_kwargs = False
+
     def __init__(self, model: nn.Module, example_inputs: Any = None, dynamic_shapes: Any = None):
         super().__init__()
         self.base_model = model
@@ -63,6 +69,11 @@ class GraphPeftModel(nn.Module):
                 "tracing; pass example_inputs=(tensor, ...) or example_inputs={'x': tensor} to graphpeft.apply"
             )
         self._grad_before = {id(p): p.requires_grad for p in model.parameters()}
+        # Code that inspects ``model.forward`` to learn the inputs (transformers' Trainer keeps only the
+        # dataset columns named there) must see the base model's parameters, not ``*args, **kwargs``.
+        signed_forward = functools.partial(type(self).forward, self)
+        signed_forward.__signature__ = inspect.signature(model.forward)
+        self.__dict__["forward"] = signed_forward
         self._sites: list[Site] | None = None
         self.training = model.training
 
@@ -136,11 +147,36 @@ class GraphPeftModel(nn.Module):
             self.active_adapters = [next(iter(self.adapter_specs))]
         self._graphs.clear()
 
-    def save_pretrained(self, save_directory: str, adapter_names: Sequence[str] | None = None, overwrite: bool = False) -> None:
-        """Write adapter weights, PEFT's config (when PEFT can express it) and graphpeft's manifest."""
+    def save_pretrained(
+        self,
+        save_directory: str,
+        adapter_names: Sequence[str] | None = None,
+        overwrite: bool = False,
+        *,
+        selected_adapters: Sequence[str] | None = None,
+        is_main_process: bool = True,
+        safe_serialization: bool = True,
+        state_dict: dict[str, torch.Tensor] | None = None,
+        **unsupported: Any,
+    ) -> None:
+        """Write adapter weights, PEFT's config (when PEFT can express it) and graphpeft's manifest.
+
+        ``selected_adapters``, ``is_main_process``, ``safe_serialization`` and ``state_dict`` are
+        accepted as PEFT's ``save_pretrained`` takes them, so training loops written for PEFT work:
+        only the main process writes; the format is always safetensors (never pickle); the weights
+        are read from the adapter parameters themselves, so ``state_dict`` is not consulted.
+        """
         from .checkpoint import save_pretrained
 
-        save_pretrained(self, save_directory, list(adapter_names) if adapter_names is not None else None, overwrite)
+        if unsupported:
+            raise CallError(
+                f"save_pretrained() takes no argument {', '.join(map(repr, unsupported))}; it takes save_directory, "
+                "adapter_names (or selected_adapters), overwrite, is_main_process, safe_serialization and state_dict"
+            )
+        if not is_main_process:
+            return
+        names = adapter_names if adapter_names is not None else selected_adapters
+        save_pretrained(self, save_directory, list(names) if names is not None else None, overwrite)
 
     def load_adapter(self, directory: str, adapter_name: str, is_trainable: bool = False) -> None:
         """Add an adapter from a graphpeft or PEFT directory (this model is unchanged if it fails)."""

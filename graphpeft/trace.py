@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import inspect
+import io
 import logging
 import re
 import warnings
@@ -153,12 +154,14 @@ def _mode(model: nn.Module, training: bool):
 
 @contextlib.contextmanager
 def _quiet():
+    """Silence export's logs, warnings and the partial graph it prints to stderr when it fails
+    (hundreds of lines for a real model); the error itself is summarized by :class:`TraceError`."""
     loggers = [logging.getLogger(n) for n in ("torch._export", "torch.export", "torch._dynamo", "torch.fx.experimental.symbolic_shapes")]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
-        lg.setLevel(logging.ERROR)
+        lg.setLevel(logging.CRITICAL)
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
             warnings.simplefilter("ignore")
             yield
     finally:
