@@ -28,7 +28,9 @@ from .errors import CallError
 from .flat_graph import FlatGraph, flat_graph
 from .kv_cache import GraphCache, GraphEncoderDecoderCache
 from .sampling import GENERATE_OPTIONS, GenerationSettings, choose_tokens, resolve_settings
-from .trace import EXAMPLE_BATCH, EXAMPLE_DECODER_SEQ, EXAMPLE_SEQ, Signature, _max_positions, export_graph, forward_parameters
+from .trace import (
+    EXAMPLE_BATCH, EXAMPLE_DECODER_SEQ, EXAMPLE_SEQ, Signature, _max_positions, clone_graph, export_graph, forward_parameters,
+)
 
 if TYPE_CHECKING:
     from .runtime import GraphPeftModel
@@ -61,12 +63,22 @@ class GenerationGraphs:
 def generation_graphs(model: GraphPeftModel) -> GenerationGraphs:
     """The generation graphs for the model's current adapters (built once, cached in ``model._graphs``)."""
     adapters = model._graph_adapters()
+    return cached_generation_graphs(model, adapters, lambda: build_generation_graphs(model, adapters))
+
+
+def cached_generation_graphs(model: GraphPeftModel, tag: tuple, build: Callable[[], GenerationGraphs]) -> GenerationGraphs:
+    """The graphs cached in ``model._graphs`` under ``(generation signature of each phase, tag)``; ``build()`` makes them once."""
     device = str(next(model.base_model.parameters()).device)
-    keys = [(Signature((("graphpeft.generate", phase),), False, device), adapters) for phase in PHASES]
+    keys = [(generation_signature(phase, device), tag) for phase in PHASES]
     if not all(key in model._graphs for key in keys):
-        graphs = build_generation_graphs(model, adapters)
+        graphs = build()
         model._graphs[keys[0]], model._graphs[keys[1]] = graphs.prefill, graphs.decode
     return _describe(model.base_model, model._graphs[keys[0]], model._graphs[keys[1]])
+
+
+def generation_signature(phase: str, device: str) -> Signature:
+    """The graph-cache key of a generation phase (no call of forward has it)."""
+    return Signature((("graphpeft.generate", phase),), False, device)
 
 
 def build_generation_graphs(
@@ -74,35 +86,46 @@ def build_generation_graphs(
     adapters: tuple[str, ...],
     rewrite: Callable[[fx.GraphModule, str], None] | None = None,
 ) -> GenerationGraphs:
-    """Export the prefill and decode graphs of ``model.base_model`` and place ``adapters`` on both.
+    """Copies of the base model's prefill and decode exports with ``adapters`` placed on both.
 
     ``rewrite(gm, phase)`` replaces the default placement (``model._rewrite``; an encoder-decoder's
     decode graph skips the sites it never computes: the encoder and the cross-attention key/value
-    projections, whose results sit in the cache). The decode graph's example
-    cache comes from running the rewritten prefill graph on synthetic inputs.
+    projections, whose results sit in the cache).
     """
     base = model.base_model
     check_generative(base)
     layout = _describe(base, None, None)
-
-    def place(gm: fx.GraphModule, phase: str) -> None:
+    graphs = []
+    for phase, export in zip(PHASES, base_generation_graphs(model, layout)):
+        gm = clone_graph(export)
         if rewrite is not None:
             rewrite(gm, phase)
         elif adapters:
             skip = phase == "decode" and layout.encoder_decoder
             model._rewrite(gm, adapters, training=False, skip_missing=skip)
+        drop_runtime_checks(gm)
+        graphs.append(gm)
+    return _describe(base, *graphs)
 
-    example, shapes = _prefill_example(base, layout)
-    prefill = export_graph(base, (), example, shapes, training=False)
-    place(prefill, "prefill")
-    drop_runtime_checks(prefill)
-    with torch.no_grad():
-        out = prefill(**example)
-    example, shapes = _decode_example(base, layout, example, out)
-    decode = export_graph(base, (), example, shapes, training=False, runtime_asserts=True)
-    place(decode, "decode")
-    drop_runtime_checks(decode)
-    return _describe(base, prefill, decode)
+
+def base_generation_graphs(model: GraphPeftModel, layout: GenerationGraphs) -> tuple[fx.GraphModule, fx.GraphModule]:
+    """The unrewritten prefill and decode exports, exported once and kept in ``model._base_graphs``
+    (every adapter set, and every mixed batch, rewrites copies of them).
+
+    The decode graph's example cache comes from running the prefill export on synthetic inputs.
+    """
+    base = model.base_model
+    device = str(next(base.parameters()).device)
+    keys = [generation_signature(phase, device) for phase in PHASES]
+    if not all(key in model._base_graphs for key in keys):
+        example, shapes = _prefill_example(base, layout)
+        prefill = export_graph(base, (), example, shapes, training=False)
+        with torch.no_grad():
+            out = prefill(**example)
+        example, shapes = _decode_example(base, layout, example, out)
+        decode = export_graph(base, (), example, shapes, training=False, runtime_asserts=True)
+        model._base_graphs[keys[0]], model._base_graphs[keys[1]] = prefill, decode
+    return model._base_graphs[keys[0]], model._base_graphs[keys[1]]
 
 
 _CHECK_OPS = (torch.ops.aten._assert_tensor_metadata.default, torch.ops.aten._assert_scalar.default)
@@ -228,8 +251,13 @@ def _with_static(example: dict[str, Any], shapes: dict[str, Any], graphs: Genera
     return example, shapes
 
 
-def generate(model: GraphPeftModel, input_ids: Any, attention_mask: Any = None, **options: Any) -> torch.Tensor:
+def generate(
+    model: GraphPeftModel, input_ids: Any, attention_mask: Any = None, adapter_names: Any = None, **options: Any
+) -> torch.Tensor:
     """Greedy or sampled decoding through the generation graphs (see ``GraphPeftModel.generate``).
+
+    ``adapter_names`` (one per row, ``"__base__"`` for none) generates each row with its own adapter
+    in one batched computation (:mod:`graphpeft.mixed_generation`).
 
     Returns (B, S + new) ids for decoder-only models, (B, 1 + new) decoder ids (start token
     first) for encoder-decoders; rows that finished early are filled with ``pad_token_id``.
@@ -247,9 +275,14 @@ def generate(model: GraphPeftModel, input_ids: Any, attention_mask: Any = None, 
             f"a {input_ids.shape[1]}-token prompt plus max_new_tokens={settings.max_new_tokens} exceeds the "
             f"model's {max_positions} positions (max_position_embeddings); shorten the prompt or lower max_new_tokens"
         )
-    graphs = generation_graphs(model)
+    if adapter_names is None:
+        graphs, extra = generation_graphs(model), {}
+    else:
+        from .mixed_generation import mixed_generation
+
+        graphs, extra = mixed_generation(model, adapter_names, input_ids.shape[0])
     with torch.no_grad():
-        steps = _Seq2SeqSteps(graphs, base) if encoder_decoder else _CausalSteps(graphs)
+        steps = _Seq2SeqSteps(graphs, base, extra) if encoder_decoder else _CausalSteps(graphs, extra)
         return _decode_loop(steps, input_ids, attention_mask, settings)
 
 
@@ -273,10 +306,12 @@ def _check_prompt(input_ids: Any, attention_mask: Any, encoder_decoder: bool, de
 
 
 class _CausalSteps:
-    """Runs a decoder-only model's graphs; keeps the cache, mask and positions between steps."""
+    """Runs a decoder-only model's graphs; keeps the cache, mask and positions between steps.
 
-    def __init__(self, graphs: GenerationGraphs):
-        self.graphs = graphs
+    ``extra`` holds inputs fed unchanged to every graph call (a mixed batch's adapter rows)."""
+
+    def __init__(self, graphs: GenerationGraphs, extra: dict[str, torch.Tensor]):
+        self.graphs, self.extra = graphs, extra
         self.prefill_graph, self.decode_graph = flat_graph(graphs.prefill), flat_graph(graphs.decode)
 
     def first_tokens(self, input_ids: torch.Tensor) -> torch.Tensor:
@@ -302,7 +337,7 @@ class _CausalSteps:
         return self._run(self.decode_graph, inputs)
 
     def _run(self, graph: FlatGraph, inputs: dict[str, Any]) -> torch.Tensor:
-        out = graph(**inputs, **self.graphs.static_inputs)
+        out = graph(**inputs, **self.extra, **self.graphs.static_inputs)
         self.cache = out[self.graphs.cache_name]
         return out["logits"][0][:, -1, :].float()
 
@@ -310,8 +345,8 @@ class _CausalSteps:
 class _Seq2SeqSteps:
     """Runs an encoder-decoder's graphs: the encoder once in prefill, then one decoder token per step."""
 
-    def __init__(self, graphs: GenerationGraphs, base: Any):
-        self.graphs = graphs
+    def __init__(self, graphs: GenerationGraphs, base: Any, extra: dict[str, torch.Tensor]):
+        self.graphs, self.extra = graphs, extra
         self.prefill_graph, self.decode_graph = flat_graph(graphs.prefill), flat_graph(graphs.decode)
         start = getattr(base.generation_config, "decoder_start_token_id", None)
         start = getattr(base.config, "decoder_start_token_id", None) if start is None else start
@@ -326,7 +361,7 @@ class _Seq2SeqSteps:
         self.mask = attention_mask
         out = self.prefill_graph(
             input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=self.first_tokens(input_ids),
-            **{self.graphs.cache_name: []}, **self.graphs.static_inputs,
+            **{self.graphs.cache_name: []}, **self.extra, **self.graphs.static_inputs,
         )
         self.encoder_outputs = out["encoder_last_hidden_state"]
         return self._logits(out)
@@ -334,7 +369,7 @@ class _Seq2SeqSteps:
     def decode(self, tokens: torch.Tensor) -> torch.Tensor:
         out = self.decode_graph(
             attention_mask=self.mask, encoder_outputs=self.encoder_outputs, decoder_input_ids=tokens,
-            **{self.graphs.cache_name: self.cache}, **self.graphs.static_inputs,
+            **{self.graphs.cache_name: self.cache}, **self.extra, **self.graphs.static_inputs,
         )
         return self._logits(out)
 

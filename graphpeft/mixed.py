@@ -36,9 +36,7 @@ ROWS = "graphpeft_adapter_rows"
 
 def mixed_call(model: GraphPeftModel, kwargs: dict[str, Any], adapter_names: Sequence[str]) -> Any:
     """Run ``model`` on ``kwargs`` with row i adapted by ``adapter_names[i]``."""
-    order = slot_order(model, adapter_names, _batch_size(kwargs))
-    device = next(model.base_model.parameters()).device
-    rows = torch.tensor([order.index(n) if n != BASE else len(order) for n in adapter_names], device=device)
+    order, rows = mixed_rows(model, adapter_names, _batch_size(kwargs))
     signature = model._signature(kwargs)
     key = (signature, ("mixed", *order))
     graph = model._graphs.get(key)
@@ -47,6 +45,14 @@ def mixed_call(model: GraphPeftModel, kwargs: dict[str, Any], adapter_names: Seq
         rewrite_mixed(model, graph, order, signature.training)
         model._graphs[key] = graph
     return graph(**kwargs, **{ROWS: rows})
+
+
+def mixed_rows(model: GraphPeftModel, adapter_names: Sequence[str], batch: int | None) -> tuple[tuple[str, ...], torch.Tensor]:
+    """(the batch's adapters in slot order, (batch,) int64 slot per row; ``__base__`` is the last slot)."""
+    order = slot_order(model, adapter_names, batch)
+    device = next(model.base_model.parameters()).device
+    rows = torch.tensor([order.index(n) if n != BASE else len(order) for n in adapter_names], device=device)
+    return order, rows
 
 
 def slot_order(model: GraphPeftModel, adapter_names: Sequence[str], batch: int | None) -> tuple[str, ...]:
@@ -90,8 +96,12 @@ def add_rows_input(gm: fx.GraphModule) -> fx.Node:
     return rows
 
 
-def rewrite_mixed(model: GraphPeftModel, gm: fx.GraphModule, order: tuple[str, ...], training: bool) -> None:
-    """Place the stacked adapters ``order`` (+ the base slot) on every site any of them claims."""
+def rewrite_mixed(
+    model: GraphPeftModel, gm: fx.GraphModule, order: tuple[str, ...], training: bool, skip_missing: bool = False
+) -> None:
+    """Place the stacked adapters ``order`` (+ the base slot) on every site any of them claims.
+
+    ``skip_missing`` leaves out claimed sites that ``gm`` never computes (an encoder-decoder's decode step)."""
     rows = add_rows_input(gm)
     located = {s.key: (s, n) for s, n in graph_sites(gm)}
     wanted: dict[str, dict[str, list[Claim | None]]] = {}
@@ -108,6 +118,8 @@ def rewrite_mixed(model: GraphPeftModel, gm: fx.GraphModule, order: tuple[str, .
                     "mixed batches take LoRA (linear, without DoRA) and IA3 adapters"
                 )
         if key not in located:
+            if skip_missing:
+                continue
             raise TraceError(f"site {key} is not in the graph traced for this call, so the adapters cannot be placed")
         site, node = located[key]
         output, inner = node, frozenset()

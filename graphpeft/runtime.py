@@ -299,13 +299,15 @@ class GraphPeftModel(nn.Module):
         eos_token_id: int | Sequence[int] | None = None,
         pad_token_id: int | None = None,
         generator: torch.Generator | None = None,
+        adapter_names: Sequence[str] | None = None,
         **unsupported: Any,
     ) -> torch.Tensor:
         """Greedy or sampled decoding on the adapted prefill and decode graphs, with a KV cache.
 
         ``None`` options take the model's ``generation_config``; ``eos_token_id=[]`` never stops early.
         Returns token ids like transformers' ``generate``: prompt + new tokens (decoder-only), or decoder ids with the start token first
-        (encoder-decoder). See :mod:`graphpeft.generation`.
+        (encoder-decoder). ``adapter_names`` (one per row, ``"__base__"`` for none) generates each row with its
+        own adapter in one batched computation. See :mod:`graphpeft.generation`.
         """
         from .generation import generate
 
@@ -313,7 +315,7 @@ class GraphPeftModel(nn.Module):
             max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p,
             eos_token_id=eos_token_id, pad_token_id=pad_token_id, generator=generator,
         )
-        return generate(self, input_ids, attention_mask, **options, **unsupported)
+        return generate(self, input_ids, attention_mask, adapter_names, **options, **unsupported)
 
     def _bind(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
         names = [p for p in self._params if p not in ("self", "args", "kwargs")]

@@ -17,13 +17,7 @@ from graphpeft.generation import generation_graphs
 from graphpeft.rewrite import adapter_nodes
 from graphpeft.sampling import GenerationSettings, warp
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run op by op: one intra-op thread avoids thread hand-off cost on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 TARGETS = {"llama": ["q_proj", "v_proj"], "gpt2": ["c_attn"], "opt": ["q_proj", "v_proj"], "t5": ["q", "v"]}
