@@ -121,6 +121,18 @@ def test_decode_graph_carries_the_same_adapter_without_the_encoder(tmp_path_fact
     assert decode_sites == {s for s in prefill_sites if s.startswith("decoder.") and "EncDecAttention.v" not in s}
 
 
+def test_an_encoder_decoder_mixed_adapter_batch_generates_each_rows_own_ids(tmp_path_factory):
+    _, model = pair("t5", tmp_path_factory)
+    inputs, names = prompt("t5"), ["__base__", "default", "__base__"]
+    mixed = model.generate(**inputs, max_new_tokens=6, eos_token_id=[], adapter_names=names)
+    adapted = model.generate(**inputs, max_new_tokens=6, eos_token_id=[])
+    with model.disable_adapter():
+        base = model.generate(**inputs, max_new_tokens=6, eos_token_id=[])
+
+    assert torch.equal(mixed[1], adapted[1]) and not torch.equal(mixed[1], base[1])
+    assert torch.equal(mixed[0::2], base[0::2]) and not torch.equal(mixed[0::2], adapted[0::2])
+
+
 def test_generation_graphs_are_cached_and_cleared_by_to(tmp_path_factory):
     _, model = pair("opt", tmp_path_factory)
     model.generate(**prompt("opt"), max_new_tokens=2)
