@@ -212,7 +212,7 @@ CASES = [
     Case("load_tensor_missing", load(lambda w: w.tensors(lambda t: t.pop(sorted(t)[0]))), LoadError, "lacks tensor"),
     Case("load_extra_tensor", load(lambda w: w.tensors(lambda t: t.update({"base_model.model.extra.lora_A.weight": torch.zeros(2, 2)}))), LoadError, "holds tensors no site of this model takes"),
     Case("load_tensor_of_wrong_shape", load(lambda w: w.tensors(lambda t: t.update({sorted(t)[0]: torch.zeros(5, 32)}))), LoadError, "a base model of another size"),
-    Case("load_unsupported_peft_type", load(lambda w: _peft_config(_without_manifest(w.copy()), peft_type="IA3")), LoadError, "'IA3' is not supported"),
+    Case("load_unsupported_peft_type", load(lambda w: _peft_config(_without_manifest(w.copy()), peft_type="LOHA")), LoadError, "'LOHA' is not supported"),
     # ---------------------------------------------------------------- saving
     Case("save_over_existing_adapter", lambda w: w.wrapped.save_pretrained(str(w.saved)), SaveError, "pass overwrite=True"),
     Case("save_onto_a_file", lambda w: w.wrapped.save_pretrained(str(_touch(w.tmp / "file"))), SaveError, "it exists and is not a directory"),
