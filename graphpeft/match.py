@@ -35,8 +35,13 @@ def match(
         rule = item.rule
         method = get_method(rule.method)
         selected: list[Site] = []
+        splits: dict[str, dict[str, int | float]] = {}
         for _, pattern in item.patterns:
-            selected.extend(s for s in sites if pattern.matches(s.op, s.fqn, s.cls) and s not in selected)
+            for s in sites:
+                if pattern.matches(s.op, s.fqn, s.cls, param=s.weight) and s not in selected:
+                    selected.append(s)
+                    if pattern.split is not None:
+                        splits[s.key] = dict(pattern.split)
         if rule.method == "train":
             selected = _outermost(selected)
         if not selected:
@@ -44,7 +49,10 @@ def match(
                 raise MatchError(no_match_message(item, sites))
             continue
         for site in selected:
-            problem = method.check_site(site, dict(rule.options))
+            options = dict(rule.options)
+            if site.key in splits:
+                options["split"] = splits[site.key]  # the site's layout travels with the claim
+            problem = method.check_site(site, options)
             if problem:
                 raise MatchError(f"rule {rule.name!r} ({item.source}) selects {site.key}, but {problem}")
             if site.key in claimed:
@@ -53,7 +61,7 @@ def match(
                     f"rules {other!r} and {rule.name!r} both claim site {site.key} for adapter {adapter!r}; "
                     "narrow one rule's pattern (module glob, layers or exclude) or put the rules in separate adapters"
                 )
-            claimed[site.key] = (site, Claim(adapter, rule.name, rule.method, dict(rule.options)))
+            claimed[site.key] = (site, Claim(adapter, rule.name, rule.method, options))
     return claimed
 
 

@@ -18,6 +18,9 @@ from torch import fx, nn
 from .sites import Site
 
 CLAIMS = "graphpeft.claims"
+# Adapters of sites whose host is not their module (parameter sites) hang here in a graph, so
+# their paths cannot collide with the base parameters (``experts.gate_up_proj`` is one).
+GRAPH_ADAPTERS = "graphpeft_adapters"
 ADAPTER_NODE = "graphpeft.adapter_node"
 
 
@@ -86,12 +89,13 @@ class SiteEditor:
         return new
 
     def param(self, slot: str, subpath: str = "") -> fx.Node:
-        """A ``get_attr`` node for ``<fqn>.<slot>.<adapter>[.<subpath>]``."""
-        slot_container = container(self.store, f"{self.site.fqn}.{slot}", create=False)
-        host = container(self.gm, self.site.fqn)
+        """A ``get_attr`` node for ``<host>.<slot>.<adapter>[.<subpath>]`` (host: ``site.host``)."""
+        slot_container = container(self.store, f"{self.site.host}.{slot}", create=False)
+        path = self.site.fqn if self.site.host == self.site.fqn else f"{GRAPH_ADAPTERS}.{self.site.host}"
+        host = container(self.gm, path)
         if host._modules.get(slot) is not slot_container:
             host.register_module(slot, slot_container)
-        target = ".".join(p for p in (self.site.fqn, slot, self.claim.adapter, subpath) if p)
+        target = ".".join(p for p in (path, slot, self.claim.adapter, subpath) if p)
         with self.gm.graph.inserting_after(self._cursor):
             new = self.gm.graph.get_attr(target)
         new.name = self.gm.graph._graph_namespace.create_name(f"{self._prefix}_{slot}", new)

@@ -323,6 +323,17 @@ class GraphPeftModel(nn.Module):
         self._graphs.clear()
         return super()._apply(fn, recurse)
 
+    def export(self, path: str, merged: bool = False, **kwargs: Any) -> None:
+        """Save the adapted model (eval mode) as a ``torch.export`` program that runs without graphpeft.
+
+        ``merged=True`` folds the active adapters into the weights for the export (the model is
+        restored afterwards). ``kwargs`` name the inputs the program takes (default ``input_ids``
+        and ``attention_mask``). Load it with ``torch.export.load(path).module()``.
+        """
+        from .deploy import export_program
+
+        export_program(self, path, merged, kwargs)
+
     def graph(self, **kwargs: Any) -> fx.GraphModule:
         """The rewritten GraphModule that a call with these kwargs runs (for inspection)."""
         return self._graph(self._bind((), kwargs))

@@ -8,7 +8,9 @@ with scale = alpha / r, or alpha / √r for rsLoRA. DoRA (as PEFT defines it)
 rescales each output row by m / ‖W + scale·B A‖ (norm taken on detached LoRA
 weights, then detached): y = m̂ ⊙ (W x + scale · B A x) + b.
 Embedding sites use A: (r, vocab), B: (dim, r) and no dropout, as PEFT does.
-Parameter names and on-disk keys follow PEFT.
+Parameter names and on-disk keys follow PEFT. Parameter sites (``matmul``, ``grouped_mm``:
+weights reached through functional calls, views or expert stacks) and output slices of
+fused projections (option ``slices``) are handled in :mod:`.lora_params`.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from torch import nn
 from ..options import Option, positive, probability
 from ..rewrite import SiteEditor, container
 from ..sites import Site
-from . import Method, register
+from . import Method, lora_params, register
 
 aten = torch.ops.aten
 
@@ -44,9 +46,15 @@ def _weight_out_in(site: Site, weight: torch.Tensor) -> torch.Tensor:
     return weight
 
 
+def _distinct_names(value: Any) -> str | None:
+    if all(isinstance(v, str) and v for v in value) and len(set(value)) == len(value):
+        return None
+    return "must be a list of distinct slice names, e.g. [\"q\", \"v\"]"
+
+
 class LoRA(Method):
     name = "lora"
-    site_ops = ("linear", "embedding", "conv2d")
+    site_ops = ("linear", "embedding", "conv2d", "matmul", "grouped_mm")
     mergeable = True
     peft_type = "LORA"
     options = {
@@ -56,6 +64,10 @@ class LoRA(Method):
         "rslora": Option(bool, False, "scale by alpha/sqrt(r) instead of alpha/r"),
         "dora": Option(bool, False, "weight-decomposed LoRA (magnitude vector per output)"),
         "init": Option(str, "default", "initialisation", choices=("default", "gaussian", "random")),
+        "slices": Option(
+            (list, tuple), (), "output slices to adapt, by name from the site's split (empty: the whole output)",
+            check=_distinct_names,
+        ),
     }
 
     def check_site(self, site: Site, options: dict[str, Any]) -> str | None:
@@ -63,10 +75,14 @@ class LoRA(Method):
             return f"LoRA adapts {', '.join(self.site_ops)} sites, not {site.op}"
         if site.op == "conv2d" and options["dora"]:
             return "DoRA on conv2d sites is not supported by graphpeft"
+        if lora_params.handles(site, options):
+            return lora_params.check(site, options)
         return None
 
     # ------------------------------------------------------------------ parameters
     def create(self, site: Site, options: dict[str, Any], model: nn.Module, store: nn.Module, adapter: str) -> None:
+        if lora_params.handles(site, options):
+            return lora_params.create(site, options, model, store, adapter, _initialise)
         weight = model.get_parameter(site.weight)
         r, init = options["r"], options["init"]
         kwargs = {"device": weight.device, "dtype": weight.dtype}
@@ -82,18 +98,12 @@ class LoRA(Method):
         if weight.device.type != "meta":
             _initialise(site, a, b, r, init)
         slot_a, slot_b = _slots(site)
-        host = container(store, site.fqn)
-        for slot, tensor in ((slot_a, a), (slot_b, b)):
-            if slot not in host._modules:
-                host.register_module(slot, nn.ParameterDict())
-            host._modules[slot][adapter] = nn.Parameter(tensor)
+        lora_params.register_slots(store, site, adapter, {slot_a: a, slot_b: b})
         if options["dora"]:
-            if "lora_magnitude_vector" not in host._modules:
-                host.register_module("lora_magnitude_vector", nn.ParameterDict())
             magnitude = torch.empty(site.out_features, **kwargs)
             if weight.device.type != "meta":
                 magnitude = self._weight_norm(site, weight, a, b, scale_of(options))
-            host._modules["lora_magnitude_vector"][adapter] = nn.Parameter(magnitude)
+            lora_params.register_slots(store, site, adapter, {"lora_magnitude_vector": magnitude})
 
     def _delta(self, site: Site, a: torch.Tensor, b: torch.Tensor, scale: float) -> torch.Tensor:
         """scale · B A in the base weight's own layout."""
@@ -115,6 +125,8 @@ class LoRA(Method):
         scale = scale_of(options)
         if site.op == "embedding":
             return self._rewrite_embedding(edit, scale)
+        if lora_params.handles(site, options):
+            return lora_params.rewrite(edit, scale)
         x = node.args[1] if site.transposed else node.args[0]
         dropout = options["dropout"] if edit.training else 0.0
         x_in = edit.call(aten.dropout.default, x, float(dropout), True, role="lora_dropout") if dropout > 0 else x
@@ -178,6 +190,8 @@ class LoRA(Method):
 
     # ------------------------------------------------------------------ merge
     def merge(self, site: Site, options: dict[str, Any], model: nn.Module, store: nn.Module, adapter: str) -> None:
+        if lora_params.handles(site, options):
+            return lora_params.merge(site, options, model, *self._ab(site, store, adapter), scale_of(options), 1.0)
         weight = model.get_parameter(site.weight)
         a, b = self._ab(site, store, adapter)
         scale = scale_of(options)
@@ -192,6 +206,8 @@ class LoRA(Method):
             weight.copy_(merged.to(weight.dtype))
 
     def unmerge(self, site: Site, options: dict[str, Any], model: nn.Module, store: nn.Module, adapter: str) -> None:
+        if lora_params.handles(site, options):
+            return lora_params.merge(site, options, model, *self._ab(site, store, adapter), scale_of(options), -1.0)
         weight = model.get_parameter(site.weight)
         a, b = self._ab(site, store, adapter)
         with torch.no_grad():
@@ -205,11 +221,11 @@ class LoRA(Method):
 
     def _ab(self, site: Site, store: nn.Module, adapter: str) -> tuple[torch.Tensor, torch.Tensor]:
         slot_a, slot_b = _slots(site)
-        host = container(store, site.fqn, create=False)
+        host = container(store, site.host, create=False)
         return host._modules[slot_a][adapter], host._modules[slot_b][adapter]
 
     def _magnitude(self, site: Site, store: nn.Module, adapter: str) -> torch.Tensor:
-        return container(store, site.fqn, create=False)._modules["lora_magnitude_vector"][adapter]
+        return container(store, site.host, create=False)._modules["lora_magnitude_vector"][adapter]
 
     # ------------------------------------------------------------------ state
     def state(self, site: Site, store: nn.Module, adapter: str) -> dict[str, torch.Tensor]:
@@ -218,7 +234,7 @@ class LoRA(Method):
             out = {"lora_embedding_A": a, "lora_embedding_B": b}
         else:
             out = {"lora_A.weight": a, "lora_B.weight": b}
-        host = container(store, site.fqn, create=False)
+        host = container(store, site.host, create=False)
         magnitudes = host._modules.get("lora_magnitude_vector")
         if magnitudes is not None and adapter in magnitudes:
             out["lora_magnitude_vector"] = magnitudes[adapter]
@@ -250,7 +266,7 @@ def _initialise(site: Site, a: torch.Tensor, b: torch.Tensor, r: int, init: str)
 
 def _dora_norms(store: nn.Module, site: Site) -> dict[str, torch.Tensor]:
     """Weight norms cached at merge time, so unmerge can invert the DoRA factor."""
-    host = container(store, site.fqn, create=False)
+    host = container(store, site.host, create=False)
     if "_dora_merge_norms" not in host.__dict__:
         host.__dict__["_dora_merge_norms"] = {}
     return host.__dict__["_dora_merge_norms"]
