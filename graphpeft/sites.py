@@ -207,13 +207,13 @@ _LEGACY_WEIGHT_OPS = ("linear", "embedding", "conv2d")
 def _with_hosts(found: list[tuple[Site, fx.Node]]) -> list[tuple[Site, fx.Node]]:
     """Give parameter sites, and weight sites sharing a module, one adapter path per parameter use.
 
-    A module with a single linear/embedding/conv2d site keeps its adapters under its own FQN
-    (PEFT's layout); otherwise the path is the parameter FQN without a trailing ``.weight``,
+    A module whose only weight site is a linear/embedding/conv2d site keeps its adapters under
+    its own FQN (PEFT's layout); otherwise the path is the parameter FQN without a trailing ``.weight``,
     with ``_<n>`` appended for the n-th further site reading the same parameter.
     """
     per_module: dict[str, int] = defaultdict(int)
     for site, _ in found:
-        if site.op in _LEGACY_WEIGHT_OPS:
+        if site.weight is not None:
             per_module[site.fqn] += 1
     uses: dict[str, int] = defaultdict(int)
     out = []
