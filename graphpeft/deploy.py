@@ -93,8 +93,16 @@ def _eval(model: GraphPeftModel) -> Iterator[None]:
 
 @contextlib.contextmanager
 def _merged_state(model: GraphPeftModel, merged: bool) -> Iterator[None]:
-    """Fold the active adapters in (``merged``) or keep them separate, then restore the model."""
+    """Fold the active adapters in (``merged``) or keep them separate, then restore the model
+    exactly (weights are copied back, not unmerged up to rounding)."""
     before = list(model._merged)
+    weights = {
+        site.weight: model.base_model.get_parameter(site.weight)
+        for name in model.adapter_specs
+        for site, _ in model.adapter_specs[name].claims.values()
+        if site.weight is not None
+    }
+    saved = {fqn: param.detach().clone() for fqn, param in weights.items()}
     if merged and not before:
         model.merge()
     elif not merged and before:
@@ -106,3 +114,6 @@ def _merged_state(model: GraphPeftModel, merged: bool) -> Iterator[None]:
             model.unmerge()
         elif not merged and before:
             model.merge(before)
+        with torch.no_grad():
+            for fqn, param in weights.items():
+                param.copy_(saved[fqn])
