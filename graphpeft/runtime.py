@@ -102,8 +102,7 @@ class GraphPeftModel(nn.Module):
         self.adapter_specs[adapter_name] = AdapterSpec(list(rules), claims)
         if not self.active_adapters:
             self.active_adapters = [adapter_name]
-        # graphs without adapters stay valid (never rewritten): merged forwards and exports reuse them
-        self._graphs = {key: graph for key, graph in self._graphs.items() if not key[1]}
+        self._graphs.clear()
 
     def set_adapter(self, adapter_name: str | Sequence[str]) -> None:
         names = [adapter_name] if isinstance(adapter_name, str) else list(adapter_name)
