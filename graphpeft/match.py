@@ -74,6 +74,9 @@ def no_match_message(item: ResolvedRule, sites: Sequence[Site]) -> str:
     rule = item.rule
     lines = [f"rule {rule.name!r} ({item.source}) matches no site in this model."]
     for label, pattern in item.patterns:
+        if pattern.param:
+            lines.append(f"  target {label}: {_near_parameters(pattern, sites)}")
+            continue
         ops = [pattern.op] if pattern.op else ["linear", "embedding", "conv2d"]
         candidates = [s for s in sites if s.op in ops]
         probe = _probe(pattern)
@@ -87,6 +90,14 @@ def no_match_message(item: ResolvedRule, sites: Sequence[Site]) -> str:
     present = sorted({s.op for s in sites})
     lines.append(f"  op kinds in this graph: {', '.join(present)}. Fix the module glob/regex, op or layers.")
     return "\n".join(lines)
+
+
+def _near_parameters(pattern: Pattern, sites: Sequence[Site]) -> str:
+    """Hint for a ``param`` glob: the parameters ops read that look most like it."""
+    weights = list(dict.fromkeys(s.weight for s in sites if s.weight and (pattern.op is None or s.op == pattern.op)))
+    probe = pattern.param[0].replace("*", "").strip(".")
+    near = (closest(probe, weights, n=3) if probe else []) or weights[:3]
+    return f"closest parameters read by {pattern.op or 'any'} ops: {', '.join(near) or '(none)'}"
 
 
 def _probe(pattern: Pattern) -> str:

@@ -23,7 +23,7 @@ from torch import nn
 
 from ..options import Option, positive, probability
 from ..rewrite import SiteEditor, container
-from ..sites import Site
+from ..sites import PARAM_SITE_OPS, Site
 from . import Method, lora_params, register
 
 aten = torch.ops.aten
@@ -54,7 +54,7 @@ def _distinct_names(value: Any) -> str | None:
 
 class LoRA(Method):
     name = "lora"
-    site_ops = ("linear", "embedding", "conv2d", "matmul", "grouped_mm")
+    site_ops = ("linear", "embedding", "conv2d")  # plus the parameter sites (lora_params)
     mergeable = True
     peft_type = "LORA"
     options = {
@@ -71,8 +71,11 @@ class LoRA(Method):
     }
 
     def check_site(self, site: Site, options: dict[str, Any]) -> str | None:
-        if site.op not in self.site_ops:
-            return f"LoRA adapts {', '.join(self.site_ops)} sites, not {site.op}"
+        if site.op not in self.site_ops and site.op not in PARAM_SITE_OPS:
+            return (
+                f"LoRA adapts {', '.join(self.site_ops)} sites, not {site.op}; "
+                f"parameter sites ({', '.join(PARAM_SITE_OPS)}) too"
+            )
         if site.op == "conv2d" and options["dora"]:
             return "DoRA on conv2d sites is not supported by graphpeft"
         if lora_params.handles(site, options):
