@@ -341,6 +341,16 @@ class GraphPeftModel(nn.Module):
 
         export_program(self, path, merged, kwargs)
 
+    def explain(self, adapter_names: Sequence[str] | None = None, show: bool = False) -> Any:
+        """An :class:`~graphpeft.explain.ExplainReport` of the adapters (sites, rules, shapes, counts);
+        ``show=True`` also prints it."""
+        from .explain import explain_model
+
+        report = explain_model(self, adapter_names)
+        if show:
+            report.print()
+        return report
+
     def graph(self, **kwargs: Any) -> fx.GraphModule:
         """The rewritten GraphModule that a call with these kwargs runs (for inspection)."""
         return self._graph(self._bind((), kwargs))
