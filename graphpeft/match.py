@@ -36,17 +36,22 @@ def match(
         method = get_method(rule.method)
         selected: list[Site] = []
         splits: dict[str, dict[str, int | float]] = {}
-        for _, pattern in item.patterns:
-            for s in sites:
-                if pattern.matches(s.op, s.fqn, s.cls, param=s.weight) and s not in selected:
+        unmatched = []
+        for label, pattern in item.patterns:
+            hits = [s for s in sites if pattern.matches(s.op, s.fqn, s.cls, param=s.weight)]
+            if not hits:
+                unmatched.append((label, pattern))
+            for s in hits:
+                if s not in selected:
                     selected.append(s)
                     if pattern.split is not None:
                         splits[s.key] = dict(pattern.split)
         if rule.method == "train":
             selected = _outermost(selected)
+        if unmatched and rule.required:
+            # A target that matches nothing is a typo even when the rule's other targets match.
+            raise MatchError(no_match_message(item, sites, unmatched))
         if not selected:
-            if rule.required:
-                raise MatchError(no_match_message(item, sites))
             continue
         for site in selected:
             options = dict(rule.options)
@@ -70,10 +75,17 @@ def _outermost(selected: list[Site]) -> list[Site]:
     return [s for s in selected if not any(s.fqn.startswith(f + ".") for f in fqns if f != s.fqn)]
 
 
-def no_match_message(item: ResolvedRule, sites: Sequence[Site]) -> str:
+def no_match_message(
+    item: ResolvedRule, sites: Sequence[Site], unmatched: Sequence[tuple[str, Pattern]] | None = None
+) -> str:
     rule = item.rule
-    lines = [f"rule {rule.name!r} ({item.source}) matches no site in this model."]
-    for label, pattern in item.patterns:
+    unmatched = list(item.patterns) if unmatched is None else list(unmatched)
+    if len(unmatched) == len(item.patterns):
+        lines = [f"rule {rule.name!r} ({item.source}) matches no site in this model."]
+    else:
+        labels = ", ".join(label for label, _ in unmatched)
+        lines = [f"rule {rule.name!r} ({item.source}): target {labels} matches no site in this model."]
+    for label, pattern in unmatched:
         lines.append(f"  target {label}: {target_hint(pattern, sites)}")
     present = sorted({s.op for s in sites})
     lines.append(f"  op kinds in this graph: {', '.join(present)}. Fix the module glob/regex, op or layers.")

@@ -195,10 +195,15 @@ def _param_site(gm: fx.GraphModule, node: fx.Node) -> tuple | None:
     return op, weight, tuple(param.shape), transposed, None, view, tuple(operand.shape)
 
 
+def input_index(node: fx.Node) -> int:
+    """Position of the activation ``x`` in an ``x @ W`` site node's args (linear, addmm, mm, matmul,
+    bmm, grouped mm; conv2d: 0)."""
+    return _MATMUL_OPS[node.target][0] if node.target in _MATMUL_OPS else 0
+
+
 def input_operand(node: fx.Node) -> fx.Node:
-    """The activation ``x`` of an ``x @ W`` site node (linear, addmm, mm, matmul, bmm, grouped mm)."""
-    index = _MATMUL_OPS[node.target][0] if node.target in _MATMUL_OPS else 0
-    return node.args[index]
+    """The activation ``x`` of an ``x @ W`` site node."""
+    return node.args[input_index(node)]
 
 
 _LEGACY_WEIGHT_OPS = ("linear", "embedding", "conv2d")

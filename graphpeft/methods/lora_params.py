@@ -27,7 +27,7 @@ from torch import nn
 from ..errors import AdapterError, did_you_mean
 from ..param_views import replay, shares_storage
 from ..rewrite import SiteEditor, container
-from ..sites import PARAM_SITE_OPS, Site, input_operand
+from ..sites import PARAM_SITE_OPS, Site
 
 aten = torch.ops.aten
 
@@ -123,7 +123,7 @@ def register_slots(store: nn.Module, site: Site, adapter: str, tensors: dict[str
 def rewrite(edit: SiteEditor, scale: float) -> None:
     """Insert ``y + scale · B(A x)`` (per expert for stacked weights), or its sliced form."""
     site, node, options = edit.site, edit.node, edit.options
-    x = input_operand(node)
+    x = edit.site_input
     dropout = options["dropout"] if edit.training else 0.0
     if dropout > 0:
         x = edit.call(aten.dropout.default, x, float(dropout), True, role="lora_dropout")
@@ -145,7 +145,7 @@ def rewrite(edit: SiteEditor, scale: float) -> None:
     if options.get("slices"):
         out = _add_to_slices(edit, delta)
     else:
-        out = edit.call(aten.add.Tensor, node, delta, role="lora_add")
+        out = edit.call(aten.add.Tensor, edit.output, delta, role="lora_add")
     edit.redirect(out)
 
 
@@ -153,7 +153,7 @@ def _add_to_slices(edit: SiteEditor, delta: Any) -> Any:
     """``cat`` of the output's slices, the chosen ones plus their part of ``delta``."""
     pieces, offset = [], 0
     for name, start, size, chosen in slice_layout(edit.site, edit.options):
-        piece = edit.call(aten.slice.Tensor, edit.node, -1, start, start + size, role=f"slice_{name}")
+        piece = edit.call(aten.slice.Tensor, edit.output, -1, start, start + size, role=f"slice_{name}")
         if chosen:
             part = edit.call(aten.slice.Tensor, delta, -1, offset, offset + size, role=f"lora_delta_{name}")
             piece = edit.call(aten.add.Tensor, piece, part, role=f"lora_add_{name}")
