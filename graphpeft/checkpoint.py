@@ -48,7 +48,7 @@ def adapter_tensors(model: GraphPeftModel, adapter: str) -> dict[str, torch.Tens
     out = {}
     for site, claim in model.adapter_specs[adapter].claims.values():
         for suffix, tensor in get_method(claim.method).state(site, model.adapters, adapter).items():
-            out[f"{PREFIX}{site.fqn}.{suffix}"] = tensor.detach().to("cpu").contiguous().clone()
+            out[f"{PREFIX}{site.host}.{suffix}"] = tensor.detach().to("cpu").contiguous().clone()
     return out
 
 
@@ -76,9 +76,9 @@ def manifest(model: GraphPeftModel, adapter: str, tensors: dict[str, torch.Tenso
                 "method": claim.method,
                 "options": claim.options,
                 "tensors": {
-                    k[len(PREFIX) + len(site.fqn) + 1:]: list(v.shape)
+                    k[len(PREFIX) + len(site.host) + 1:]: list(v.shape)
                     for k, v in tensors.items()
-                    if k.startswith(f"{PREFIX}{site.fqn}.")
+                    if k.startswith(f"{PREFIX}{site.host}.")
                 },
             }
             for key, (site, claim) in spec.claims.items()
@@ -349,7 +349,7 @@ def _copy_tensors(model: GraphPeftModel, adapter: str, tensors: dict[str, torch.
         method = get_method(claim.method)
         wanted = {}
         for suffix, param in method.state(site, model.adapters, adapter).items():
-            key = f"{PREFIX}{site.fqn}.{suffix}"
+            key = f"{PREFIX}{site.host}.{suffix}"
             if key not in tensors:
                 raise LoadError(f"{folder / WEIGHTS} lacks tensor {key!r}; the file does not belong to this adapter config")
             if tuple(tensors[key].shape) != tuple(param.shape):

@@ -244,7 +244,7 @@ def _unmatched(item: ResolvedRule, sites: list[Site]) -> UnmatchedRule:
 
 def _site_report(site: Site, claim: Claim, store: nn.Module) -> SiteReport:
     shapes: dict[str, tuple[int, ...]] = {}
-    host = container(store, site.fqn, create=False)
+    host = container(store, site.host, create=False)
     for slot, holder in host._modules.items():
         if not isinstance(holder, (nn.ParameterDict, nn.ModuleDict)) or claim.adapter not in holder:
             continue
@@ -317,7 +317,7 @@ def _site_label(item: SiteReport) -> Text:
     text = Text.assemble((name, "bold cyan"), (f" {site.op}", "dim"))
     if site.occurrence:
         text.append(f"#{site.occurrence}", style="dim")
-    if site.weight_shape is not None and site.op in ("linear", "conv2d"):
+    if site.weight_shape is not None and site.op in ("linear", "conv2d", "matmul", "grouped_mm"):
         text.append(f" {site.in_features}→{site.out_features}", style="dim")
     text.append(f"  ← {item.method}", style="green")
     text.append(f" rule {item.rule!r} @{item.adapter}  ")

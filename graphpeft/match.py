@@ -35,12 +35,17 @@ def match(
         rule = item.rule
         method = get_method(rule.method)
         selected: list[Site] = []
+        splits: dict[str, dict[str, int | float]] = {}
         unmatched = []
         for label, pattern in item.patterns:
-            hits = [s for s in sites if pattern.matches(s.op, s.fqn, s.cls)]
+            hits = [s for s in sites if pattern.matches(s.op, s.fqn, s.cls, param=s.weight)]
             if not hits:
                 unmatched.append((label, pattern))
-            selected.extend(s for s in hits if s not in selected)
+            for s in hits:
+                if s not in selected:
+                    selected.append(s)
+                    if pattern.split is not None:
+                        splits[s.key] = dict(pattern.split)
         if rule.method == "train":
             selected = _outermost(selected)
         if unmatched and rule.required:
@@ -49,7 +54,10 @@ def match(
         if not selected:
             continue
         for site in selected:
-            problem = method.check_site(site, dict(rule.options))
+            options = dict(rule.options)
+            if site.key in splits:
+                options["split"] = splits[site.key]  # the site's layout travels with the claim
+            problem = method.check_site(site, options)
             if problem:
                 raise MatchError(f"rule {rule.name!r} ({item.source}) selects {site.key}, but {problem}")
             if site.key in claimed:
@@ -58,7 +66,7 @@ def match(
                     f"rules {other!r} and {rule.name!r} both claim site {site.key} for adapter {adapter!r}; "
                     "narrow one rule's pattern (module glob, layers or exclude) or put the rules in separate adapters"
                 )
-            claimed[site.key] = (site, Claim(adapter, rule.name, rule.method, dict(rule.options)))
+            claimed[site.key] = (site, Claim(adapter, rule.name, rule.method, options))
     return claimed
 
 
@@ -84,8 +92,18 @@ def no_match_message(
     return "\n".join(lines)
 
 
+def _near_parameters(pattern: Pattern, sites: Sequence[Site]) -> str:
+    """Hint for a ``param`` glob: the parameters ops read that look most like it."""
+    weights = list(dict.fromkeys(s.weight for s in sites if s.weight and (pattern.op is None or s.op == pattern.op)))
+    probe = pattern.param[0].replace("*", "").strip(".")
+    near = (closest(probe, weights, n=3) if probe else []) or weights[:3]
+    return f"closest parameters read by {pattern.op or 'any'} ops: {', '.join(near) or '(none)'}"
+
+
 def target_hint(pattern: Pattern, sites: Sequence[Site]) -> str:
     """Why ``pattern`` selects nothing: the key that excludes near-matching sites, else the closest FQNs."""
+    if pattern.param:
+        return _near_parameters(pattern, sites)
     if pattern.op is not None:
         other_ops = [s for s in sites if s.op != pattern.op and replace(pattern, op=s.op).matches(s.op, s.fqn, s.cls)]
         if other_ops:

@@ -140,6 +140,8 @@ def lora_config(model: nn.Module, claims: dict[str, tuple[Site, Any]]) -> dict[s
     shared = {(c.options["dropout"], c.options["rslora"], c.options["dora"]) for _, c in lora}
     if len(shared) > 1 or len({s.fqn for s, _ in lora}) != len(lora):
         return None  # PEFT has one dropout/rslora/dora per adapter and one LoRA per module
+    if any(s.host != s.fqn or s.op not in ("linear", "embedding", "conv2d") or c.options.get("slices") for s, c in lora):
+        return None  # parameter sites and fused-output slices have no PEFT module to load into
     first = lora[0][1].options
     config = dict(LORA_CONFIG_DEFAULTS)
     config.update(

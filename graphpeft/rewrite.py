@@ -16,9 +16,12 @@ from typing import Any
 import torch
 from torch import fx, nn
 
-from .sites import Site
+from .sites import Site, input_index
 
 CLAIMS = "graphpeft.claims"
+# Adapters of sites whose host is not their module (parameter sites) hang here in a graph, so
+# their paths cannot collide with the base parameters (``experts.gate_up_proj`` is one).
+GRAPH_ADAPTERS = "graphpeft_adapters"
 ADAPTER_NODE = "graphpeft.adapter_node"
 ORIGINAL_ARGS = "graphpeft.original_args"  # a site node's args before a claim rewrote its inputs
 
@@ -97,12 +100,14 @@ class SiteEditor:
         return new
 
     def param(self, slot: str, subpath: str = "", adapter: str | None = None) -> fx.Node:
-        """A ``get_attr`` node for ``<fqn>.<slot>.<adapter>[.<subpath>]`` (``adapter``: the claim's by default)."""
-        slot_container = container(self.store, f"{self.site.fqn}.{slot}", create=False)
-        host = container(self.gm, self.site.fqn)
+        """A ``get_attr`` node for ``<host>.<slot>.<adapter>[.<subpath>]`` (host: ``site.host``;
+        ``adapter``: the claim's by default)."""
+        slot_container = container(self.store, f"{self.site.host}.{slot}", create=False)
+        path = self.site.fqn if self.site.host == self.site.fqn else f"{GRAPH_ADAPTERS}.{self.site.host}"
+        host = container(self.gm, path)
         if host._modules.get(slot) is not slot_container:
             host.register_module(slot, slot_container)
-        target = ".".join(p for p in (self.site.fqn, slot, adapter or self.claim.adapter, subpath) if p)
+        target = ".".join(p for p in (path, slot, adapter or self.claim.adapter, subpath) if p)
         with self.gm.graph.inserting_after(self._cursor):
             new = self.gm.graph.get_attr(target)
         new.name = self.gm.graph._graph_namespace.create_name(f"{self._prefix}_{slot}", new)
@@ -136,9 +141,10 @@ class SiteEditor:
 
     @property
     def site_input(self) -> fx.Node:
-        """The site op's activation input as it was before any claim rewrote it (x of linear, ids of embedding)."""
+        """The site op's activation input as it was before any claim rewrote it (x of linear/addmm/mm/
+        matmul/bmm/grouped mm, ids of embedding)."""
         args = self.node.meta.get(ORIGINAL_ARGS, self.node.args)
-        return args[1] if (self.site.transposed or self.site.op == "embedding") else args[0]
+        return args[1] if self.site.op == "embedding" else args[input_index(self.node)]
 
     def before(self) -> None:
         """Insert the next nodes right before the site node (to rewrite its inputs)."""

@@ -19,8 +19,8 @@ from typing import Any
 
 from .errors import RuleError, did_you_mean
 
-OP_KINDS = ("linear", "embedding", "conv2d", "attention", "module")
-PATTERN_KEYS = ("op", "module", "regex", "class", "layers", "exclude")
+OP_KINDS = ("linear", "embedding", "conv2d", "attention", "module", "matmul", "grouped_mm")
+PATTERN_KEYS = ("op", "module", "regex", "class", "layers", "exclude", "param", "split")
 RULE_KEYS = ("name", "method", "targets", "required", "also")
 
 
@@ -38,6 +38,14 @@ class Pattern:
         cls: module class name (``"Linear"``) or its dotted path.
         layers: layer indices (the first integer component of the FQN).
         exclude: globs; a site whose FQN matches any of them is left out.
+        param: glob(s) on the FQN of the parameter the op reads (``"*.experts.gate_up_proj"``);
+            with ``op`` unset it selects every op kind that reads a parameter, including the
+            parameter sites ``matmul`` (``x @ W`` with W a parameter or a view of one) and
+            ``grouped_mm`` (MoE experts).
+        split: how the site's output (last dim) is laid out when it fuses several projections,
+            e.g. ``{"q": 768, "k": 768, "v": 768}``: sizes that sum to the output width, or
+            proportions (``{"q": 1, "k": 1, "v": 1}``). Rules pick slices of it by name
+            (LoRA's ``slices = ["q", "v"]``).
     """
 
     op: str | None = None
@@ -46,8 +54,14 @@ class Pattern:
     cls: str | None = None
     layers: tuple[int, ...] | None = None
     exclude: tuple[str, ...] = ()
+    param: tuple[str, ...] | None = None
+    split: tuple[tuple[str, int | float], ...] | None = None
 
     def __post_init__(self) -> None:
+        if isinstance(self.param, (str, list)):
+            object.__setattr__(self, "param", (self.param,) if isinstance(self.param, str) else tuple(self.param))
+        if isinstance(self.split, Mapping):
+            object.__setattr__(self, "split", tuple(self.split.items()))
         if isinstance(self.module, str):
             object.__setattr__(self, "module", (self.module,))
         if isinstance(self.exclude, str):
@@ -66,7 +80,7 @@ class Pattern:
                 f"pattern op {self.op!r} is unknown{did_you_mean(self.op, OP_KINDS)}; "
                 f"valid ops are {', '.join(OP_KINDS)}"
             )
-        for glob in (self.module or ()) + self.exclude:
+        for glob in (self.module or ()) + self.exclude + (self.param or ()):
             if not isinstance(glob, str) or not glob:
                 raise RuleError(f"pattern globs must be non-empty strings, got {glob!r}")
             if glob.count("[") != glob.count("]"):
@@ -80,16 +94,21 @@ class Pattern:
             for layer in self.layers:
                 if isinstance(layer, bool) or not isinstance(layer, int) or layer < 0:
                     raise RuleError(f"pattern layers must be non-negative integers, got {layer!r}")
-        if self.module is None and self.regex is None and self.cls is None and self.op is None:
+        if self.split is not None:
+            _check_split(self.split)
+        if self.module is None and self.regex is None and self.cls is None and self.op is None and self.param is None:
             raise RuleError(
-                "a pattern needs at least one of op, module, regex or class "
+                "a pattern needs at least one of op, module, regex, class or param "
                 "(an empty pattern would match every site)"
             )
 
-    def matches(self, op: str, fqn: str, cls: str) -> bool:
-        """Whether a site of kind ``op`` in module ``fqn`` of class ``cls`` is selected."""
+    def matches(self, op: str, fqn: str, cls: str, param: str | None = None) -> bool:
+        """Whether a site of kind ``op`` in module ``fqn`` of class ``cls`` (reading parameter
+        ``param``) is selected."""
+        if self.param is not None and (param is None or not any(fnmatch.fnmatchcase(param, g) for g in self.param)):
+            return False
         if self.op is None:
-            if op not in ("linear", "embedding", "conv2d"):
+            if op not in ("linear", "embedding", "conv2d") and not (self.param is not None and param is not None):
                 return False
         elif op != self.op:
             return False
@@ -117,6 +136,10 @@ class Pattern:
             out["layers"] = list(self.layers)
         if self.exclude:
             out["exclude"] = list(self.exclude)
+        if self.param is not None:
+            out["param"] = list(self.param) if len(self.param) > 1 else self.param[0]
+        if self.split is not None:
+            out["split"] = dict(self.split)
         return out
 
     @classmethod
@@ -129,7 +152,10 @@ class Pattern:
                     f"{where}: unknown pattern key {key!r}{did_you_mean(key, PATTERN_KEYS)}; "
                     f"valid keys are {', '.join(PATTERN_KEYS)}"
                 )
-        kinds = {"op": str, "module": (str, list), "regex": str, "class": str, "layers": (int, list), "exclude": (str, list)}
+        kinds = {
+            "op": str, "module": (str, list), "regex": str, "class": str, "layers": (int, list),
+            "exclude": (str, list), "param": (str, list), "split": Mapping,
+        }
         for key, value in data.items():
             if isinstance(value, bool) or not isinstance(value, kinds[key]):
                 raise RuleError(f"{where}: pattern key {key!r} has the wrong type: {value!r}")
@@ -142,9 +168,22 @@ class Pattern:
                 cls=data.get("class"),
                 layers=(layers,) if isinstance(layers, int) else layers,
                 exclude=data.get("exclude", ()),
+                param=data.get("param"),
+                split=data.get("split"),
             )
         except RuleError as exc:
             raise RuleError(f"{where}: {exc}") from None
+
+
+def _check_split(split: tuple[tuple[str, Any], ...]) -> None:
+    names = [name for name, _ in split]
+    if not split:
+        raise RuleError("pattern split is empty; name the parts, e.g. split = {q = 768, k = 768, v = 768}")
+    if len(set(names)) != len(names) or not all(isinstance(n, str) and n for n in names):
+        raise RuleError(f"pattern split names must be distinct non-empty strings, got {names!r}")
+    for name, size in split:
+        if isinstance(size, bool) or not isinstance(size, (int, float)) or size <= 0:
+            raise RuleError(f"pattern split part {name!r} must be a positive size or proportion, got {size!r}")
 
 
 _LAYER = re.compile(r"(?:^|\.)(\d+)(?:\.|$)")

@@ -426,6 +426,17 @@ class GraphPeftModel(nn.Module):
         self._base_graphs.clear()
         return super()._apply(fn, recurse)
 
+    def export(self, path: str, merged: bool = False, **kwargs: Any) -> None:
+        """Save the adapted model (eval mode) as a ``torch.export`` program that runs without graphpeft.
+
+        ``merged=True`` folds the active adapters into the weights for the export (the model is
+        restored afterwards). ``kwargs`` name the inputs the program takes (default ``input_ids``
+        and ``attention_mask``). Load it with ``torch.export.load(path).module()``.
+        """
+        from .deploy import export_program
+
+        export_program(self, path, merged, kwargs)
+
     def explain(self, adapter_names: Sequence[str] | None = None, show: bool = False) -> Any:
         """An :class:`~graphpeft.explain.ExplainReport` of the adapters (sites, rules, shapes, counts);
         ``show=True`` also prints it."""

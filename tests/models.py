@@ -80,3 +80,20 @@ def batch(kind: str, batch_size: int = 3, length: int = 7, seed: int = 1, left_p
     if kind == "t5":
         inputs["decoder_input_ids"] = torch.randint(3, VOCAB, (batch_size, 5), generator=generator)
     return inputs
+
+
+def tiny_qwen3_moe(seed: int = 0):
+    """Qwen3-MoE, 2 layers of 4 experts (top-2), hidden 32: expert weights are 3-D parameters."""
+    from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM
+
+    torch.manual_seed(seed)
+    config = Qwen3MoeConfig(
+        vocab_size=VOCAB, hidden_size=32, intermediate_size=64, moe_intermediate_size=16, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=8, num_experts=4, num_experts_per_tok=2,
+        max_position_embeddings=128, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+    )
+    model = Qwen3MoeForCausalLM(config).eval()
+    with torch.no_grad():  # the router starts at zeros; give it weights so tokens reach different experts
+        for layer in model.model.layers:
+            layer.mlp.gate.weight.normal_(std=0.5)
+    return model

@@ -70,7 +70,7 @@ class Bottleneck(Method):
         if weight.device.type != "meta":
             nn.init.kaiming_uniform_(down, a=math.sqrt(5))
         tensors = (down, torch.zeros(width, **kwargs), up, torch.zeros(d, **kwargs))
-        host = container(store, site.fqn)
+        host = container(store, site.host)
         for slot, tensor in zip(SLOTS, tensors):
             if slot not in host._modules:
                 host.register_module(slot, nn.ParameterDict())
@@ -92,7 +92,7 @@ class Bottleneck(Method):
         edit.redirect(out)
 
     def state(self, site: Site, store: nn.Module, adapter: str) -> dict[str, torch.Tensor]:
-        host = container(store, site.fqn, create=False)
+        host = container(store, site.host, create=False)
         return {slot: host._modules[slot][adapter] for slot in SLOTS}
 
     def load_state(self, site: Site, store: nn.Module, adapter: str, tensors: dict[str, torch.Tensor]) -> None:

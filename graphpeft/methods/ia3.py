@@ -54,7 +54,7 @@ class IA3(Method):
         vector = torch.ones(vector_shape(site, options["feedforward"]), device=weight.device, dtype=dtype)
         if options["init"] == "random" and weight.device.type != "meta":
             nn.init.normal_(vector, mean=1.0, std=0.1)
-        host = container(store, site.fqn)
+        host = container(store, site.host)
         if SLOT not in host._modules:
             host.register_module(SLOT, nn.ParameterDict())
         host._modules[SLOT][adapter] = nn.Parameter(vector)
@@ -120,7 +120,7 @@ class IA3(Method):
 
     # ------------------------------------------------------------------ state
     def _vector(self, site: Site, store: nn.Module, adapter: str) -> torch.Tensor:
-        return container(store, site.fqn, create=False)._modules[SLOT][adapter]
+        return container(store, site.host, create=False)._modules[SLOT][adapter]
 
     def state(self, site: Site, store: nn.Module, adapter: str) -> dict[str, torch.Tensor]:
         return {SLOT: self._vector(site, store, adapter)}

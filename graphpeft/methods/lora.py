@@ -8,7 +8,9 @@ with scale = alpha / r, or alpha / √r for rsLoRA. DoRA (as PEFT defines it)
 rescales each output row by m / ‖W + scale·B A‖ (norm taken on detached LoRA
 weights, then detached): y = m̂ ⊙ (W x + scale · B A x) + b.
 Embedding sites use A: (r, vocab), B: (dim, r) and no dropout, as PEFT does.
-Parameter names and on-disk keys follow PEFT.
+Parameter names and on-disk keys follow PEFT. Parameter sites (``matmul``, ``grouped_mm``:
+weights reached through functional calls, views or expert stacks) and output slices of
+fused projections (option ``slices``) are handled in :mod:`.lora_params`.
 """
 
 from __future__ import annotations
@@ -22,8 +24,8 @@ from torch import nn
 from ..errors import AdapterError
 from ..options import Option, positive, probability
 from ..rewrite import SiteEditor, container
-from ..sites import Site
-from . import Method, register
+from ..sites import PARAM_SITE_OPS, Site
+from . import Method, lora_params, register
 
 aten = torch.ops.aten
 
@@ -45,9 +47,15 @@ def _weight_out_in(site: Site, weight: torch.Tensor) -> torch.Tensor:
     return weight
 
 
+def _distinct_names(value: Any) -> str | None:
+    if all(isinstance(v, str) and v for v in value) and len(set(value)) == len(value):
+        return None
+    return "must be a list of distinct slice names, e.g. [\"q\", \"v\"]"
+
+
 class LoRA(Method):
     name = "lora"
-    site_ops = ("linear", "embedding", "conv2d")
+    site_ops = ("linear", "embedding", "conv2d")  # plus the parameter sites (lora_params)
     mergeable = True
     mixable = True
     peft_type = "LORA"
@@ -58,17 +66,28 @@ class LoRA(Method):
         "rslora": Option(bool, False, "scale by alpha/sqrt(r) instead of alpha/r"),
         "dora": Option(bool, False, "weight-decomposed LoRA (magnitude vector per output)"),
         "init": Option(str, "default", "initialisation", choices=("default", "gaussian", "random")),
+        "slices": Option(
+            (list, tuple), (), "output slices to adapt, by name from the site's split (empty: the whole output)",
+            check=_distinct_names,
+        ),
     }
 
     def check_site(self, site: Site, options: dict[str, Any]) -> str | None:
-        if site.op not in self.site_ops:
-            return f"LoRA adapts {', '.join(self.site_ops)} sites, not {site.op}"
+        if site.op not in self.site_ops and site.op not in PARAM_SITE_OPS:
+            return (
+                f"LoRA adapts {', '.join(self.site_ops)} sites, not {site.op}; "
+                f"parameter sites ({', '.join(PARAM_SITE_OPS)}) too"
+            )
         if site.op == "conv2d" and options["dora"]:
             return "DoRA on conv2d sites is not supported by graphpeft"
+        if lora_params.handles(site, options):
+            return lora_params.check(site, options)
         return None
 
     # ------------------------------------------------------------------ parameters
     def create(self, site: Site, options: dict[str, Any], model: nn.Module, store: nn.Module, adapter: str) -> None:
+        if lora_params.handles(site, options):
+            return lora_params.create(site, options, model, store, adapter, _initialise)
         weight = model.get_parameter(site.weight)
         r, init = options["r"], options["init"]
         kwargs = {"device": weight.device, "dtype": weight.dtype}
@@ -84,18 +103,12 @@ class LoRA(Method):
         if weight.device.type != "meta":
             _initialise(site, a, b, r, init)
         slot_a, slot_b = _slots(site)
-        host = container(store, site.fqn)
-        for slot, tensor in ((slot_a, a), (slot_b, b)):
-            if slot not in host._modules:
-                host.register_module(slot, nn.ParameterDict())
-            host._modules[slot][adapter] = nn.Parameter(tensor)
+        lora_params.register_slots(store, site, adapter, {slot_a: a, slot_b: b})
         if options["dora"]:
-            if "lora_magnitude_vector" not in host._modules:
-                host.register_module("lora_magnitude_vector", nn.ParameterDict())
             magnitude = torch.empty(site.out_features, **kwargs)
             if weight.device.type != "meta":
                 magnitude = self._weight_norm(site, weight, a, b, scale_of(options))
-            host._modules["lora_magnitude_vector"][adapter] = nn.Parameter(magnitude)
+            lora_params.register_slots(store, site, adapter, {"lora_magnitude_vector": magnitude})
 
     def _delta(self, site: Site, a: torch.Tensor, b: torch.Tensor, scale: float) -> torch.Tensor:
         """scale · B A in the base weight's own layout."""
@@ -117,6 +130,8 @@ class LoRA(Method):
         scale = scale_of(options)
         if site.op == "embedding":
             return self._rewrite_embedding(edit, scale)
+        if lora_params.handles(site, options):
+            return lora_params.rewrite(edit, scale)
         x = edit.site_input
         dropout = options["dropout"] if edit.training else 0.0
         x_in = edit.call(aten.dropout.default, x, float(dropout), True, role="lora_dropout") if dropout > 0 else x
@@ -190,6 +205,8 @@ class LoRA(Method):
 
         check_mixable_site(edit)
         present = [(slot, c) for slot, c in enumerate(claims) if c is not None]
+        if any(lora_params.handles(edit.site, c.options) for _, c in present):
+            raise AdapterError(f"LoRA on output slices cannot serve mixed-adapter batches (site {edit.site.key})")
         if any(c.options["dora"] for _, c in present):
             raise AdapterError(f"DoRA adapters cannot serve mixed-adapter batches (site {edit.site.key})")
         dropouts = {float(c.options["dropout"]) for _, c in present} if edit.training else {0.0}
@@ -207,7 +224,7 @@ class LoRA(Method):
             b_parts.append(edit.param("lora_B", adapter=order[slot]))
             masks.append((slot, width, width + claim.options["r"], scale_of(claim.options)))
             width += claim.options["r"]
-        template = edit.store.get_parameter(f"{edit.site.fqn}.lora_A.{order[present[0][0]]}")
+        template = edit.store.get_parameter(f"{edit.site.host}.lora_A.{order[present[0][0]]}")
         mask = torch.zeros(len(claims), width, dtype=template.dtype, device=template.device)
         for slot, start, stop, scale in masks:
             mask[slot, start:stop] = scale
@@ -221,6 +238,8 @@ class LoRA(Method):
 
     # ------------------------------------------------------------------ merge
     def merge(self, site: Site, options: dict[str, Any], model: nn.Module, store: nn.Module, adapter: str) -> None:
+        if lora_params.handles(site, options):
+            return lora_params.merge(site, options, model, *self._ab(site, store, adapter), scale_of(options), 1.0)
         weight = model.get_parameter(site.weight)
         a, b = self._ab(site, store, adapter)
         scale = scale_of(options)
@@ -235,6 +254,8 @@ class LoRA(Method):
             weight.copy_(merged.to(weight.dtype))
 
     def unmerge(self, site: Site, options: dict[str, Any], model: nn.Module, store: nn.Module, adapter: str) -> None:
+        if lora_params.handles(site, options):
+            return lora_params.merge(site, options, model, *self._ab(site, store, adapter), scale_of(options), -1.0)
         weight = model.get_parameter(site.weight)
         a, b = self._ab(site, store, adapter)
         with torch.no_grad():
@@ -248,11 +269,11 @@ class LoRA(Method):
 
     def _ab(self, site: Site, store: nn.Module, adapter: str) -> tuple[torch.Tensor, torch.Tensor]:
         slot_a, slot_b = _slots(site)
-        host = container(store, site.fqn, create=False)
+        host = container(store, site.host, create=False)
         return host._modules[slot_a][adapter], host._modules[slot_b][adapter]
 
     def _magnitude(self, site: Site, store: nn.Module, adapter: str) -> torch.Tensor:
-        return container(store, site.fqn, create=False)._modules["lora_magnitude_vector"][adapter]
+        return container(store, site.host, create=False)._modules["lora_magnitude_vector"][adapter]
 
     # ------------------------------------------------------------------ state
     def state(self, site: Site, store: nn.Module, adapter: str) -> dict[str, torch.Tensor]:
@@ -261,7 +282,7 @@ class LoRA(Method):
             out = {"lora_embedding_A": a, "lora_embedding_B": b}
         else:
             out = {"lora_A.weight": a, "lora_B.weight": b}
-        host = container(store, site.fqn, create=False)
+        host = container(store, site.host, create=False)
         magnitudes = host._modules.get("lora_magnitude_vector")
         if magnitudes is not None and adapter in magnitudes:
             out["lora_magnitude_vector"] = magnitudes[adapter]
@@ -293,7 +314,7 @@ def _initialise(site: Site, a: torch.Tensor, b: torch.Tensor, r: int, init: str)
 
 def _dora_norms(store: nn.Module, site: Site) -> dict[str, torch.Tensor]:
     """Weight norms cached at merge time, so unmerge can invert the DoRA factor."""
-    host = container(store, site.fqn, create=False)
+    host = container(store, site.host, create=False)
     if "_dora_merge_norms" not in host.__dict__:
         host.__dict__["_dora_merge_norms"] = {}
     return host.__dict__["_dora_merge_norms"]
