@@ -17,9 +17,14 @@ from torch import nn
 from .errors import GraphPeftError
 from .rules import Pattern, Rule, RuleSet
 from .runtime import GraphPeftModel
+from .explain import explain  # noqa: E402  (after the submodule import, so the name is the function)
+from .viz import to_networkx
 
 __version__ = "0.1.0"
-__all__ = ["apply", "load", "GraphPeftModel", "Rule", "Pattern", "RuleSet", "GraphPeftError", "__version__"]
+__all__ = [
+    "apply", "load", "explain", "to_networkx", "GraphPeftModel", "Rule", "Pattern", "RuleSet", "GraphPeftError",
+    "__version__",
+]
 
 
 def apply(

@@ -271,6 +271,29 @@ def _copy_tensors(model: GraphPeftModel, adapter: str, tensors: dict[str, torch.
             wanted[suffix] = tensors[key].to(device=param.device, dtype=param.dtype)
             used.add(key)
         method.load_state(site, model.adapters, adapter, wanted)
+    base_copies = _base_layer_tensors(model, tensors, used, folder)
     unused = sorted(set(tensors) - used)
     if unused:
         raise LoadError(f"{folder / WEIGHTS} holds tensors no site of this model takes, e.g. {unused[:3]}; wrong base model?")
+    with torch.no_grad():
+        for param, value in base_copies:
+            param.copy_(value)
+
+
+def _base_layer_tensors(model: GraphPeftModel, tensors: dict[str, torch.Tensor], used: set[str], folder: Path) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """PEFT saves adapted embedding layers' own weights (``<fqn>.base_layer.weight``) too; load them as PEFT does."""
+    out = []
+    for key, value in tensors.items():
+        if key in used or ".base_layer." not in key or not key.startswith(PREFIX):
+            continue
+        fqn = key[len(PREFIX):].replace(".base_layer.", ".")
+        try:
+            param = model.base_model.get_parameter(fqn)
+        except AttributeError:
+            continue
+        if tuple(param.shape) != tuple(value.shape):
+            raise LoadError(f"{folder / WEIGHTS}: {key!r} has shape {tuple(value.shape)}, the model's {fqn} is {tuple(param.shape)}")
+        used.add(key)
+        if not torch.equal(param.detach().cpu(), value.to(param.dtype)):
+            out.append((param, value.to(device=param.device, dtype=param.dtype)))
+    return out

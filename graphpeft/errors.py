@@ -46,10 +46,13 @@ class SaveError(GraphPeftError, OSError):
 def closest(word: str, choices: Iterable[str], n: int = 3) -> list[str]:
     """The up-to-``n`` entries of ``choices`` that look most like ``word``."""
     choices = list(dict.fromkeys(choices))
-    found = difflib.get_close_matches(word, choices, n=n, cutoff=0.5)
+    # abbreviations first ('rank' -> 'r'), then spelling neighbours ('loar' -> 'lora')
+    prefixed = [c for c in choices if word and c and (word.startswith(c) or c.startswith(word))]
+    similar = difflib.get_close_matches(word, choices, n=n, cutoff=0.5)
+    found = list(dict.fromkeys(prefixed + similar))
     if not found:
-        found = [c for c in choices if word and (word in c or c in word)][:n]
-    return found
+        found = [c for c in choices if word and (word in c or c in word)]
+    return found[:n]
 
 
 def did_you_mean(word: str, choices: Iterable[str], n: int = 3) -> str:
@@ -58,3 +61,7 @@ def did_you_mean(word: str, choices: Iterable[str], n: int = 3) -> str:
     if not found:
         return ""
     return " (did you mean " + " or ".join(repr(f) for f in found) + "?)"
+
+
+class UsageError(GraphPeftError, ValueError):
+    """A tool (explain, viz, the CLI) was given an argument it cannot use: wrong object, level or path."""

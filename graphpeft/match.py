@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .errors import MatchError, closest
 from .methods import get_method
 from .rewrite import Claim
-from .rules import Pattern, Rule
+from .rules import Pattern, Rule, layer_index
 from .sites import Site
 
 
@@ -66,19 +66,60 @@ def no_match_message(item: ResolvedRule, sites: Sequence[Site]) -> str:
     rule = item.rule
     lines = [f"rule {rule.name!r} ({item.source}) matches no site in this model."]
     for label, pattern in item.patterns:
-        ops = [pattern.op] if pattern.op else ["linear", "embedding", "conv2d"]
-        candidates = [s for s in sites if s.op in ops]
-        probe = _probe(pattern)
-        near = closest(probe, [s.fqn for s in candidates], n=3) if probe else []
-        if not near:
-            near = [s.fqn for s in candidates[:3]]
-        kinds = sorted({s.op for s in sites if s.fqn in near}) or sorted({s.op for s in sites})
-        lines.append(
-            f"  target {label}: closest FQNs {', '.join(near) or '(none)'}; op kinds there: {', '.join(kinds)}"
-        )
+        lines.append(f"  target {label}: {target_hint(pattern, sites)}")
     present = sorted({s.op for s in sites})
     lines.append(f"  op kinds in this graph: {', '.join(present)}. Fix the module glob/regex, op or layers.")
     return "\n".join(lines)
+
+
+def target_hint(pattern: Pattern, sites: Sequence[Site]) -> str:
+    """Why ``pattern`` selects nothing: the key that excludes near-matching sites, else the closest FQNs."""
+    if pattern.op is not None:
+        other_ops = [s for s in sites if s.op != pattern.op and replace(pattern, op=s.op).matches(s.op, s.fqn, s.cls)]
+        if other_ops:
+            kinds = sorted({s.op for s in other_ops if s.op != "module"}) or ["module"]
+            other_ops = [s for s in other_ops if s.op in kinds]
+            return (
+                f"selects {_listing([s.fqn for s in other_ops])}, but op kind there is {', '.join(kinds)}, "
+                f"not {pattern.op}; set op = {kinds[0]!r}"
+            )
+    if pattern.layers is not None:
+        unlayered = [s for s in sites if replace(pattern, layers=None).matches(s.op, s.fqn, s.cls)]
+        if unlayered:
+            present = sorted({i for i in (layer_index(s.fqn) for s in unlayered) if i is not None})
+            return (
+                f"without layers = {list(pattern.layers)} it selects {_listing([s.fqn for s in unlayered])}; "
+                f"this model's layers there are {', '.join(map(str, present)) or '(none)'}"
+            )
+    near = closest_fqns(pattern, sites)
+    kinds = sorted({s.op for s in sites if s.fqn in near and s.op != "module"})
+    return f"closest FQNs {', '.join(near) or '(none)'}; op kinds there: {', '.join(kinds) or '(none)'}"
+
+
+def closest_fqns(pattern: Pattern, sites: Sequence[Site], n: int = 3) -> list[str]:
+    """FQNs of ``pattern``'s op kinds that look most like its glob/regex/class.
+
+    The probe's last components are compared with the same number of trailing
+    components of each FQN (``self_attn.q_projj`` vs ``self_attn.q_proj``), one
+    FQN per distinct suffix, so the hints name different modules, not layer copies.
+    """
+    ops = [pattern.op] if pattern.op else ["linear", "embedding", "conv2d"]
+    candidates = list(dict.fromkeys(s.fqn for s in sites if s.op in ops))
+    probe = _probe(pattern)
+    if not probe:
+        return candidates[:n]
+    depth = probe.count(".") + 1
+    by_suffix: dict[str, str] = {}
+    for fqn in candidates:
+        by_suffix.setdefault(".".join(fqn.split(".")[-depth:]), fqn)
+    near = [by_suffix[s] for s in closest(probe, by_suffix, n=n)]
+    return near or closest(probe, candidates, n=n) or candidates[:n]
+
+
+def _listing(fqns: list[str], n: int = 3) -> str:
+    unique = list(dict.fromkeys(fqns))
+    shown = ", ".join(unique[:n])
+    return shown + (f" (+{len(unique) - n} more)" if len(unique) > n else "")
 
 
 def _probe(pattern: Pattern) -> str:

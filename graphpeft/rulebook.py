@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from importlib import resources
+import importlib.util
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +18,12 @@ from .rules import Rule, RuleSet
 def passes_dir() -> Path:
     """Folder of the built-in rule files (installed package data, or the source tree)."""
     try:
-        installed = Path(str(resources.files("graphpeft.passes")))
-        if installed.is_dir() and any(installed.glob("*.toml")):
-            return installed
+        spec = importlib.util.find_spec("graphpeft.passes")
     except ModuleNotFoundError:
-        pass
+        spec = None
+    for location in (spec.submodule_search_locations or []) if spec else []:
+        if any(Path(location).glob("*.toml")):
+            return Path(location)
     return Path(__file__).resolve().parent.parent / "passes"
 
 
@@ -55,8 +56,10 @@ def resolve_rules(
     :class:`RuleSet`, a :class:`Rule` or a list of rules.
     """
     if isinstance(rules, (str, Path)) and (".toml" in str(rules) or Path(rules).is_file()):
-        path, _, name = str(rules).partition(".toml#")
-        path = path + ".toml" if name or str(rules).endswith(".toml") else str(rules)
+        path, name = str(rules), ""
+        if ".toml#" in path:
+            path, name = path.split(".toml#", 1)
+            path += ".toml"
         ruleset = RuleSet.from_toml(path)
         if not ruleset.rules:
             raise RuleError(f"{ruleset.source} has no [[rules]]; add at least one rule")
@@ -84,7 +87,8 @@ def resolve_rules(
         )
     if overrides:
         chosen = _override(chosen, overrides)
-    return [ResolvedRule(r, tuple(ruleset.resolve(r)), ruleset.source) for r in chosen]
+    source = "<python>" if isinstance(rules, Rule) or not isinstance(rules, (str, Path, RuleSet)) else ruleset.source
+    return [ResolvedRule(r, tuple(ruleset.resolve(r)), source) for r in chosen]
 
 
 def _override(chosen: list[Rule], overrides: dict[str, Any]) -> list[Rule]:

@@ -21,7 +21,7 @@ from .match import ResolvedRule, match
 from .methods import get_method
 from .rewrite import Claim, annotate, materialize
 from .sites import Site, graph_sites, module_sites
-from .trace import example_inputs, export_graph, forward_parameters, is_transformers_model, signature_of
+from .trace import clone_graph, example_inputs, fits, export_graph, forward_parameters, is_transformers_model, signature_of
 
 BASE = "__base__"
 
@@ -50,7 +50,8 @@ class GraphPeftModel(nn.Module):
         self.adapters = nn.Module()
         self.adapter_specs: dict[str, AdapterSpec] = {}
         self.active_adapters: list[str] = []
-        self._graphs: dict[Any, fx.GraphModule] = {}
+        self._graphs: dict[Any, fx.GraphModule] = {}  # (Signature, adapters) -> rewritten graph
+        self._base_graphs: dict[Any, fx.GraphModule] = {}  # Signature -> pristine export
         self._merged: list[str] = []
         self._disabled = False
         self._transformers = is_transformers_model(model)
@@ -222,6 +223,7 @@ class GraphPeftModel(nn.Module):
         for param in self.base_model.parameters():
             param.requires_grad_(self._grad_before.get(id(param), True))
         self._graphs.clear()
+        self._base_graphs.clear()
         return self.base_model
 
     # ------------------------------------------------------------------ forward
@@ -263,21 +265,29 @@ class GraphPeftModel(nn.Module):
         adapters = self._graph_adapters()
         static = not self._transformers and self._dynamic_shapes is None
         signature = signature_of(self.base_model, kwargs, self.training, static)
+        if not fits(self._traced(signature, kwargs), signature, kwargs):
+            signature = signature_of(self.base_model, kwargs, self.training, static=True)
+        if not adapters:
+            return self._traced(signature, kwargs)
         key = (signature, adapters)
         graph = self._graphs.get(key)
         if graph is None:
-            graph = self._trace(signature, kwargs)
-            if adapters:
-                self._rewrite(graph, adapters, signature.training)
+            graph = clone_graph(self._traced(signature, kwargs))
+            self._rewrite(graph, adapters, signature.training)
             self._graphs[key] = graph
         return graph
 
-    def _trace(self, signature: Any, kwargs: dict[str, Any]) -> fx.GraphModule:
-        if self._transformers:
-            example, shapes = example_inputs(self.base_model, signature)
-        else:
-            example, shapes = kwargs, self._dynamic_shapes
-        return export_graph(self.base_model, (), example, shapes, signature.training)
+    def _traced(self, signature: Any, kwargs: dict[str, Any]) -> fx.GraphModule:
+        """The unrewritten export of the base model for this signature (exported once, kept pristine)."""
+        graph = self._base_graphs.get(signature)
+        if graph is None:
+            if self._transformers:
+                example, shapes = example_inputs(self.base_model, signature)
+            else:
+                example, shapes = kwargs, self._dynamic_shapes
+            graph = export_graph(self.base_model, (), example, shapes, signature.training)
+            self._base_graphs[signature] = graph
+        return graph
 
     def _canonical_kwargs(self) -> dict[str, Any]:
         if not self._transformers:
@@ -290,14 +300,10 @@ class GraphPeftModel(nn.Module):
         return self._bind((), kwargs)
 
     def _base_graph(self) -> fx.GraphModule:
-        """The unrewritten graph of the canonical call (traced once, cached)."""
+        """The unrewritten graph of the canonical call (input_ids + attention_mask)."""
         kwargs = self._canonical_kwargs()
         static = not self._transformers and self._dynamic_shapes is None
-        signature = signature_of(self.base_model, kwargs, self.training, static)
-        key = (signature, ())
-        if key not in self._graphs:
-            self._graphs[key] = self._trace(signature, kwargs)
-        return self._graphs[key]
+        return self._traced(signature_of(self.base_model, kwargs, self.training, static), kwargs)
 
     def _rewrite(self, gm: fx.GraphModule, adapters: tuple[str, ...], training: bool) -> None:
         located: dict[str, tuple[Site, fx.Node | None]] = {s.key: (s, n) for s, n in graph_sites(gm)}
@@ -321,7 +327,18 @@ class GraphPeftModel(nn.Module):
     def _apply(self, fn: Any, recurse: bool = True) -> GraphPeftModel:
         # Graphs bake devices and dtypes into some ops (arange(..., device=cpu)); retrace after .to().
         self._graphs.clear()
+        self._base_graphs.clear()
         return super()._apply(fn, recurse)
+
+    def explain(self, adapter_names: Sequence[str] | None = None, show: bool = False) -> Any:
+        """An :class:`~graphpeft.explain.ExplainReport` of the adapters (sites, rules, shapes, counts);
+        ``show=True`` also prints it."""
+        from .explain import explain_model
+
+        report = explain_model(self, adapter_names)
+        if show:
+            report.print()
+        return report
 
     def graph(self, **kwargs: Any) -> fx.GraphModule:
         """The rewritten GraphModule that a call with these kwargs runs (for inspection)."""

@@ -9,8 +9,10 @@ and sequence dims, so one graph serves every batch size and length. For any othe
 from __future__ import annotations
 
 import contextlib
+import copy
 import inspect
 import logging
+import re
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -63,7 +65,7 @@ def _roles(name: str, tensor: torch.Tensor, encoder_decoder: bool) -> tuple[Any,
 
 
 def signature_of(model: nn.Module, kwargs: Mapping[str, Any], training: bool, static: bool) -> Signature:
-    """The graph key of a call. ``static`` keys on exact shapes (non-transformers models)."""
+    """The graph key of a call. ``static`` keys on exact shapes (custom modules, out-of-range calls)."""
     encoder_decoder = bool(getattr(getattr(model, "config", None), "is_encoder_decoder", False))
     entries = []
     device = "cpu"
@@ -177,10 +179,90 @@ def export_graph(
     """
     with _mode(model, training), _quiet():
         try:
-            program = torch.export.export(model, args, kwargs, dynamic_shapes=dynamic_shapes, strict=False)
+            try:
+                program = torch.export.export(model, args, kwargs, dynamic_shapes=dynamic_shapes, strict=False)
+            except Exception as exc:
+                narrowed = _apply_suggested_fixes(dynamic_shapes, str(exc))
+                if narrowed is None:
+                    raise
+                # e.g. T5 shifts labels right and needs decoder_seq >= 3: export what export can prove.
+                dynamic_shapes = narrowed
+                program = torch.export.export(model, args, kwargs, dynamic_shapes=dynamic_shapes, strict=False)
         except Exception as exc:  # export raises many types; summarize them all the same way
             raise TraceError(summarize_export_error(model, exc)) from exc
-        return program.module()
+        graph = program.module()
+        graph.meta["graphpeft.dim_ranges"] = _dim_ranges(dynamic_shapes)
+        return graph
+
+
+_SUGGESTED_DIM = re.compile(r"(\w+) = Dim\('(\w+)'((?:, (?:min|max)=\d+)*)\)")
+
+
+def _apply_suggested_fixes(dynamic_shapes: Any, message: str) -> Any:
+    """``dynamic_shapes`` with the ranges export suggested in ``message``, or None if none apply."""
+    if not isinstance(dynamic_shapes, dict) or "Suggested fixes" not in message:
+        return None
+    fixes = {}
+    for name, _, bounds in _SUGGESTED_DIM.findall(message.split("Suggested fixes", 1)[1]):
+        limits = dict(part.strip().split("=") for part in bounds.split(",") if part.strip())
+        fixes[name] = Dim(name, **{k: int(v) for k, v in limits.items()})
+    if not fixes:
+        return None
+    changed = False
+    out = {}
+    for key, spec in dynamic_shapes.items():
+        if isinstance(spec, dict):
+            spec = dict(spec)
+            for axis, dim in spec.items():
+                if getattr(dim, "__name__", None) in fixes:
+                    spec[axis] = fixes[dim.__name__]
+                    changed = True
+        out[key] = spec
+    return out if changed else None
+
+
+def _dim_ranges(dynamic_shapes: Any) -> dict[str, tuple[int, int]]:
+    """Dim name -> (min, max) of the dims a graph was exported with."""
+    ranges = {}
+    if isinstance(dynamic_shapes, dict):
+        for spec in dynamic_shapes.values():
+            if isinstance(spec, dict):
+                for dim in spec.values():
+                    name = getattr(dim, "__name__", None)
+                    if name:
+                        ranges[name] = (int(getattr(dim, "min", 0)), int(min(getattr(dim, "max", 2**62), 2**62)))
+    return ranges
+
+
+_ROLE_DIM = {"B": "batch", "S": "seq", "T": "decoder_seq"}
+
+
+def fits(graph: fx.GraphModule, signature: Signature, kwargs: Mapping[str, Any]) -> bool:
+    """Whether the call's sizes lie inside the dim ranges ``graph`` was exported with."""
+    ranges = graph.meta.get("graphpeft.dim_ranges", {})
+    for entry in signature.inputs:
+        if len(entry) != 3:
+            continue
+        name, _, roles = entry
+        for axis, role in enumerate(roles):
+            bounds = ranges.get(_ROLE_DIM.get(role, ""))
+            if bounds and not bounds[0] <= kwargs[name].shape[axis] <= bounds[1]:
+                return False
+    return True
+
+
+def clone_graph(gm: fx.GraphModule) -> fx.GraphModule:
+    """A new GraphModule with a copy of ``gm``'s graph and the same parameter tensors.
+
+    Rewrites work on clones, so one export per call signature serves every adapter set.
+    """
+    graph = fx.Graph()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # pytree spec deprecation noise from deepcopy
+        graph._codegen = copy.deepcopy(gm.graph._codegen)
+    output = graph.graph_copy(gm.graph, {})
+    graph.output(output)
+    return fx.GraphModule(gm, graph)
 
 
 def summarize_export_error(model: nn.Module, exc: BaseException) -> str:

@@ -1,0 +1,84 @@
+"""Same LoRA weights => same logits as PEFT, through files in both directions."""
+
+import copy
+
+import pytest
+import torch
+from models import BUILDERS, batch
+from peft import LoraConfig, PeftModel, get_peft_model
+
+import graphpeft
+
+VARIANTS = {
+    "lora": {},
+    "rslora": {"use_rslora": True},
+    "dora": {"use_dora": True},
+}
+
+
+def peft_model(kind: str, **extra):
+    base = BUILDERS[kind]()
+    config = LoraConfig(r=4, lora_alpha=8, init_lora_weights=False, task_type="SEQ_CLS" if kind == "bert" else None, **extra)
+    return base, get_peft_model(copy.deepcopy(base), config).eval()
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("kind", BUILDERS)
+def test_peft_adapter_loads_with_same_logits(kind, variant, tmp_path):
+    base, reference = peft_model(kind, **VARIANTS[variant])
+    reference.save_pretrained(tmp_path)
+    model = graphpeft.load(copy.deepcopy(base), tmp_path)
+    inputs = batch(kind)
+    expected = reference(**inputs).logits
+    assert (model(**inputs).logits - expected).abs().max() <= 1e-5
+    # the adapter is really there: the base model alone differs
+    assert (base(**inputs).logits - expected).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("kind", BUILDERS)
+def test_peft_loads_graphpeft_directory_with_same_logits(kind, variant, tmp_path):
+    base = BUILDERS[kind]()
+    flags = {"rslora": variant == "rslora", "dora": variant == "dora"}
+    model = graphpeft.apply(copy.deepcopy(base), "lora", r=4, alpha=8, init="random", **flags).eval()
+    model.save_pretrained(tmp_path)
+    reference = PeftModel.from_pretrained(copy.deepcopy(base), tmp_path).eval()
+    inputs = batch(kind)
+    assert (reference(**inputs).logits - model(**inputs).logits).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("kind", BUILDERS)
+def test_parameter_counts_equal_peft(kind):
+    base = BUILDERS[kind]()
+    _, reference = peft_model(kind)
+    ours = graphpeft.apply(copy.deepcopy(base), "lora", r=4)
+    assert ours.get_nb_trainable_parameters() == reference.get_nb_trainable_parameters()
+
+
+def test_print_trainable_parameters_matches_peft(capsys):
+    base = BUILDERS["llama"]()
+    get_peft_model(copy.deepcopy(base), LoraConfig(r=4)).print_trainable_parameters()
+    expected = capsys.readouterr().out
+    graphpeft.apply(copy.deepcopy(base), "lora", r=4).print_trainable_parameters()
+    assert capsys.readouterr().out == expected
+
+
+def test_dora_magnitude_counts_as_trainable_like_peft():
+    base = BUILDERS["opt"]()
+    _, reference = peft_model("opt", use_dora=True)
+    ours = graphpeft.apply(copy.deepcopy(base), "lora", r=4, dora=True)
+    assert ours.get_nb_trainable_parameters() == reference.get_nb_trainable_parameters()
+
+
+def test_classifier_head_trains_in_full_like_peft_seq_cls(tmp_path):
+    base = BUILDERS["bert"]()
+    model = graphpeft.apply(copy.deepcopy(base), "lora", r=4)
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert any("classifier.modules_to_save.default" in n for n in names)
+    with torch.no_grad():
+        model.adapters.classifier.modules_to_save["default"].bias.add_(1.0)
+    model.eval().save_pretrained(tmp_path)
+    reference = PeftModel.from_pretrained(copy.deepcopy(base), tmp_path).eval()
+    inputs = batch("bert")
+    assert (reference(**inputs).logits - model(**inputs).logits).abs().max() <= 1e-5
+    assert torch.equal(base.classifier.bias, model.base_model.classifier.bias)
