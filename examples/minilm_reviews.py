@@ -111,11 +111,11 @@ def run(args: argparse.Namespace, console: Console | None = None) -> dict:
         "lora": fine_tune("lora", args, encode, train_set, held_out, console, r=args.r, alpha=args.alpha),
         "head only": fine_tune(HEAD_ONLY, args, encode, train_set, held_out, console),
     }
-    table = Table(title=f"all-MiniLM-L6-v2 sequence classification, {args.steps} steps x {args.batch_size}")
-    for column in ("", "held-out accuracy", "trainable params", "train loss", "train time"):
+    table = Table(title=f"all-MiniLM-L6-v2, held-out sentiment, {args.steps} steps x {args.batch_size}")
+    for column in ("", "accuracy", "trainable", "train loss", "time"):
         table.add_column(column, justify="right" if column else "left")
     for name, res in results.items():
-        label = f"LoRA r={args.r} + head" if name == "lora" else name
+        label = f"LoRA r={args.r}+head" if name == "lora" else name
         table.add_row(label, f"{res['accuracy']:.3f}",
                       f"{res['trainable']:,} ({100 * res['trainable'] / res['total']:.2f}%)",
                       f"{res['first_loss']:.3f} -> {res['last_loss']:.3f}", f"{res['seconds']:.0f}s")
