@@ -27,7 +27,7 @@ from safetensors.torch import save_file
 from .errors import GraphPeftError, LoadError, SaveError
 from .match import ResolvedRule
 from .methods import get_method
-from .peft_format import PREFIX, lora_config, rules_from_peft_config
+from .peft_format import PREFIX, peft_config, rules_from_peft_config
 from .rules import Pattern, Rule
 from .runtime import GraphPeftModel, check_adapter_name
 
@@ -128,7 +128,7 @@ def save_pretrained(model: GraphPeftModel, directory: str | os.PathLike, adapter
 
 def _write_adapter(model: GraphPeftModel, name: str, folder: Path) -> None:
     tensors = adapter_tensors(model, name)
-    peft = lora_config(model.base_model, model.adapter_specs[name].claims)
+    peft = peft_config(model.base_model, model.adapter_specs[name].claims)
     save_file(tensors, str(folder / WEIGHTS), metadata={"format": "pt"})
     if peft is not None:
         (folder / PEFT_CONFIG).write_text(json.dumps(peft, indent=2, sort_keys=True) + "\n")
@@ -181,6 +181,19 @@ def read_tensors(path: Path) -> dict[str, torch.Tensor]:
             return {key: handle.get_tensor(key) for key in handle.keys()}
     except Exception as exc:  # safetensors raises its own error types for truncated or corrupt files
         raise LoadError(f"{path} is not a readable safetensors file ({type(exc).__name__}: {exc}); it may be truncated or corrupted") from None
+
+
+def is_adapter_folder(folder: Path) -> bool:
+    return (folder / MANIFEST).is_file() or (folder / PEFT_CONFIG).is_file()
+
+
+def adapter_folders(directory: str | os.PathLike, top_name: str = "default") -> list[tuple[str, Path]]:
+    """``(adapter name, folder)`` for the adapter at the top of ``directory`` and each sub-folder adapter."""
+    folder = Path(directory)
+    found = [(top_name, folder)] if is_adapter_folder(folder) else []
+    if folder.is_dir():
+        found += [(sub.name, sub) for sub in sorted(folder.iterdir()) if sub.is_dir() and is_adapter_folder(sub)]
+    return found or [(top_name, folder)]  # load_into explains why the folder is not an adapter
 
 
 def load_into(model: GraphPeftModel, directory: str | os.PathLike, adapter_name: str = "default", is_trainable: bool = False) -> None:

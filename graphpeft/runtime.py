@@ -90,11 +90,18 @@ class GraphPeftModel(nn.Module):
             self._sites = [site for site, _ in graph_sites(gm)] + module_sites(self.base_model)
         return self._sites
 
-    def add_adapter(self, adapter_name: str, rules: list[ResolvedRule]) -> None:
-        """Match ``rules``, create the adapter's parameters and make it active."""
+    def add_adapter(self, adapter_name: str, rules: Any, **overrides: Any) -> None:
+        """Add an adapter made by ``rules`` (every form :func:`graphpeft.apply` takes, or resolved rules).
+
+        The first adapter becomes active; later ones wait for :meth:`set_adapter`.
+        """
         check_adapter_name(adapter_name)
         if adapter_name in self.adapter_specs:
             raise AdapterError(f"adapter {adapter_name!r} already exists; delete it first or pick another name")
+        if not (isinstance(rules, list) and rules and all(isinstance(r, ResolvedRule) for r in rules)):
+            from .rulebook import resolve_rules
+
+            rules = resolve_rules(self.base_model, rules, overrides)
         claims = match(rules, self.sites(), adapter_name)
         for param in self.base_model.parameters():
             param.requires_grad_(False)
@@ -196,7 +203,10 @@ class GraphPeftModel(nn.Module):
                 raise AdapterError(f"adapter {name!r} is already merged; call unmerge() first")
             blocked = sorted(m for m in spec.methods() if not get_method(m).mergeable)
             if blocked:
-                raise AdapterError(f"adapter {name!r} uses {', '.join(blocked)}, which cannot be merged")
+                raise AdapterError(
+                    f"adapter {name!r} uses {', '.join(blocked)}, which cannot be merged (no weight can absorb a "
+                    "non-linear adapter block); run it unmerged, or merge only the other adapters"
+                )
         for name in names:
             for site, claim in self._spec(name).claims.values():
                 get_method(claim.method).merge(site, claim.options, self.base_model, self.adapters, name)
@@ -227,9 +237,47 @@ class GraphPeftModel(nn.Module):
         return self.base_model
 
     # ------------------------------------------------------------------ forward
-    def forward(self, *args: Any, **kwargs: Any) -> Any:
+    def forward(self, *args: Any, adapter_names: Sequence[str] | None = None, **kwargs: Any) -> Any:
+        """Run the base model's forward with the active adapters.
+
+        ``adapter_names`` (one name per row, ``"__base__"`` for none) runs a mixed-adapter batch:
+        each row with its own adapter, in one batched graph (see :mod:`graphpeft.mixed`).
+        """
         kwargs = self._bind(args, kwargs)
+        if adapter_names is not None:
+            from .mixed import mixed_call
+
+            return mixed_call(self, kwargs, adapter_names)
         return self._graph(kwargs)(**kwargs)
+
+    def generate(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        *,
+        max_new_tokens: int | None = None,
+        do_sample: bool | None = None,
+        temperature: float | None = None,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        eos_token_id: int | Sequence[int] | None = None,
+        pad_token_id: int | None = None,
+        generator: torch.Generator | None = None,
+        **unsupported: Any,
+    ) -> torch.Tensor:
+        """Greedy or sampled decoding on the adapted prefill and decode graphs, with a KV cache.
+
+        ``None`` options take the model's ``generation_config``; ``eos_token_id=[]`` never stops early.
+        Returns token ids like transformers' ``generate``: prompt + new tokens (decoder-only), or decoder ids with the start token first
+        (encoder-decoder). See :mod:`graphpeft.generation`.
+        """
+        from .generation import generate
+
+        options = dict(
+            max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p,
+            eos_token_id=eos_token_id, pad_token_id=pad_token_id, generator=generator,
+        )
+        return generate(self, input_ids, attention_mask, **options, **unsupported)
 
     def _bind(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
         names = [p for p in self._params if p not in ("self", "args", "kwargs")]
@@ -263,10 +311,7 @@ class GraphPeftModel(nn.Module):
 
     def _graph(self, kwargs: dict[str, Any]) -> fx.GraphModule:
         adapters = self._graph_adapters()
-        static = not self._transformers and self._dynamic_shapes is None
-        signature = signature_of(self.base_model, kwargs, self.training, static)
-        if not fits(self._traced(signature, kwargs), signature, kwargs):
-            signature = signature_of(self.base_model, kwargs, self.training, static=True)
+        signature = self._signature(kwargs)
         if not adapters:
             return self._traced(signature, kwargs)
         key = (signature, adapters)
@@ -276,6 +321,14 @@ class GraphPeftModel(nn.Module):
             self._rewrite(graph, adapters, signature.training)
             self._graphs[key] = graph
         return graph
+
+    def _signature(self, kwargs: dict[str, Any]) -> Any:
+        """The graph key of a call: dynamic dims where the export's ranges allow, exact shapes otherwise."""
+        static = not self._transformers and self._dynamic_shapes is None
+        signature = signature_of(self.base_model, kwargs, self.training, static)
+        if not fits(self._traced(signature, kwargs), signature, kwargs):
+            signature = signature_of(self.base_model, kwargs, self.training, static=True)
+        return signature
 
     def _traced(self, signature: Any, kwargs: dict[str, Any]) -> fx.GraphModule:
         """The unrewritten export of the base model for this signature (exported once, kept pristine)."""
@@ -305,7 +358,10 @@ class GraphPeftModel(nn.Module):
         static = not self._transformers and self._dynamic_shapes is None
         return self._traced(signature_of(self.base_model, kwargs, self.training, static), kwargs)
 
-    def _rewrite(self, gm: fx.GraphModule, adapters: tuple[str, ...], training: bool) -> None:
+    def _rewrite(self, gm: fx.GraphModule, adapters: tuple[str, ...], training: bool, skip_missing: bool = False) -> None:
+        """Place ``adapters`` on ``gm``. ``skip_missing`` leaves out claimed sites that ``gm`` never
+        computes (an encoder-decoder's decode step runs neither the encoder nor the cross-attention
+        key/value projections); otherwise a missing site is an error."""
         located: dict[str, tuple[Site, fx.Node | None]] = {s.key: (s, n) for s, n in graph_sites(gm)}
         located.update({s.key: (s, None) for s in module_sites(self.base_model)})
         plan = []
@@ -315,6 +371,8 @@ class GraphPeftModel(nn.Module):
                 wanted.setdefault(key, []).append(claim)
         for key, claims in wanted.items():
             if key not in located:
+                if skip_missing:
+                    continue
                 raise TraceError(
                     f"site {key} (claimed by rule {claims[0].rule!r}) is not in the graph traced for this call; "
                     "the model's graph changes with these inputs, so the adapter cannot be placed"
