@@ -29,6 +29,7 @@ from review_assets import DEFAULT_CACHE, Review, load_reviews, load_smollm2, spl
 from review_training import bucketed_batches, chunks, progress_bar, train
 
 LABELS = {True: "positive", False: "negative"}
+NEW_TOKENS = 1  # each label is one token (checked by Prompts); greedy decoding of it is the trained objective
 
 
 def prompt(review: Review) -> str:
@@ -90,15 +91,18 @@ def label_loss(model, batch: Encoded) -> torch.Tensor:
 
 @torch.no_grad()
 def predict(model, prompts: Prompts, reviews: list[Review], batch_size: int, label: str, console: Console) -> list[str]:
-    """The first word each review's prompt makes the model generate (greedy), lower-cased."""
+    """The first word each review's prompt makes the model generate (graphpeft's ``generate``,
+    greedy, KV cache), lower-cased."""
     words: list[str] = []
     with progress_bar(console) as progress:
         task = progress.add_task(label, total=len(reviews), info="")
         for part in chunks(reviews, batch_size):
             batch = prompts.encode(list(part))
-            logits = model(**batch.inputs(), logits_to_keep=1).logits
-            new = logits[:, -1].argmax(-1)
-            for text in prompts.tokenizer.batch_decode(new[:, None], skip_special_tokens=True):
+            tokens = model.generate(batch.input_ids, attention_mask=batch.attention_mask, max_new_tokens=NEW_TOKENS,
+                                    do_sample=False, eos_token_id=prompts.tokenizer.eos_token_id,
+                                    pad_token_id=prompts.tokenizer.pad_token_id)
+            new = tokens[:, batch.input_ids.shape[1]:]
+            for text in prompts.tokenizer.batch_decode(new, skip_special_tokens=True):
                 words.append(first_word(text))
             progress.update(task, advance=len(part))
     return words
