@@ -34,6 +34,7 @@ def apply(
     adapter_name: str = "default",
     example_inputs: Any = None,
     dynamic_shapes: Any = None,
+    checkpointing: bool = False,
     **overrides: Any,
 ) -> GraphPeftModel:
     """Trace ``model``, match ``rules`` and return it wrapped with new adapters.
@@ -45,11 +46,18 @@ def apply(
         adapter_name: name of the new adapter.
         example_inputs: for non-transformers modules: a tensor, tuple or dict of forward inputs.
         dynamic_shapes: for non-transformers modules: ``torch.export`` dynamic shapes of those inputs.
+        checkpointing: recompute each transformer block in backward instead of keeping its
+            activations (training graphs only; see :mod:`graphpeft.checkpointing`).
         **overrides: option overrides for the chosen rules (``r=16, dropout=0.1``).
 
     Only adapter parameters are trainable afterwards; the base weights are frozen, not copied.
     """
+    if not isinstance(checkpointing, bool):
+        from .errors import CallError
+
+        raise CallError(f"checkpointing must be True or False, got {checkpointing!r}")
     wrapped = GraphPeftModel(model, example_inputs=example_inputs, dynamic_shapes=dynamic_shapes)
+    wrapped.checkpointing = checkpointing
     try:
         wrapped.add_adapter(adapter_name, rules, **overrides)
     except BaseException:

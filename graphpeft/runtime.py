@@ -76,6 +76,7 @@ class GraphPeftModel(nn.Module):
         self.__dict__["forward"] = signed_forward
         self._sites: list[Site] | None = None
         self.training = model.training
+        self.checkpointing = False  # training graphs recompute each block in backward (graphpeft.checkpointing)
 
     # ------------------------------------------------------------------ attributes
     def __getattr__(self, name: str) -> Any:
@@ -355,6 +356,10 @@ class GraphPeftModel(nn.Module):
         if graph is None:
             graph = clone_graph(self._traced(signature, kwargs))
             self._rewrite(graph, adapters, signature.training)
+            if self.checkpointing and signature.training:
+                from .checkpointing import checkpoint_blocks
+
+                checkpoint_blocks(graph)
             self._graphs[key] = graph
         return graph
 
