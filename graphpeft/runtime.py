@@ -77,6 +77,7 @@ class GraphPeftModel(nn.Module):
         self._sites: list[Site] | None = None
         self.training = model.training
         self.checkpointing = False  # training graphs recompute each block in backward (graphpeft.checkpointing)
+        self.quantization: str | None = None  # "int8" / "nf4" once quantize() ran (graphpeft.quantize)
 
     # ------------------------------------------------------------------ attributes
     def __getattr__(self, name: str) -> Any:
@@ -234,6 +235,10 @@ class GraphPeftModel(nn.Module):
     def merge(self, adapter_names: Sequence[str] | None = None) -> None:
         """Fold the adapters into the base weights; forward then runs the plain base graph."""
         names = list(adapter_names) if adapter_names is not None else list(self.active_adapters)
+        if self.quantization:
+            from .quantize import refuse_merge_into_quantized
+
+            refuse_merge_into_quantized(self.base_model)
         for name in names:
             spec = self._spec(name)
             if name in self._merged:
@@ -255,6 +260,28 @@ class GraphPeftModel(nn.Module):
             name = self._merged.pop()
             for site, claim in reversed(list(self._spec(name).claims.values())):
                 get_method(claim.method).unmerge(site, claim.options, self.base_model, self.adapters, name)
+
+    def quantize(self, scheme: str) -> list[str]:
+        """Store the frozen base linear weights as ``"int8"`` or ``"nf4"`` codes (see :mod:`graphpeft.quantize`);
+        returns the quantized weight names."""
+        from .quantize import quantize_base
+
+        if self._merged:
+            raise AdapterError("unmerge() before quantizing: merged adapters would be rounded into the codes")
+        done = quantize_base(self.base_model, scheme)
+        self.quantization = scheme
+        self._graphs.clear()
+        self._base_graphs.clear()
+        return done
+
+    def dequantize(self) -> None:
+        """Give the base full-precision weights again (decoded from the codes); merging is then allowed."""
+        from .quantize import dequantize_base
+
+        dequantize_base(self.base_model)
+        self.quantization = None
+        self._graphs.clear()
+        self._base_graphs.clear()
 
     @property
     def merged(self) -> bool:
@@ -349,13 +376,17 @@ class GraphPeftModel(nn.Module):
     def _graph(self, kwargs: dict[str, Any]) -> fx.GraphModule:
         adapters = self._graph_adapters()
         signature = self._signature(kwargs)
-        if not adapters:
+        if not adapters and not self.quantization:
             return self._traced(signature, kwargs)
         key = (signature, adapters)
         graph = self._graphs.get(key)
         if graph is None:
             graph = clone_graph(self._traced(signature, kwargs))
             self._rewrite(graph, adapters, signature.training)
+            if self.quantization:
+                from .quantize import quantize_graph
+
+                quantize_graph(graph, self.base_model)
             if self.checkpointing and signature.training:
                 from .checkpointing import checkpoint_blocks
 
