@@ -146,9 +146,10 @@ def _buffer(gm: fx.GraphModule, target: str, tensor: torch.Tensor) -> fx.Node:
     return gm.graph.get_attr(name)
 
 
-def refuse_merge_into_quantized(model: nn.Module) -> None:
+def refuse_on_quantized(model: nn.Module, action: str, why: str) -> None:
+    """Raise if ``model``'s base is quantized: ``action`` (``"merge()"``) needs full-precision weights."""
     if is_quantized(model):
         raise AdapterError(
-            "the base weights are quantized, so an adapter cannot be merged into them without losing it to "
-            "rounding; call model.dequantize() first (the base returns to full precision, from its codes), then merge"
+            f"{action} needs the full-precision base weights, but they are quantized ({why}); "
+            "call model.dequantize() first (decodes the codes into full-precision weights)"
         )

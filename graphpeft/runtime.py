@@ -236,9 +236,9 @@ class GraphPeftModel(nn.Module):
         """Fold the adapters into the base weights; forward then runs the plain base graph."""
         names = list(adapter_names) if adapter_names is not None else list(self.active_adapters)
         if self.quantization:
-            from .quantize import refuse_merge_into_quantized
+            from .quantize import refuse_on_quantized
 
-            refuse_merge_into_quantized(self.base_model)
+            refuse_on_quantized(self.base_model, "merge()", "rounding the sum into codes would lose the adapter")
         for name in names:
             spec = self._spec(name)
             if name in self._merged:
@@ -274,6 +274,12 @@ class GraphPeftModel(nn.Module):
         self._base_graphs.clear()
         return done
 
+    def _refuse_quantized(self, action: str) -> None:
+        if self.quantization:
+            from .quantize import refuse_on_quantized
+
+            refuse_on_quantized(self.base_model, action, "its graphs do not decode quantized weights yet")
+
     def dequantize(self) -> None:
         """Give the base full-precision weights again (decoded from the codes); merging is then allowed."""
         from .quantize import dequantize_base
@@ -294,6 +300,7 @@ class GraphPeftModel(nn.Module):
 
     def unload(self) -> nn.Module:
         """Return the base model without adapters (merged ones stay folded in), trainability restored."""
+        self._refuse_quantized("unload()")
         for param in self.base_model.parameters():
             param.requires_grad_(self._grad_before.get(id(param), True))
         self._graphs.clear()
@@ -310,6 +317,8 @@ class GraphPeftModel(nn.Module):
         kwargs = self._bind(args, kwargs)
         if adapter_names is not None:
             from .mixed import mixed_call
+
+            self._refuse_quantized("a mixed-adapter batch")
 
             return mixed_call(self, kwargs, adapter_names)
         return self._graph(kwargs)(**kwargs)
@@ -337,6 +346,7 @@ class GraphPeftModel(nn.Module):
         """
         from .generation import generate
 
+        self._refuse_quantized("generate()")
         options = dict(
             max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p,
             eos_token_id=eos_token_id, pad_token_id=pad_token_id, generator=generator,

@@ -7,8 +7,8 @@ import torch
 from models import batch, tiny_llama
 
 import graphpeft
-from graphpeft.errors import AdapterError
-from graphpeft.quantize import NF4_LEVELS, dequantize_weight, quantize_weight, quantized_linear
+from graphpeft.errors import AdapterError, CallError
+from graphpeft.quantize import NF4_LEVELS, dequantize_weight, quantize_base, quantize_weight, quantized_linear
 
 # Measured on the one-layer tiny llama (|logits| <= 0.41): int8 0.0036, nf4 0.035.
 LOGIT_TOLERANCE = {"int8": 1e-2, "nf4": 1e-1}
@@ -70,10 +70,28 @@ def test_qlora_training_lowers_the_loss_and_matches_the_dequantized_gradients(ba
 
 def test_merging_into_a_quantized_base_is_refused_until_dequantized(base):
     model = graphpeft.apply(copy.deepcopy(base), "lora", quantize="int8", init="random")
-    with pytest.raises(AdapterError, match="call model.dequantize"):
+    with pytest.raises(AdapterError, match=r"merge\(\) needs the full-precision base weights.*call model.dequantize"):
         model.merge()
     model.dequantize()
     inputs = batch("llama")
     unmerged = model(**inputs).logits
     model.merge()
     assert (model(**inputs).logits - unmerged).abs().max() <= 1e-5
+
+
+def test_generate_and_unload_on_a_quantized_base_are_refused(base):
+    model = graphpeft.apply(copy.deepcopy(base), "lora", quantize="nf4")
+    with pytest.raises(AdapterError, match=r"generate\(\) needs the full-precision base weights"):
+        model.generate(batch("llama")["input_ids"])
+    with pytest.raises(AdapterError, match=r"unload\(\) needs the full-precision base weights"):
+        model.unload()
+
+
+def test_unknown_scheme_is_a_named_error():
+    with pytest.raises(CallError, match="quantize must be one of 'int8', 'nf4', got 'int4'"):
+        quantize_base(tiny_llama(layers=1), "int4")
+
+
+def test_dora_on_a_quantized_base_is_refused(base):
+    with pytest.raises(CallError, match="DoRA reads the base weight itself"):
+        graphpeft.apply(copy.deepcopy(base), "lora", dora=True, quantize="int8")
