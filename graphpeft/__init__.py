@@ -34,6 +34,8 @@ def apply(
     adapter_name: str = "default",
     example_inputs: Any = None,
     dynamic_shapes: Any = None,
+    checkpointing: bool = False,
+    quantize: str | None = None,
     **overrides: Any,
 ) -> GraphPeftModel:
     """Trace ``model``, match ``rules`` and return it wrapped with new adapters.
@@ -45,13 +47,28 @@ def apply(
         adapter_name: name of the new adapter.
         example_inputs: for non-transformers modules: a tensor, tuple or dict of forward inputs.
         dynamic_shapes: for non-transformers modules: ``torch.export`` dynamic shapes of those inputs.
+        checkpointing: recompute each transformer block in backward instead of keeping its
+            activations (training graphs only; see :mod:`graphpeft.checkpointing`).
+        quantize: ``"int8"`` or ``"nf4"`` stores the frozen base linear weights quantized (QLoRA;
+            see :mod:`graphpeft.quantize`); merging then needs ``model.dequantize()`` first.
         **overrides: option overrides for the chosen rules (``r=16, dropout=0.1``).
 
     Only adapter parameters are trainable afterwards; the base weights are frozen, not copied.
     """
+    if not isinstance(checkpointing, bool):
+        from .errors import CallError
+
+        raise CallError(f"checkpointing must be True or False, got {checkpointing!r}")
     wrapped = GraphPeftModel(model, example_inputs=example_inputs, dynamic_shapes=dynamic_shapes)
+    wrapped.checkpointing = checkpointing
     try:
         wrapped.add_adapter(adapter_name, rules, **overrides)
+        if quantize is not None:
+            if any(c.options.get("dora") for _, c in wrapped.adapter_specs[adapter_name].claims.values()):
+                from .errors import CallError
+
+                raise CallError("DoRA reads the base weight itself, so it cannot run on a quantized base; drop dora=True or quantize=")
+            wrapped.quantize(quantize)
     except BaseException:
         wrapped.unload()
         raise

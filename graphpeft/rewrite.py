@@ -177,6 +177,11 @@ def materialize(
             edit = SiteEditor(gm, node, site, claim, store, training, output, inner)
             get_method(claim.method).rewrite(edit)
             output, inner = edit.output, inner | edit.created
+    return finish(gm)
+
+
+def finish(gm: fx.GraphModule) -> fx.GraphModule:
+    """Drop ``get_attr`` nodes a rewrite left unused, lint and recompile."""
     for node in list(gm.graph.nodes):
         if node.op == "get_attr" and not node.users:
             gm.graph.erase_node(node)

@@ -76,6 +76,8 @@ class GraphPeftModel(nn.Module):
         self.__dict__["forward"] = signed_forward
         self._sites: list[Site] | None = None
         self.training = model.training
+        self.checkpointing = False  # training graphs recompute each block in backward (graphpeft.checkpointing)
+        self.quantization: str | None = None  # "int8" / "nf4" once quantize() ran (graphpeft.quantize)
 
     # ------------------------------------------------------------------ attributes
     def __getattr__(self, name: str) -> Any:
@@ -233,6 +235,10 @@ class GraphPeftModel(nn.Module):
     def merge(self, adapter_names: Sequence[str] | None = None) -> None:
         """Fold the adapters into the base weights; forward then runs the plain base graph."""
         names = list(adapter_names) if adapter_names is not None else list(self.active_adapters)
+        if self.quantization:
+            from .quantize import refuse_on_quantized
+
+            refuse_on_quantized(self.base_model, "merge()", "rounding the sum into codes would lose the adapter")
         for name in names:
             spec = self._spec(name)
             if name in self._merged:
@@ -255,6 +261,34 @@ class GraphPeftModel(nn.Module):
             for site, claim in reversed(list(self._spec(name).claims.values())):
                 get_method(claim.method).unmerge(site, claim.options, self.base_model, self.adapters, name)
 
+    def quantize(self, scheme: str) -> list[str]:
+        """Store the frozen base linear weights as ``"int8"`` or ``"nf4"`` codes (see :mod:`graphpeft.quantize`);
+        returns the quantized weight names."""
+        from .quantize import quantize_base
+
+        if self._merged:
+            raise AdapterError("unmerge() before quantizing: merged adapters would be rounded into the codes")
+        done = quantize_base(self.base_model, scheme)
+        self.quantization = scheme
+        self._graphs.clear()
+        self._base_graphs.clear()
+        return done
+
+    def _refuse_quantized(self, action: str) -> None:
+        if self.quantization:
+            from .quantize import refuse_on_quantized
+
+            refuse_on_quantized(self.base_model, action, "its graphs do not decode quantized weights yet")
+
+    def dequantize(self) -> None:
+        """Give the base full-precision weights again (decoded from the codes); merging is then allowed."""
+        from .quantize import dequantize_base
+
+        dequantize_base(self.base_model)
+        self.quantization = None
+        self._graphs.clear()
+        self._base_graphs.clear()
+
     @property
     def merged(self) -> bool:
         return bool(self._merged)
@@ -266,6 +300,7 @@ class GraphPeftModel(nn.Module):
 
     def unload(self) -> nn.Module:
         """Return the base model without adapters (merged ones stay folded in), trainability restored."""
+        self._refuse_quantized("unload()")
         for param in self.base_model.parameters():
             param.requires_grad_(self._grad_before.get(id(param), True))
         self._graphs.clear()
@@ -282,6 +317,8 @@ class GraphPeftModel(nn.Module):
         kwargs = self._bind(args, kwargs)
         if adapter_names is not None:
             from .mixed import mixed_call
+
+            self._refuse_quantized("a mixed-adapter batch")
 
             return mixed_call(self, kwargs, adapter_names)
         return self._graph(kwargs)(**kwargs)
@@ -311,6 +348,7 @@ class GraphPeftModel(nn.Module):
         """
         from .generation import generate
 
+        self._refuse_quantized("generate()")
         options = dict(
             max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p,
             eos_token_id=eos_token_id, pad_token_id=pad_token_id, generator=generator,
@@ -350,13 +388,21 @@ class GraphPeftModel(nn.Module):
     def _graph(self, kwargs: dict[str, Any]) -> fx.GraphModule:
         adapters = self._graph_adapters()
         signature = self._signature(kwargs)
-        if not adapters:
+        if not adapters and not self.quantization:
             return self._traced(signature, kwargs)
         key = (signature, adapters)
         graph = self._graphs.get(key)
         if graph is None:
             graph = clone_graph(self._traced(signature, kwargs))
             self._rewrite(graph, adapters, signature.training)
+            if self.quantization:
+                from .quantize import quantize_graph
+
+                quantize_graph(graph, self.base_model)
+            if self.checkpointing and signature.training:
+                from .checkpointing import checkpoint_blocks
+
+                checkpoint_blocks(graph)
             self._graphs[key] = graph
         return graph
 

@@ -132,7 +132,7 @@ class LoRA(Method):
             return self._rewrite_embedding(edit, scale)
         if lora_params.handles(site, options):
             return lora_params.rewrite(edit, scale)
-        x = edit.site_input
+        x = _to_adapter_dtype(edit, edit.site_input)
         dropout = options["dropout"] if edit.training else 0.0
         x_in = edit.call(aten.dropout.default, x, float(dropout), True, role="lora_dropout") if dropout > 0 else x
         a, b = edit.param("lora_A"), edit.param("lora_B")
@@ -147,7 +147,7 @@ class LoRA(Method):
         if not options["dora"]:
             delta = edit.call(aten.mul.Tensor, up, scale, role="lora_scale")
             out = edit.call(aten.add.Tensor, edit.output, delta, role="lora_add")
-            edit.redirect(out)
+            edit.redirect(_to_site_dtype(edit, out))
             return
         # DoRA: delta = (m̂ - 1) ⊙ (W x) + m̂ ⊙ scale · B A x, with m̂ = m / ‖W + scale·BA‖ (detached).
         weight = node.args[2] if site.transposed else node.args[1]
@@ -164,7 +164,7 @@ class LoRA(Method):
         lora_part = edit.call(aten.mul.Tensor, edit.call(aten.mul.Tensor, up, mag, role="dora_lora_mag"), scale, role="lora_scale")
         delta = edit.call(aten.add.Tensor, base_part, lora_part, role="dora_delta")
         out = edit.call(aten.add.Tensor, edit.output, delta, role="lora_add")
-        edit.redirect(out)
+        edit.redirect(_to_site_dtype(edit, out))
 
     def _norm_nodes(self, edit: SiteEditor, w_oi: Any, a: Any, b: Any, scale: float) -> Any:
         lora_w = edit.call(aten.detach.default, edit.call(aten.mm.default, b, a, role="dora_lora_weight"), role="dora_lora_weight_detached")
@@ -183,7 +183,7 @@ class LoRA(Method):
         scaled = edit.call(aten.mul.Tensor, up, scale, role="lora_scale")
         if not options["dora"]:
             out = edit.call(aten.add.Tensor, edit.output, scaled, role="lora_add")
-            edit.redirect(out)
+            edit.redirect(_to_site_dtype(edit, out))
             return
         # PEFT's DoRA embedding: y = m̂ ⊙ (E[ids] + scale · A^T[ids] B^T), m̂ over the embedding dim.
         w_t = edit.call(aten.t.default, node.args[0], role="dora_weight_t")
@@ -191,7 +191,7 @@ class LoRA(Method):
         mag = edit.call(aten.div.Tensor, edit.param("lora_magnitude_vector"), norm, role="dora_mag_scale")
         total = edit.call(aten.add.Tensor, node, scaled, role="dora_sum")
         out = edit.call(aten.mul.Tensor, total, mag, role="lora_add")
-        edit.redirect(out)
+        edit.redirect(_to_site_dtype(edit, out))
 
     def rewrite_mixed(self, edit: SiteEditor, claims: list[Any], order: tuple[str, ...], rows: Any) -> None:
         """Per-row LoRA with the adapters' ranks concatenated: A_cat (Σr, in), B_cat (out, Σr).
@@ -215,7 +215,8 @@ class LoRA(Method):
                 f"adapters on site {edit.site.key} use different LoRA dropouts {sorted(dropouts)}; "
                 "a mixed-adapter training batch needs one dropout per site"
             )
-        x = edit.site_input
+        first = order[present[0][0]]
+        x = _to_adapter_dtype(edit, edit.site_input, first)
         if max(dropouts) > 0:
             x = edit.call(aten.dropout.default, x, max(dropouts), True, role="lora_dropout")
         a_parts, b_parts, masks, width = [], [], [], 0
@@ -234,7 +235,7 @@ class LoRA(Method):
         down = edit.call(aten.linear.default, x, a_cat, role="lora_down")
         masked = edit.call(aten.mul.Tensor, down, row_shape(edit, row_mask), role="lora_mask")
         up = edit.call(aten.linear.default, masked, b_cat, role="lora_up")
-        edit.redirect(edit.call(aten.add.Tensor, edit.output, up, role="lora_add"))
+        edit.redirect(_to_site_dtype(edit, edit.call(aten.add.Tensor, edit.output, up, role="lora_add"), first))
 
     # ------------------------------------------------------------------ merge
     def merge(self, site: Site, options: dict[str, Any], model: nn.Module, store: nn.Module, adapter: str) -> None:
@@ -292,6 +293,30 @@ class LoRA(Method):
         for key, param in self.state(site, store, adapter).items():
             with torch.no_grad():
                 param.copy_(tensors[key])
+
+
+def _adapter_dtype(edit: SiteEditor, adapter: str | None = None) -> torch.dtype:
+    slot_a, _ = _slots(edit.site)
+    return edit.store.get_parameter(f"{edit.site.fqn}.{slot_a}.{adapter or edit.claim.adapter}").dtype
+
+
+def _to_adapter_dtype(edit: SiteEditor, x: Any, adapter: str | None = None) -> Any:
+    """``x`` cast to the adapter weights' dtype (fp32 adapters on a bf16/fp16 base), as PEFT casts
+    the LoRA input; unchanged when the dtypes already agree."""
+    dtype = _adapter_dtype(edit, adapter)
+    value = x.meta.get("val") if hasattr(x, "meta") else None
+    if value is None or value.dtype == dtype:
+        return x
+    return edit.call(aten.to.dtype, x, dtype, role="lora_cast_in")
+
+
+def _to_site_dtype(edit: SiteEditor, out: Any, adapter: str | None = None) -> Any:
+    """The adapted result cast back to the site's own output dtype (PEFT adds base and update in the
+    adapter's precision, then rounds once to the base dtype)."""
+    value = edit.node.meta.get("val")
+    if value is None or value.dtype == _adapter_dtype(edit, adapter):
+        return out
+    return edit.call(aten.to.dtype, out, value.dtype, role="lora_cast_out")
 
 
 def _initialise(site: Site, a: torch.Tensor, b: torch.Tensor, r: int, init: str) -> None:
