@@ -91,5 +91,5 @@ def method_names() -> list[str]:
 
 
 def _load_builtin() -> None:
-    if not _REGISTRY:
-        from . import bottleneck, ia3, lora, train  # noqa: F401  (registers on import)
+    # Imported every time (a no-op once loaded): importing one method module directly must not hide the others.
+    from . import bottleneck, ia3, lora, train  # noqa: F401  (registers on import)
