@@ -228,7 +228,9 @@ class GraphPeftModel(nn.Module):
 
     # ------------------------------------------------------------------ forward
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        kwargs = self._bind(args, kwargs)
+        from .virtual_inputs import expand
+
+        kwargs = expand(self, self._bind(args, kwargs), self._graph_adapters())
         return self._graph(kwargs)(**kwargs)
 
     def _bind(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -312,7 +314,8 @@ class GraphPeftModel(nn.Module):
         wanted: dict[str, list[Claim]] = {}
         for name in adapters:
             for key, (_, claim) in self._spec(name).claims.items():
-                wanted.setdefault(key, []).append(claim)
+                if not get_method(claim.method).virtual_tokens:  # they enter through the inputs instead
+                    wanted.setdefault(key, []).append(claim)
         for key, claims in wanted.items():
             if key not in located:
                 raise TraceError(

@@ -28,6 +28,7 @@ class Method:
     site_ops: ClassVar[tuple[str, ...]]
     mergeable: ClassVar[bool] = False
     peft_type: ClassVar[str | None] = None
+    virtual_tokens: ClassVar[bool] = False  # tokens enter through the graph's inputs (graphpeft.virtual_inputs)
 
     def check_site(self, site: Site, options: dict[str, Any]) -> str | None:
         """Why this method cannot adapt ``site`` with ``options`` (None = it can)."""
@@ -83,4 +84,4 @@ def method_names() -> list[str]:
 
 def _load_builtin() -> None:
     if not _REGISTRY:
-        from . import lora, train  # noqa: F401  (registers on import)
+        from . import lora, train, virtual_tokens  # noqa: F401  (registers on import)
