@@ -83,5 +83,5 @@ def method_names() -> list[str]:
 
 
 def _load_builtin() -> None:
-    if not _REGISTRY:
-        from . import lora, train, virtual_tokens  # noqa: F401  (registers on import)
+    # Each import registers its methods; importing one method module directly must not hide the others.
+    from . import lora, train, virtual_tokens  # noqa: F401

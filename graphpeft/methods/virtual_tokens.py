@@ -167,16 +167,27 @@ class PTuning(VirtualTokenMethod):
         )
 
 
-def prefix_geometry(config: Any) -> tuple[int, int, int]:
-    """``(layers, kv_heads, head_dim)`` of a model's cache, found as PEFT finds them."""
-    layers = next((getattr(config, a) for a in ("num_hidden_layers", "num_layers", "n_layer") if getattr(config, a, None)), None)
-    width = next((getattr(config, a) for a in ("hidden_size", "n_embd", "d_model") if getattr(config, a, None)), None)
-    heads = next((getattr(config, a) for a in ("num_attention_heads", "n_head", "num_heads") if getattr(config, a, None)), None)
-    if layers is None or width is None or heads is None:
-        raise RuleError(f"prefix_tuning cannot read layers/width/heads from {type(config).__name__}")
+def _first_attr(config: Any, names: tuple[str, ...]) -> int:
+    for name in names:
+        if getattr(config, name, None):
+            return int(getattr(config, name))
+    raise RuleError(f"virtual tokens need one of {', '.join(names)} in {type(config).__name__}")
+
+
+def model_geometry(config: Any) -> dict[str, int]:
+    """``layers``, ``width``, ``heads``, ``kv_heads``, ``head_dim`` of a transformers config, read as PEFT reads them."""
+    layers = _first_attr(config, ("num_hidden_layers", "num_layers", "n_layer"))
+    width = _first_attr(config, ("hidden_size", "n_embd", "d_model"))
+    heads = _first_attr(config, ("num_attention_heads", "n_head", "num_heads"))
     kv_heads = getattr(config, "num_key_value_heads", None) or heads
     head_dim = getattr(config, "head_dim", None) or width // heads
-    return int(layers), int(kv_heads), int(head_dim)
+    return {"layers": layers, "width": width, "heads": heads, "kv_heads": int(kv_heads), "head_dim": int(head_dim)}
+
+
+def prefix_geometry(config: Any) -> tuple[int, int, int]:
+    """``(layers, kv_heads, head_dim)`` of the cache a prefix fills."""
+    geometry = model_geometry(config)
+    return geometry["layers"], geometry["kv_heads"], geometry["head_dim"]
 
 
 class PrefixTuning(VirtualTokenMethod):
