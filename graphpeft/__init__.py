@@ -17,9 +17,14 @@ from torch import nn
 from .errors import GraphPeftError
 from .rules import Pattern, Rule, RuleSet
 from .runtime import GraphPeftModel
+from .explain import explain  # noqa: E402  (after the submodule import, so the name is the function)
+from .viz import to_networkx
 
 __version__ = "0.1.0"
-__all__ = ["apply", "load", "GraphPeftModel", "Rule", "Pattern", "RuleSet", "GraphPeftError", "__version__"]
+__all__ = [
+    "apply", "load", "explain", "to_networkx", "GraphPeftModel", "Rule", "Pattern", "RuleSet", "GraphPeftError",
+    "__version__",
+]
 
 
 def apply(
@@ -44,12 +49,9 @@ def apply(
 
     Only adapter parameters are trainable afterwards; the base weights are frozen, not copied.
     """
-    from .rulebook import resolve_rules
-
     wrapped = GraphPeftModel(model, example_inputs=example_inputs, dynamic_shapes=dynamic_shapes)
-    resolved = resolve_rules(model, rules, overrides)
     try:
-        wrapped.add_adapter(adapter_name, resolved)
+        wrapped.add_adapter(adapter_name, rules, **overrides)
     except BaseException:
         wrapped.unload()
         raise
@@ -65,15 +67,23 @@ def load(
     example_inputs: Any = None,
     dynamic_shapes: Any = None,
 ) -> GraphPeftModel:
-    """Wrap ``model`` with the adapter saved in ``directory`` (graphpeft's or PEFT's format).
+    """Wrap ``model`` with the adapters saved in ``directory`` (graphpeft's or PEFT's format).
 
-    With ``is_trainable=False`` the adapter is frozen and the model is put in eval mode.
+    The adapter at the top of ``directory`` is loaded as ``adapter_name``; every sub-folder
+    holding an adapter (``save_pretrained`` puts non-default adapters there, as PEFT does)
+    is loaded too, under the sub-folder's name. The top one (else the first) is active.
+    With ``is_trainable=False`` the adapters are frozen and the model is put in eval mode.
     If loading fails, ``model`` is left exactly as it was.
     """
-    from .checkpoint import load_into
+    from .checkpoint import adapter_folders, load_into
 
     wrapped = GraphPeftModel(model, example_inputs=example_inputs, dynamic_shapes=dynamic_shapes)
-    load_into(wrapped, directory, adapter_name, is_trainable)
+    try:
+        for name, folder in adapter_folders(directory, adapter_name):
+            load_into(wrapped, folder, name, is_trainable)
+    except BaseException:
+        wrapped.unload()
+        raise
     if not is_trainable:
         wrapped.eval()
     return wrapped

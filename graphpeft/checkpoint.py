@@ -24,10 +24,10 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from .errors import GraphPeftError, LoadError, SaveError
+from .errors import AdapterError, GraphPeftError, LoadError, SaveError
 from .match import ResolvedRule
 from .methods import get_method
-from .peft_format import PREFIX, lora_config, rules_from_peft_config
+from .peft_format import PREFIX, peft_config, rules_from_peft_config
 from .peft_prompt_format import METHOD_BY_PEFT_TYPE, PROMPT_PREFIX, prompt_learning_config, rules_from_prompt_config, virtual_claims
 from .rules import Pattern, Rule
 from .runtime import GraphPeftModel, check_adapter_name
@@ -116,11 +116,17 @@ def save_pretrained(model: GraphPeftModel, directory: str | os.PathLike, adapter
         raise SaveError(f"cannot save to {target}: it exists and is not a directory")
     if target.is_dir() and any(target.iterdir()) and not overwrite:
         raise SaveError(f"{target} already holds files; pass overwrite=True to replace it, or choose a new directory")
+    foreign = foreign_entries(target)
+    if foreign:
+        raise SaveError(
+            f"{target} holds files that are not part of an adapter ({', '.join(foreign[:3])}); a save replaces the "
+            "whole folder atomically and would delete them, so save into an empty folder or an adapter folder"
+        )
     parent = target.resolve().parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
-        _clean_stale(parent, target.name)
-        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=parent))
+        recover(target)
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-{os.getpid()}-", dir=parent))
     except OSError as exc:
         raise SaveError(f"cannot write to {parent}: {exc.strerror or exc}; choose a writable directory") from None
     try:
@@ -137,10 +143,21 @@ def save_pretrained(model: GraphPeftModel, directory: str | os.PathLike, adapter
         raise
 
 
+def foreign_entries(target: Path) -> list[str]:
+    """Names in ``target`` that a save would delete but that no adapter wrote (sorted)."""
+    if not target.is_dir():
+        return []
+    ours = {MANIFEST, WEIGHTS, PEFT_CONFIG}
+    return sorted(
+        entry.name for entry in target.iterdir()
+        if entry.name not in ours and not (entry.is_dir() and any((entry / name).is_file() for name in ours))
+    )
+
+
 def _write_adapter(model: GraphPeftModel, name: str, folder: Path) -> None:
     tensors = adapter_tensors(model, name)
     claims = model.adapter_specs[name].claims
-    peft = prompt_learning_config(model.base_model, claims) if virtual_claims(claims) else lora_config(model.base_model, claims)
+    peft = prompt_learning_config(model.base_model, claims) if virtual_claims(claims) else peft_config(model.base_model, claims)
     save_file(tensors, str(folder / WEIGHTS), metadata={"format": "pt"})
     if peft is not None:
         (folder / PEFT_CONFIG).write_text(json.dumps(peft, indent=2, sort_keys=True) + "\n")
@@ -158,18 +175,48 @@ def _swap_into_place(staging: Path, target: Path) -> None:
     if not target.exists():
         os.rename(staging, target)
         return
-    old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
+    old = target.parent / f".{target.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     os.rename(target, old)
     os.rename(staging, target)
     shutil.rmtree(old, ignore_errors=True)
 
 
-def _clean_stale(parent: Path, name: str) -> None:
-    """Remove temporary folders left by a save that was killed midway."""
-    for stale in parent.glob(f".{name}.tmp-*"):
-        shutil.rmtree(stale, ignore_errors=True)
-    for stale in parent.glob(f".{name}.old-*"):
-        shutil.rmtree(stale, ignore_errors=True)
+def recover(target: Path) -> None:
+    """Repair what a save killed midway left next to ``target`` (best effort, never raises).
+
+    A kill while writing leaves a ``.<name>.tmp-<pid>-*`` folder: it is removed. A kill between
+    the two renames of the swap leaves the previous adapter in ``.<name>.old-<pid>-*`` and no
+    ``target``: it is renamed back. Folders of a process that is still running are left alone.
+    """
+    parent = target.parent
+    try:
+        leftovers = [p for p in parent.glob(f".{target.name}.tmp-*")] + [p for p in parent.glob(f".{target.name}.old-*")]
+        for folder in sorted(leftovers, key=lambda p: p.stat().st_mtime, reverse=True):
+            if _writer_alive(folder.name):
+                continue
+            if ".old-" in folder.name and not target.exists():
+                os.rename(folder, target)
+            else:
+                shutil.rmtree(folder, ignore_errors=True)
+    except OSError:
+        pass
+
+
+def _writer_alive(folder_name: str) -> bool:
+    """Whether the process that made this temp folder (pid after ``tmp-``/``old-``) still runs."""
+    pid_text = folder_name.rsplit(".", 1)[-1].split("-")[1:2]
+    if not pid_text or not pid_text[0].isdigit():
+        return False
+    pid = int(pid_text[0])
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 # ---------------------------------------------------------------------- load
@@ -195,10 +242,28 @@ def read_tensors(path: Path) -> dict[str, torch.Tensor]:
         raise LoadError(f"{path} is not a readable safetensors file ({type(exc).__name__}: {exc}); it may be truncated or corrupted") from None
 
 
+def is_adapter_folder(folder: Path) -> bool:
+    return (folder / MANIFEST).is_file() or (folder / PEFT_CONFIG).is_file()
+
+
+def adapter_folders(directory: str | os.PathLike, top_name: str = "default") -> list[tuple[str, Path]]:
+    """``(adapter name, folder)`` for the adapter at the top of ``directory`` and each sub-folder adapter."""
+    folder = Path(directory)
+    found = [(top_name, folder)] if is_adapter_folder(folder) else []
+    if folder.is_dir():
+        found += [(sub.name, sub) for sub in sorted(folder.iterdir()) if sub.is_dir() and is_adapter_folder(sub)]
+    return found or [(top_name, folder)]  # load_into explains why the folder is not an adapter
+
+
 def load_into(model: GraphPeftModel, directory: str | os.PathLike, adapter_name: str = "default", is_trainable: bool = False) -> None:
     """Add the adapter saved in ``directory`` to ``model``; on any error ``model`` is unchanged."""
     check_adapter_name(adapter_name)
+    if adapter_name in model.adapter_specs:
+        raise AdapterError(
+            f"adapter {adapter_name!r} already exists; pass another adapter_name or delete_adapter({adapter_name!r}) first"
+        )
     folder = Path(directory)
+    recover(folder)
     if not folder.is_dir():
         raise LoadError(f"{folder} is not a directory; pass the folder save_pretrained wrote")
     if (folder / MANIFEST).is_file():
@@ -230,6 +295,30 @@ def load_into(model: GraphPeftModel, directory: str | os.PathLike, adapter_name:
     if not is_trainable:
         for param in model.adapter_parameters(adapter_name).values():
             param.requires_grad_(False)
+
+
+def restore_weights(model: GraphPeftModel, directory: str | os.PathLike, adapter_name: str = "default") -> None:
+    """Copy the weights saved in ``directory`` into the existing adapter ``adapter_name``, in place.
+
+    The parameters stay the same objects, so an optimizer that holds them keeps working (resuming
+    a training run). The folder must have been saved from an adapter with the same sites.
+    """
+    spec = model._spec(adapter_name)
+    folder = Path(directory)
+    recover(folder)
+    if (folder / MANIFEST).is_file():
+        saved_sites = set(read_json(folder / MANIFEST).get("sites", {}))
+        if saved_sites != set(spec.claims):
+            raise LoadError(f"{folder} holds an adapter for other sites than adapter {adapter_name!r}; load it as a new adapter instead")
+    tensors = read_tensors(folder / WEIGHTS)
+    backup = {name: param.detach().clone() for name, param in model.adapter_parameters(adapter_name).items()}
+    try:
+        _copy_tensors(model, adapter_name, tensors, folder)
+    except BaseException:
+        with torch.no_grad():
+            for name, param in model.adapter_parameters(adapter_name).items():
+                param.copy_(backup[name])
+        raise
 
 
 def _rules_from_manifest(record: dict[str, Any], folder: Path) -> list[ResolvedRule]:

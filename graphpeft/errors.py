@@ -61,3 +61,7 @@ def did_you_mean(word: str, choices: Iterable[str], n: int = 3) -> str:
     if not found:
         return ""
     return " (did you mean " + " or ".join(repr(f) for f in found) + "?)"
+
+
+class UsageError(GraphPeftError, ValueError):
+    """A tool (explain, viz, the CLI) was given an argument it cannot use: wrong object, level or path."""

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .errors import MatchError, closest
 from .methods import get_method
 from .rewrite import Claim
-from .rules import Pattern, Rule
+from .rules import Pattern, Rule, layer_index
 from .sites import Site
 
 
@@ -35,13 +35,18 @@ def match(
         rule = item.rule
         method = get_method(rule.method)
         selected: list[Site] = []
-        for _, pattern in item.patterns:
-            selected.extend(s for s in sites if pattern.matches(s.op, s.fqn, s.cls) and s not in selected)
+        unmatched = []
+        for label, pattern in item.patterns:
+            hits = [s for s in sites if pattern.matches(s.op, s.fqn, s.cls)]
+            if not hits:
+                unmatched.append((label, pattern))
+            selected.extend(s for s in hits if s not in selected)
         if rule.method == "train":
             selected = _outermost(selected)
+        if unmatched and rule.required:
+            # A target that matches nothing is a typo even when the rule's other targets match.
+            raise MatchError(no_match_message(item, sites, unmatched))
         if not selected:
-            if rule.required:
-                raise MatchError(no_match_message(item, sites))
             continue
         for site in selected:
             problem = method.check_site(site, dict(rule.options))
@@ -62,23 +67,71 @@ def _outermost(selected: list[Site]) -> list[Site]:
     return [s for s in selected if not any(s.fqn.startswith(f + ".") for f in fqns if f != s.fqn)]
 
 
-def no_match_message(item: ResolvedRule, sites: Sequence[Site]) -> str:
+def no_match_message(
+    item: ResolvedRule, sites: Sequence[Site], unmatched: Sequence[tuple[str, Pattern]] | None = None
+) -> str:
     rule = item.rule
-    lines = [f"rule {rule.name!r} ({item.source}) matches no site in this model."]
-    for label, pattern in item.patterns:
-        ops = [pattern.op] if pattern.op else ["linear", "embedding", "conv2d"]
-        candidates = [s for s in sites if s.op in ops]
-        probe = _probe(pattern)
-        near = closest(probe, [s.fqn for s in candidates], n=3) if probe else []
-        if not near:
-            near = [s.fqn for s in candidates[:3]]
-        kinds = sorted({s.op for s in sites if s.fqn in near}) or sorted({s.op for s in sites})
-        lines.append(
-            f"  target {label}: closest FQNs {', '.join(near) or '(none)'}; op kinds there: {', '.join(kinds)}"
-        )
+    unmatched = list(item.patterns) if unmatched is None else list(unmatched)
+    if len(unmatched) == len(item.patterns):
+        lines = [f"rule {rule.name!r} ({item.source}) matches no site in this model."]
+    else:
+        labels = ", ".join(label for label, _ in unmatched)
+        lines = [f"rule {rule.name!r} ({item.source}): target {labels} matches no site in this model."]
+    for label, pattern in unmatched:
+        lines.append(f"  target {label}: {target_hint(pattern, sites)}")
     present = sorted({s.op for s in sites})
     lines.append(f"  op kinds in this graph: {', '.join(present)}. Fix the module glob/regex, op or layers.")
     return "\n".join(lines)
+
+
+def target_hint(pattern: Pattern, sites: Sequence[Site]) -> str:
+    """Why ``pattern`` selects nothing: the key that excludes near-matching sites, else the closest FQNs."""
+    if pattern.op is not None:
+        other_ops = [s for s in sites if s.op != pattern.op and replace(pattern, op=s.op).matches(s.op, s.fqn, s.cls)]
+        if other_ops:
+            kinds = sorted({s.op for s in other_ops if s.op != "module"}) or ["module"]
+            other_ops = [s for s in other_ops if s.op in kinds]
+            return (
+                f"selects {_listing([s.fqn for s in other_ops])}, but op kind there is {', '.join(kinds)}, "
+                f"not {pattern.op}; set op = {kinds[0]!r}"
+            )
+    if pattern.layers is not None:
+        unlayered = [s for s in sites if replace(pattern, layers=None).matches(s.op, s.fqn, s.cls)]
+        if unlayered:
+            present = sorted({i for i in (layer_index(s.fqn) for s in unlayered) if i is not None})
+            return (
+                f"without layers = {list(pattern.layers)} it selects {_listing([s.fqn for s in unlayered])}; "
+                f"this model's layers there are {', '.join(map(str, present)) or '(none)'}"
+            )
+    near = closest_fqns(pattern, sites)
+    kinds = sorted({s.op for s in sites if s.fqn in near and s.op != "module"})
+    return f"closest FQNs {', '.join(near) or '(none)'}; op kinds there: {', '.join(kinds) or '(none)'}"
+
+
+def closest_fqns(pattern: Pattern, sites: Sequence[Site], n: int = 3) -> list[str]:
+    """FQNs of ``pattern``'s op kinds that look most like its glob/regex/class.
+
+    The probe's last components are compared with the same number of trailing
+    components of each FQN (``self_attn.q_projj`` vs ``self_attn.q_proj``), one
+    FQN per distinct suffix, so the hints name different modules, not layer copies.
+    """
+    ops = [pattern.op] if pattern.op else ["linear", "embedding", "conv2d"]
+    candidates = list(dict.fromkeys(s.fqn for s in sites if s.op in ops))
+    probe = _probe(pattern)
+    if not probe:
+        return candidates[:n]
+    depth = probe.count(".") + 1
+    by_suffix: dict[str, str] = {}
+    for fqn in candidates:
+        by_suffix.setdefault(".".join(fqn.split(".")[-depth:]), fqn)
+    near = [by_suffix[s] for s in closest(probe, by_suffix, n=n)]
+    return near or closest(probe, candidates, n=n) or candidates[:n]
+
+
+def _listing(fqns: list[str], n: int = 3) -> str:
+    unique = list(dict.fromkeys(fqns))
+    shown = ", ".join(unique[:n])
+    return shown + (f" (+{len(unique) - n} more)" if len(unique) > n else "")
 
 
 def _probe(pattern: Pattern) -> str:

@@ -1,8 +1,10 @@
 """PEFT's on-disk format: ``adapter_config.json`` and tensor keys, both directions.
 
 PEFT 0.21 keys are ``base_model.model.<fqn>.<suffix>`` with the adapter name
-removed (``lora_A.weight``, ``lora_embedding_A``, ``lora_magnitude_vector``;
-``modules_to_save`` copies under the module's own parameter names).
+removed (``lora_A.weight``, ``lora_embedding_A``, ``lora_magnitude_vector``,
+``ia3_l``; ``modules_to_save`` copies under the module's own parameter names).
+LoRA and IA3 adapters (each optionally with ``modules_to_save``) have a PEFT config;
+any other adapter is saved in graphpeft's format only.
 """
 
 from __future__ import annotations
@@ -83,8 +85,54 @@ def task_type(model: nn.Module) -> str | None:
     return None
 
 
-def lora_config(model: nn.Module, claims: dict[str, tuple[Site, Any]]) -> dict[str, Any] | None:
+IA3_CONFIG_DEFAULTS: dict[str, Any] = {
+    "auto_mapping": None,
+    "base_model_name_or_path": None,
+    "exclude_modules": None,
+    "fan_in_fan_out": False,
+    "feedforward_modules": None,
+    "inference_mode": True,
+    "init_ia3_weights": True,
+    "modules_to_save": None,
+    "peft_type": "IA3",
+    "peft_version": PEFT_VERSION,
+    "revision": None,
+    "target_modules": None,
+    "task_type": None,
+}
+
+
+def peft_config(model: nn.Module, claims: dict[str, tuple[Site, Any]]) -> dict[str, Any] | None:
     """PEFT's ``adapter_config.json`` for an adapter, or None if PEFT cannot express it."""
+    methods = {c.method for _, c in claims.values()} - {"train"}
+    if methods == {"lora"}:
+        return lora_config(model, claims)
+    if methods == {"ia3"}:
+        return ia3_config(model, claims)
+    return None
+
+
+def ia3_config(model: nn.Module, claims: dict[str, tuple[Site, Any]]) -> dict[str, Any] | None:
+    """PEFT's IA3 config: every IA3 site in ``target_modules``, input-scaled ones also in ``feedforward_modules``."""
+    ia3 = [(s, c) for s, c in claims.values() if c.method == "ia3"]
+    if len({s.fqn for s, _ in ia3}) != len(ia3) or any(c.options["init"] != "ones" for _, c in ia3):
+        return None  # PEFT has one IA3 vector per module and initialises it to ones
+    config = dict(IA3_CONFIG_DEFAULTS)
+    config.update(
+        {
+            "base_model_name_or_path": getattr(getattr(model, "config", None), "_name_or_path", None) or None,
+            "task_type": task_type(model),
+            "target_modules": sorted(s.fqn for s, _ in ia3),
+            "feedforward_modules": sorted(s.fqn for s, c in ia3 if c.options["feedforward"]),
+            "fan_in_fan_out": any(s.transposed for s, _ in ia3),
+            "modules_to_save": sorted(s.fqn for s, c in claims.values() if c.method == "train") or None,
+        }
+    )
+    return config
+
+
+def lora_config(model: nn.Module, claims: dict[str, tuple[Site, Any]]) -> dict[str, Any] | None:
+    """PEFT's LoRA config for an adapter of LoRA (and train) claims, or None if PEFT cannot express it."""
     lora = [(s, c) for s, c in claims.values() if c.method == "lora"]
     trained = [s.fqn for s, c in claims.values() if c.method == "train"]
     if not lora or any(c.method not in ("lora", "train") for _, c in claims.values()):
@@ -115,10 +163,12 @@ def lora_config(model: nn.Module, claims: dict[str, tuple[Site, Any]]) -> dict[s
 
 
 def rules_from_peft_config(config: dict[str, Any], sites: list[Site]) -> list[ResolvedRule]:
-    """Rules that select exactly the modules PEFT would adapt with this LoRA config."""
+    """Rules that select exactly the modules PEFT would adapt with this LoRA or IA3 config."""
     peft_type = config.get("peft_type")
+    if peft_type == "IA3":
+        return _ia3_rules(config, sites)
     if peft_type != "LORA":
-        raise LoadError(f"PEFT adapter type {peft_type!r} is not supported by graphpeft.load yet (LORA is)")
+        raise LoadError(f"PEFT adapter type {peft_type!r} is not supported by graphpeft.load yet (LORA and IA3 are)")
     for key, fine in (("bias", "none"), ("lora_bias", False), ("layer_replication", None), ("target_parameters", None)):
         if config.get(key, fine) not in (fine, [], {}):
             raise LoadError(f"PEFT config sets {key}={config[key]!r}, which graphpeft does not support")
@@ -147,13 +197,46 @@ def rules_from_peft_config(config: dict[str, Any], sites: list[Site]) -> list[Re
         pattern = Pattern(module=tuple(_escape_glob(f) for f in dict.fromkeys(fqns)))
         rule = Rule(f"peft_lora_{i}" if i else "peft_lora", "lora", (pattern,), options)
         resolved.append(ResolvedRule(rule, (("target_modules", pattern),), "adapter_config.json"))
+    return resolved + _modules_to_save_rules(config)
+
+
+def _ia3_rules(config: dict[str, Any], sites: list[Site]) -> list[ResolvedRule]:
+    targets = config.get("target_modules")
+    chosen = [s for s in sites if s.op == "linear" and _peft_targets(s.fqn, targets, config)]
+    if not chosen:
+        raise LoadError(
+            f"PEFT IA3 config target_modules={targets!r} selects no linear module of this model; "
+            "is this adapter for another architecture?"
+        )
+    feedforward = config.get("feedforward_modules") or []
+    resolved = []
+    for is_ff in (False, True):
+        fqns = [s.fqn for s in chosen if _peft_feedforward(s.fqn, feedforward) == is_ff]
+        if not fqns:
+            continue
+        pattern = Pattern(op="linear", module=tuple(_escape_glob(f) for f in dict.fromkeys(fqns)))
+        name = "peft_ia3_feedforward" if is_ff else "peft_ia3"
+        rule = Rule(name, "ia3", (pattern,), {"feedforward": is_ff})
+        label = "feedforward_modules" if is_ff else "target_modules"
+        resolved.append(ResolvedRule(rule, ((label, pattern),), "adapter_config.json"))
+    return resolved + _modules_to_save_rules(config)
+
+
+def _peft_feedforward(fqn: str, feedforward: Any) -> bool:
+    """PEFT's test: a regex must match the whole key; list entries match by suffix."""
+    if isinstance(feedforward, str):
+        return re.fullmatch(feedforward, fqn) is not None
+    return any(fqn.endswith(name) for name in feedforward)
+
+
+def _modules_to_save_rules(config: dict[str, Any]) -> list[ResolvedRule]:
     saved = config.get("modules_to_save") or []
-    if saved:
-        names = "|".join(re.escape(n) for n in saved)
-        pattern = Pattern(op="module", regex=rf"(.*\.)?({names})")
-        rule = Rule("peft_modules_to_save", "train", (pattern,), {}, required=False)
-        resolved.append(ResolvedRule(rule, (("modules_to_save", pattern),), "adapter_config.json"))
-    return resolved
+    if not saved:
+        return []
+    names = "|".join(re.escape(n) for n in saved)
+    pattern = Pattern(op="module", regex=rf"(.*\.)?({names})")
+    rule = Rule("peft_modules_to_save", "train", (pattern,), {}, required=False)
+    return [ResolvedRule(rule, (("modules_to_save", pattern),), "adapter_config.json")]
 
 
 def _escape_glob(fqn: str) -> str:

@@ -13,12 +13,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import fx, nn
 
 from .sites import Site
 
 CLAIMS = "graphpeft.claims"
 ADAPTER_NODE = "graphpeft.adapter_node"
+ORIGINAL_ARGS = "graphpeft.original_args"  # a site node's args before a claim rewrote its inputs
 
 
 @dataclass(frozen=True)
@@ -51,9 +53,16 @@ class SiteEditor:
     ``store`` is the runtime's adapter tree (mirrors base FQNs); slots such as
     ``lora_A`` are ``ParameterDict``/``ModuleDict`` keyed by adapter name and are
     shared, not copied, into the GraphModule.
+
+    Several claims on one site compose like nested modules, in claim order: ``output``
+    is the site's result after the earlier claims (the node itself for the first), and
+    ``inner`` holds the nodes those claims created, so a later claim wraps them all.
     """
 
-    def __init__(self, gm: fx.GraphModule, node: fx.Node | None, site: Site, claim: Claim, store: nn.Module, training: bool):
+    def __init__(
+        self, gm: fx.GraphModule, node: fx.Node | None, site: Site, claim: Claim, store: nn.Module, training: bool,
+        output: fx.Node | None = None, inner: frozenset[fx.Node] = frozenset(),
+    ):
         self.gm = gm
         self.node = node
         self.site = site
@@ -61,7 +70,9 @@ class SiteEditor:
         self.store = store
         self.training = training
         self.created: set[fx.Node] = set()
-        self._cursor = node
+        self.output = output if output is not None else node
+        self.inner = inner
+        self._cursor = self.output
         self._prefix = (site.fqn or "root").replace(".", "_")
         if site.occurrence:
             self._prefix += f"_{site.occurrence}"
@@ -85,18 +96,27 @@ class SiteEditor:
         self.created.add(new)
         return new
 
-    def param(self, slot: str, subpath: str = "") -> fx.Node:
-        """A ``get_attr`` node for ``<fqn>.<slot>.<adapter>[.<subpath>]``."""
+    def param(self, slot: str, subpath: str = "", adapter: str | None = None) -> fx.Node:
+        """A ``get_attr`` node for ``<fqn>.<slot>.<adapter>[.<subpath>]`` (``adapter``: the claim's by default)."""
         slot_container = container(self.store, f"{self.site.fqn}.{slot}", create=False)
         host = container(self.gm, self.site.fqn)
         if host._modules.get(slot) is not slot_container:
             host.register_module(slot, slot_container)
-        target = ".".join(p for p in (self.site.fqn, slot, self.claim.adapter, subpath) if p)
+        target = ".".join(p for p in (self.site.fqn, slot, adapter or self.claim.adapter, subpath) if p)
         with self.gm.graph.inserting_after(self._cursor):
             new = self.gm.graph.get_attr(target)
         new.name = self.gm.graph._graph_namespace.create_name(f"{self._prefix}_{slot}", new)
         self._cursor = new
         return self._tag(new, slot)
+
+    def constant(self, role: str, tensor: torch.Tensor) -> fx.Node:
+        """A ``get_attr`` node for a constant tensor, kept as a buffer of the GraphModule."""
+        name = self.gm.graph._graph_namespace.create_name(f"{self._prefix}_{role}", None)
+        self.gm.register_buffer(name, tensor)
+        with self.gm.graph.inserting_after(self._cursor):
+            new = self.gm.graph.get_attr(name)
+        self._cursor = new
+        return self._tag(new, role)
 
     def call(self, target: Callable[..., Any], *args: Any, role: str) -> fx.Node:
         """Insert ``target(*args)`` after the previous inserted node."""
@@ -109,8 +129,27 @@ class SiteEditor:
 
     def redirect(self, output: fx.Node, original: fx.Node | None = None) -> None:
         """Make every user of the site's result (but our own nodes) read ``output``."""
-        original = original or self.node
+        original = original or self.output
         original.replace_all_uses_with(output, delete_user_cb=lambda user: user not in self.created)
+        if original is self.output:
+            self.output = output
+
+    @property
+    def site_input(self) -> fx.Node:
+        """The site op's activation input as it was before any claim rewrote it (x of linear, ids of embedding)."""
+        args = self.node.meta.get(ORIGINAL_ARGS, self.node.args)
+        return args[1] if (self.site.transposed or self.site.op == "embedding") else args[0]
+
+    def before(self) -> None:
+        """Insert the next nodes right before the site node (to rewrite its inputs)."""
+        self._cursor = self.node.prev
+
+    def replace_input(self, old: fx.Node, new: fx.Node) -> None:
+        """Make the site node, and the earlier claims' nodes, read ``new`` instead of ``old``."""
+        self.node.meta.setdefault(ORIGINAL_ARGS, self.node.args)
+        for user in [self.node, *self.inner]:
+            if user is not new and old in user.all_input_nodes:
+                user.replace_input_with(old, new)
 
 
 def annotate(plan: list[tuple[Site, fx.Node | None, list[Claim]]]) -> None:
@@ -127,9 +166,11 @@ def materialize(
     from .methods import get_method
 
     for site, node, claims in plan:
+        output, inner = node, frozenset()
         for claim in claims:
-            method = get_method(claim.method)
-            method.rewrite(SiteEditor(gm, node, site, claim, store, training))
+            edit = SiteEditor(gm, node, site, claim, store, training, output, inner)
+            get_method(claim.method).rewrite(edit)
+            output, inner = edit.output, inner | edit.created
     for node in list(gm.graph.nodes):
         if node.op == "get_attr" and not node.users:
             gm.graph.erase_node(node)

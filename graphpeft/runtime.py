@@ -8,6 +8,7 @@ the active adapters), traced lazily; every graph reads the same parameters.
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -44,6 +45,11 @@ class GraphPeftModel(nn.Module):
     :func:`graphpeft.apply` or :func:`graphpeft.load` to make one.
     """
 
+    # transformers' Trainer passes ``num_items_in_batch`` to models that accept loss kwargs; such
+    # ``**kwargs`` tensors cannot be given dynamic shapes in torch.export (torch 2.13), so the Trainer is
+    # told to normalise the loss itself, as it does for any model without loss kwargs.
+    accepts_loss_kwargs = False
+
     def __init__(self, model: nn.Module, example_inputs: Any = None, dynamic_shapes: Any = None):
         super().__init__()
         self.base_model = model
@@ -63,6 +69,11 @@ class GraphPeftModel(nn.Module):
                 "tracing; pass example_inputs=(tensor, ...) or example_inputs={'x': tensor} to graphpeft.apply"
             )
         self._grad_before = {id(p): p.requires_grad for p in model.parameters()}
+        # Code that inspects ``model.forward`` to learn the inputs (transformers' Trainer keeps only the
+        # dataset columns named there) must see the base model's parameters, not ``*args, **kwargs``.
+        signed_forward = functools.partial(type(self).forward, self)
+        signed_forward.__signature__ = inspect.signature(model.forward)
+        self.__dict__["forward"] = signed_forward
         self._sites: list[Site] | None = None
         self.training = model.training
 
@@ -90,11 +101,18 @@ class GraphPeftModel(nn.Module):
             self._sites = [site for site, _ in graph_sites(gm)] + module_sites(self.base_model)
         return self._sites
 
-    def add_adapter(self, adapter_name: str, rules: list[ResolvedRule]) -> None:
-        """Match ``rules``, create the adapter's parameters and make it active."""
+    def add_adapter(self, adapter_name: str, rules: Any, **overrides: Any) -> None:
+        """Add an adapter made by ``rules`` (every form :func:`graphpeft.apply` takes, or resolved rules).
+
+        The first adapter becomes active; later ones wait for :meth:`set_adapter`.
+        """
         check_adapter_name(adapter_name)
         if adapter_name in self.adapter_specs:
             raise AdapterError(f"adapter {adapter_name!r} already exists; delete it first or pick another name")
+        if not (isinstance(rules, list) and rules and all(isinstance(r, ResolvedRule) for r in rules)):
+            from .rulebook import resolve_rules
+
+            rules = resolve_rules(self.base_model, rules, overrides)
         claims = match(rules, self.sites(), adapter_name)
         for param in self.base_model.parameters():
             param.requires_grad_(False)
@@ -129,11 +147,36 @@ class GraphPeftModel(nn.Module):
             self.active_adapters = [next(iter(self.adapter_specs))]
         self._graphs.clear()
 
-    def save_pretrained(self, save_directory: str, adapter_names: Sequence[str] | None = None, overwrite: bool = False) -> None:
-        """Write adapter weights, PEFT's config (when PEFT can express it) and graphpeft's manifest."""
+    def save_pretrained(
+        self,
+        save_directory: str,
+        adapter_names: Sequence[str] | None = None,
+        overwrite: bool = False,
+        *,
+        selected_adapters: Sequence[str] | None = None,
+        is_main_process: bool = True,
+        safe_serialization: bool = True,
+        state_dict: dict[str, torch.Tensor] | None = None,
+        **unsupported: Any,
+    ) -> None:
+        """Write adapter weights, PEFT's config (when PEFT can express it) and graphpeft's manifest.
+
+        ``selected_adapters``, ``is_main_process``, ``safe_serialization`` and ``state_dict`` are
+        accepted as PEFT's ``save_pretrained`` takes them, so training loops written for PEFT work:
+        only the main process writes; the format is always safetensors (never pickle); the weights
+        are read from the adapter parameters themselves, so ``state_dict`` is not consulted.
+        """
         from .checkpoint import save_pretrained
 
-        save_pretrained(self, save_directory, list(adapter_names) if adapter_names is not None else None, overwrite)
+        if unsupported:
+            raise CallError(
+                f"save_pretrained() takes no argument {', '.join(map(repr, unsupported))}; it takes save_directory, "
+                "adapter_names (or selected_adapters), overwrite, is_main_process, safe_serialization and state_dict"
+            )
+        if not is_main_process:
+            return
+        names = adapter_names if adapter_names is not None else selected_adapters
+        save_pretrained(self, save_directory, list(names) if names is not None else None, overwrite)
 
     def load_adapter(self, directory: str, adapter_name: str, is_trainable: bool = False) -> None:
         """Add an adapter from a graphpeft or PEFT directory (this model is unchanged if it fails)."""
@@ -196,7 +239,10 @@ class GraphPeftModel(nn.Module):
                 raise AdapterError(f"adapter {name!r} is already merged; call unmerge() first")
             blocked = sorted(m for m in spec.methods() if not get_method(m).mergeable)
             if blocked:
-                raise AdapterError(f"adapter {name!r} uses {', '.join(blocked)}, which cannot be merged")
+                raise AdapterError(
+                    f"adapter {name!r} uses {', '.join(blocked)}, which cannot be merged (no weight can absorb a "
+                    "non-linear adapter block); run it unmerged, or merge only the other adapters"
+                )
         for name in names:
             for site, claim in self._spec(name).claims.values():
                 get_method(claim.method).merge(site, claim.options, self.base_model, self.adapters, name)
@@ -227,11 +273,51 @@ class GraphPeftModel(nn.Module):
         return self.base_model
 
     # ------------------------------------------------------------------ forward
-    def forward(self, *args: Any, **kwargs: Any) -> Any:
+    def forward(self, *args: Any, adapter_names: Sequence[str] | None = None, **kwargs: Any) -> Any:
+        """Run the base model's forward with the active adapters.
+
+        ``adapter_names`` (one name per row, ``"__base__"`` for none) runs a mixed-adapter batch:
+        each row with its own adapter, in one batched graph (see :mod:`graphpeft.mixed`).
+        Virtual-token adapters add their tokens to the inputs first (see :mod:`graphpeft.virtual_inputs`).
+        """
+        kwargs = self._bind(args, kwargs)
+        if adapter_names is not None:
+            from .mixed import mixed_call
+
+            return mixed_call(self, kwargs, adapter_names)
         from .virtual_inputs import expand
 
-        kwargs = expand(self, self._bind(args, kwargs), self._graph_adapters())
+        kwargs = expand(self, kwargs, self._graph_adapters())
         return self._graph(kwargs)(**kwargs)
+
+    def generate(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        *,
+        max_new_tokens: int | None = None,
+        do_sample: bool | None = None,
+        temperature: float | None = None,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        eos_token_id: int | Sequence[int] | None = None,
+        pad_token_id: int | None = None,
+        generator: torch.Generator | None = None,
+        **unsupported: Any,
+    ) -> torch.Tensor:
+        """Greedy or sampled decoding on the adapted prefill and decode graphs, with a KV cache.
+
+        ``None`` options take the model's ``generation_config``; ``eos_token_id=[]`` never stops early.
+        Returns token ids like transformers' ``generate``: prompt + new tokens (decoder-only), or decoder ids with the start token first
+        (encoder-decoder). See :mod:`graphpeft.generation`.
+        """
+        from .generation import generate
+
+        options = dict(
+            max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p,
+            eos_token_id=eos_token_id, pad_token_id=pad_token_id, generator=generator,
+        )
+        return generate(self, input_ids, attention_mask, **options, **unsupported)
 
     def _bind(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
         names = [p for p in self._params if p not in ("self", "args", "kwargs")]
@@ -265,10 +351,7 @@ class GraphPeftModel(nn.Module):
 
     def _graph(self, kwargs: dict[str, Any]) -> fx.GraphModule:
         adapters = self._graph_adapters()
-        static = not self._transformers and self._dynamic_shapes is None
-        signature = signature_of(self.base_model, kwargs, self.training, static)
-        if not fits(self._traced(signature, kwargs), signature, kwargs):
-            signature = signature_of(self.base_model, kwargs, self.training, static=True)
+        signature = self._signature(kwargs)
         if not adapters:
             return self._traced(signature, kwargs)
         key = (signature, adapters)
@@ -278,6 +361,14 @@ class GraphPeftModel(nn.Module):
             self._rewrite(graph, adapters, signature.training)
             self._graphs[key] = graph
         return graph
+
+    def _signature(self, kwargs: dict[str, Any]) -> Any:
+        """The graph key of a call: dynamic dims where the export's ranges allow, exact shapes otherwise."""
+        static = not self._transformers and self._dynamic_shapes is None
+        signature = signature_of(self.base_model, kwargs, self.training, static)
+        if not fits(self._traced(signature, kwargs), signature, kwargs):
+            signature = signature_of(self.base_model, kwargs, self.training, static=True)
+        return signature
 
     def _traced(self, signature: Any, kwargs: dict[str, Any]) -> fx.GraphModule:
         """The unrewritten export of the base model for this signature (exported once, kept pristine)."""
@@ -307,7 +398,10 @@ class GraphPeftModel(nn.Module):
         static = not self._transformers and self._dynamic_shapes is None
         return self._traced(signature_of(self.base_model, kwargs, self.training, static), kwargs)
 
-    def _rewrite(self, gm: fx.GraphModule, adapters: tuple[str, ...], training: bool) -> None:
+    def _rewrite(self, gm: fx.GraphModule, adapters: tuple[str, ...], training: bool, skip_missing: bool = False) -> None:
+        """Place ``adapters`` on ``gm``. ``skip_missing`` leaves out claimed sites that ``gm`` never
+        computes (an encoder-decoder's decode step runs neither the encoder nor the cross-attention
+        key/value projections); otherwise a missing site is an error."""
         located: dict[str, tuple[Site, fx.Node | None]] = {s.key: (s, n) for s, n in graph_sites(gm)}
         located.update({s.key: (s, None) for s in module_sites(self.base_model)})
         plan = []
@@ -318,6 +412,8 @@ class GraphPeftModel(nn.Module):
                     wanted.setdefault(key, []).append(claim)
         for key, claims in wanted.items():
             if key not in located:
+                if skip_missing:
+                    continue
                 raise TraceError(
                     f"site {key} (claimed by rule {claims[0].rule!r}) is not in the graph traced for this call; "
                     "the model's graph changes with these inputs, so the adapter cannot be placed"
@@ -332,6 +428,16 @@ class GraphPeftModel(nn.Module):
         self._graphs.clear()
         self._base_graphs.clear()
         return super()._apply(fn, recurse)
+
+    def explain(self, adapter_names: Sequence[str] | None = None, show: bool = False) -> Any:
+        """An :class:`~graphpeft.explain.ExplainReport` of the adapters (sites, rules, shapes, counts);
+        ``show=True`` also prints it."""
+        from .explain import explain_model
+
+        report = explain_model(self, adapter_names)
+        if show:
+            report.print()
+        return report
 
     def graph(self, **kwargs: Any) -> fx.GraphModule:
         """The rewritten GraphModule that a call with these kwargs runs (for inspection)."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import inspect
+import io
 import logging
 import re
 import warnings
@@ -173,12 +174,14 @@ def _mode(model: nn.Module, training: bool):
 
 @contextlib.contextmanager
 def _quiet():
+    """Silence export's logs, warnings and the partial graph it prints to stderr when it fails
+    (hundreds of lines for a real model); the error itself is summarized by :class:`TraceError`."""
     loggers = [logging.getLogger(n) for n in ("torch._export", "torch.export", "torch._dynamo", "torch.fx.experimental.symbolic_shapes")]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
-        lg.setLevel(logging.ERROR)
+        lg.setLevel(logging.CRITICAL)
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
             warnings.simplefilter("ignore")
             yield
     finally:
@@ -192,22 +195,32 @@ def export_graph(
     kwargs: dict[str, Any],
     dynamic_shapes: Any,
     training: bool,
+    *,
+    runtime_asserts: bool = False,
 ) -> fx.GraphModule:
     """``torch.export`` (non-strict, training IR) of ``model`` in the given mode, as a GraphModule.
 
-    The GraphModule reads the model's own parameter tensors (no copy).
+    The GraphModule reads the model's own parameter tensors (no copy). ``runtime_asserts``
+    turns shape guards that export cannot prove into asserts inside the graph (needed for
+    KV-cache graphs, whose cache length relates to the mask length).
     """
     with _mode(model, training), _quiet():
         try:
+            def run(shapes: Any) -> Any:
+                return torch.export.export(
+                    model, args, kwargs, dynamic_shapes=shapes, strict=False,
+                    prefer_deferred_runtime_asserts_over_guards=runtime_asserts,
+                )
+
             try:
-                program = torch.export.export(model, args, kwargs, dynamic_shapes=dynamic_shapes, strict=False)
+                program = run(dynamic_shapes)
             except Exception as exc:
                 narrowed = _apply_suggested_fixes(dynamic_shapes, str(exc))
                 if narrowed is None:
                     raise
                 # e.g. T5 shifts labels right and needs decoder_seq >= 3: export what export can prove.
                 dynamic_shapes = narrowed
-                program = torch.export.export(model, args, kwargs, dynamic_shapes=dynamic_shapes, strict=False)
+                program = run(dynamic_shapes)
         except Exception as exc:  # export raises many types; summarize them all the same way
             raise TraceError(summarize_export_error(model, exc)) from exc
         graph = program.module()

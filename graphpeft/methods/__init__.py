@@ -27,6 +27,7 @@ class Method:
     options: ClassVar[dict[str, Option]]
     site_ops: ClassVar[tuple[str, ...]]
     mergeable: ClassVar[bool] = False
+    mixable: ClassVar[bool] = False  # can serve mixed-adapter batches (rewrite_mixed)
     peft_type: ClassVar[str | None] = None
     virtual_tokens: ClassVar[bool] = False  # tokens enter through the graph's inputs (graphpeft.virtual_inputs)
 
@@ -41,6 +42,14 @@ class Method:
     def rewrite(self, edit: SiteEditor) -> None:
         """Insert the adapter subgraph for one site."""
         raise NotImplementedError
+
+    def rewrite_mixed(self, edit: SiteEditor, claims: list[Any], order: tuple[str, ...], rows: Any) -> None:
+        """Insert the stacked subgraph of several adapters at one site for a mixed-adapter batch.
+
+        ``claims[i]`` is adapter ``order[i]``'s claim on the site (None: it has none; the last
+        slot is always None, the base model); ``rows`` is the (batch,) slot index per row.
+        """
+        raise NotImplementedError(f"{self.name} adapters cannot serve mixed-adapter batches")
 
     def merge(self, site: Site, options: dict[str, Any], model: nn.Module, store: nn.Module, adapter: str) -> None:
         raise NotImplementedError(f"{self.name} adapters cannot be merged")
@@ -84,4 +93,4 @@ def method_names() -> list[str]:
 
 def _load_builtin() -> None:
     # Each import registers its methods; importing one method module directly must not hide the others.
-    from . import lora, train, virtual_tokens  # noqa: F401
+    from . import bottleneck, ia3, lora, train, virtual_tokens  # noqa: F401

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import AdapterError
 from ..options import Option, positive, probability
 from ..rewrite import SiteEditor, container
 from ..sites import Site
@@ -48,6 +49,7 @@ class LoRA(Method):
     name = "lora"
     site_ops = ("linear", "embedding", "conv2d")
     mergeable = True
+    mixable = True
     peft_type = "LORA"
     options = {
         "r": Option(int, 8, "rank of the update", check=positive),
@@ -115,7 +117,7 @@ class LoRA(Method):
         scale = scale_of(options)
         if site.op == "embedding":
             return self._rewrite_embedding(edit, scale)
-        x = node.args[1] if site.transposed else node.args[0]
+        x = edit.site_input
         dropout = options["dropout"] if edit.training else 0.0
         x_in = edit.call(aten.dropout.default, x, float(dropout), True, role="lora_dropout") if dropout > 0 else x
         a, b = edit.param("lora_A"), edit.param("lora_B")
@@ -129,7 +131,7 @@ class LoRA(Method):
             up = edit.call(aten.linear.default, down, b, role="lora_up")
         if not options["dora"]:
             delta = edit.call(aten.mul.Tensor, up, scale, role="lora_scale")
-            out = edit.call(aten.add.Tensor, node, delta, role="lora_add")
+            out = edit.call(aten.add.Tensor, edit.output, delta, role="lora_add")
             edit.redirect(out)
             return
         # DoRA: delta = (m̂ - 1) ⊙ (W x) + m̂ ⊙ scale · B A x, with m̂ = m / ‖W + scale·BA‖ (detached).
@@ -146,7 +148,7 @@ class LoRA(Method):
         base_part = edit.call(aten.mul.Tensor, base, mag_minus, role="dora_base_scaled")
         lora_part = edit.call(aten.mul.Tensor, edit.call(aten.mul.Tensor, up, mag, role="dora_lora_mag"), scale, role="lora_scale")
         delta = edit.call(aten.add.Tensor, base_part, lora_part, role="dora_delta")
-        out = edit.call(aten.add.Tensor, node, delta, role="lora_add")
+        out = edit.call(aten.add.Tensor, edit.output, delta, role="lora_add")
         edit.redirect(out)
 
     def _norm_nodes(self, edit: SiteEditor, w_oi: Any, a: Any, b: Any, scale: float) -> Any:
@@ -165,7 +167,7 @@ class LoRA(Method):
         up = edit.call(aten.matmul.default, down, edit.call(aten.t.default, b, role="lora_embedding_B_t"), role="lora_up")
         scaled = edit.call(aten.mul.Tensor, up, scale, role="lora_scale")
         if not options["dora"]:
-            out = edit.call(aten.add.Tensor, node, scaled, role="lora_add")
+            out = edit.call(aten.add.Tensor, edit.output, scaled, role="lora_add")
             edit.redirect(out)
             return
         # PEFT's DoRA embedding: y = m̂ ⊙ (E[ids] + scale · A^T[ids] B^T), m̂ over the embedding dim.
@@ -175,6 +177,47 @@ class LoRA(Method):
         total = edit.call(aten.add.Tensor, node, scaled, role="dora_sum")
         out = edit.call(aten.mul.Tensor, total, mag, role="lora_add")
         edit.redirect(out)
+
+    def rewrite_mixed(self, edit: SiteEditor, claims: list[Any], order: tuple[str, ...], rows: Any) -> None:
+        """Per-row LoRA with the adapters' ranks concatenated: A_cat (Σr, in), B_cat (out, Σr).
+
+        down = x A_catᵀ (..., Σr) is multiplied by each row's mask (batch, Σr), which holds the row
+        adapter's scale on that adapter's rank columns and zeros elsewhere (all zeros for the base
+        slot), then up = masked B_catᵀ. Ranks may differ; no padding is needed. Two plain matmuls
+        over Σr columns cost less than per-row batched matmuls for the few adapters a batch mixes.
+        """
+        from ..mixed import check_mixable_site, row_shape
+
+        check_mixable_site(edit)
+        present = [(slot, c) for slot, c in enumerate(claims) if c is not None]
+        if any(c.options["dora"] for _, c in present):
+            raise AdapterError(f"DoRA adapters cannot serve mixed-adapter batches (site {edit.site.key})")
+        dropouts = {float(c.options["dropout"]) for _, c in present} if edit.training else {0.0}
+        if len(dropouts) > 1:
+            raise AdapterError(
+                f"adapters on site {edit.site.key} use different LoRA dropouts {sorted(dropouts)}; "
+                "a mixed-adapter training batch needs one dropout per site"
+            )
+        x = edit.site_input
+        if max(dropouts) > 0:
+            x = edit.call(aten.dropout.default, x, max(dropouts), True, role="lora_dropout")
+        a_parts, b_parts, masks, width = [], [], [], 0
+        for slot, claim in present:
+            a_parts.append(edit.param("lora_A", adapter=order[slot]))
+            b_parts.append(edit.param("lora_B", adapter=order[slot]))
+            masks.append((slot, width, width + claim.options["r"], scale_of(claim.options)))
+            width += claim.options["r"]
+        template = edit.store.get_parameter(f"{edit.site.fqn}.lora_A.{order[present[0][0]]}")
+        mask = torch.zeros(len(claims), width, dtype=template.dtype, device=template.device)
+        for slot, start, stop, scale in masks:
+            mask[slot, start:stop] = scale
+        a_cat = edit.call(aten.cat.default, a_parts, 0, role="lora_A_cat") if len(a_parts) > 1 else a_parts[0]
+        b_cat = edit.call(aten.cat.default, b_parts, 1, role="lora_B_cat") if len(b_parts) > 1 else b_parts[0]
+        row_mask = edit.call(aten.index_select.default, edit.constant("lora_row_mask", mask), 0, rows, role="lora_rows")
+        down = edit.call(aten.linear.default, x, a_cat, role="lora_down")
+        masked = edit.call(aten.mul.Tensor, down, row_shape(edit, row_mask), role="lora_mask")
+        up = edit.call(aten.linear.default, masked, b_cat, role="lora_up")
+        edit.redirect(edit.call(aten.add.Tensor, edit.output, up, role="lora_add"))
 
     # ------------------------------------------------------------------ merge
     def merge(self, site: Site, options: dict[str, Any], model: nn.Module, store: nn.Module, adapter: str) -> None:

@@ -1,0 +1,1 @@
+"""Benchmarks: ``python -m benchmarks.<name>``. Speed goals live here, never in tests."""
