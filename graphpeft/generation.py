@@ -249,7 +249,9 @@ def generate(model: GraphPeftModel, input_ids: Any, attention_mask: Any = None, 
         )
     graphs = generation_graphs(model)
     with torch.no_grad():
-        steps = _Seq2SeqSteps(graphs, base) if encoder_decoder else _CausalSteps(graphs)
+        from .virtual_generation import virtual_steps
+
+        steps = virtual_steps(model, graphs) or (_Seq2SeqSteps(graphs, base) if encoder_decoder else _CausalSteps(graphs))
         return _decode_loop(steps, input_ids, attention_mask, settings)
 
 
