@@ -28,8 +28,10 @@ from .errors import AdapterError, GraphPeftError, LoadError, SaveError
 from .match import ResolvedRule
 from .methods import get_method
 from .peft_format import PREFIX, peft_config, rules_from_peft_config
+from .peft_prompt_format import METHOD_BY_PEFT_TYPE, PROMPT_PREFIX, prompt_learning_config, rules_from_prompt_config, virtual_claims
 from .rules import Pattern, Rule
 from .runtime import GraphPeftModel, check_adapter_name
+from .sites import Site
 
 MANIFEST = "graphpeft.json"
 WEIGHTS = "adapter_model.safetensors"
@@ -43,12 +45,22 @@ def fingerprint(model: GraphPeftModel) -> str:
     return hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest()
 
 
+def tensor_key(model: GraphPeftModel, adapter: str, site: Site, method: str, suffix: str) -> str:
+    """PEFT's key of one tensor: ``base_model.model.<fqn>.<suffix>``; prompt learning: ``prompt_embeddings``
+    and ``base_model.<fqn>.<param>`` for fully trained modules."""
+    if get_method(method).virtual_tokens:
+        return suffix
+    prompt_learning = bool(virtual_claims(model.adapter_specs[adapter].claims))
+    return f"{PROMPT_PREFIX if prompt_learning else PREFIX}{site.host}.{suffix}"
+
+
 def adapter_tensors(model: GraphPeftModel, adapter: str) -> dict[str, torch.Tensor]:
     """One adapter's tensors under PEFT's keys, ready to save (contiguous CPU copies)."""
     out = {}
-    for site, claim in model.adapter_specs[adapter].claims.values():
-        for suffix, tensor in get_method(claim.method).state(site, model.adapters, adapter).items():
-            out[f"{PREFIX}{site.host}.{suffix}"] = tensor.detach().to("cpu").contiguous().clone()
+    with torch.no_grad():
+        for site, claim in model.adapter_specs[adapter].claims.values():
+            for suffix, tensor in get_method(claim.method).state(site, model.adapters, adapter).items():
+                out[tensor_key(model, adapter, site, claim.method, suffix)] = tensor.detach().to("cpu").contiguous().clone()
     return out
 
 
@@ -76,9 +88,8 @@ def manifest(model: GraphPeftModel, adapter: str, tensors: dict[str, torch.Tenso
                 "method": claim.method,
                 "options": claim.options,
                 "tensors": {
-                    k[len(PREFIX) + len(site.host) + 1:]: list(v.shape)
-                    for k, v in tensors.items()
-                    if k.startswith(f"{PREFIX}{site.host}.")
+                    suffix: list(tensors[tensor_key(model, adapter, site, claim.method, suffix)].shape)
+                    for suffix in get_method(claim.method).state(site, model.adapters, adapter)
                 },
             }
             for key, (site, claim) in spec.claims.items()
@@ -145,7 +156,8 @@ def foreign_entries(target: Path) -> list[str]:
 
 def _write_adapter(model: GraphPeftModel, name: str, folder: Path) -> None:
     tensors = adapter_tensors(model, name)
-    peft = peft_config(model.base_model, model.adapter_specs[name].claims)
+    claims = model.adapter_specs[name].claims
+    peft = prompt_learning_config(model.base_model, claims) if virtual_claims(claims) else peft_config(model.base_model, claims)
     save_file(tensors, str(folder / WEIGHTS), metadata={"format": "pt"})
     if peft is not None:
         (folder / PEFT_CONFIG).write_text(json.dumps(peft, indent=2, sort_keys=True) + "\n")
@@ -259,7 +271,11 @@ def load_into(model: GraphPeftModel, directory: str | os.PathLike, adapter_name:
         rules = _rules_from_manifest(record, folder)
     elif (folder / PEFT_CONFIG).is_file():
         record = None
-        rules = rules_from_peft_config(read_json(folder / PEFT_CONFIG), model.sites())
+        config = read_json(folder / PEFT_CONFIG)
+        if config.get("peft_type") in METHOD_BY_PEFT_TYPE:
+            rules = rules_from_prompt_config(config, model.base_model)
+        else:
+            rules = rules_from_peft_config(config, model.sites())
     else:
         raise LoadError(f"{folder} holds neither {MANIFEST} nor {PEFT_CONFIG}; it is not an adapter directory")
     tensors = read_tensors(folder / WEIGHTS)
@@ -349,7 +365,7 @@ def _copy_tensors(model: GraphPeftModel, adapter: str, tensors: dict[str, torch.
         method = get_method(claim.method)
         wanted = {}
         for suffix, param in method.state(site, model.adapters, adapter).items():
-            key = f"{PREFIX}{site.host}.{suffix}"
+            key = tensor_key(model, adapter, site, claim.method, suffix)
             if key not in tensors:
                 raise LoadError(f"{folder / WEIGHTS} lacks tensor {key!r}; the file does not belong to this adapter config")
             if tuple(tensors[key].shape) != tuple(param.shape):

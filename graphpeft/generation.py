@@ -282,7 +282,11 @@ def generate(
 
         graphs, extra = mixed_generation(model, adapter_names, input_ids.shape[0])
     with torch.no_grad():
-        steps = _Seq2SeqSteps(graphs, base, extra) if encoder_decoder else _CausalSteps(graphs, extra)
+        from .virtual_generation import virtual_steps
+
+        steps = virtual_steps(model, graphs, extra) or (
+            _Seq2SeqSteps(graphs, base, extra) if encoder_decoder else _CausalSteps(graphs, extra)
+        )
         return _decode_loop(steps, input_ids, attention_mask, settings)
 
 

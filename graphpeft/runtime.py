@@ -313,6 +313,7 @@ class GraphPeftModel(nn.Module):
 
         ``adapter_names`` (one name per row, ``"__base__"`` for none) runs a mixed-adapter batch:
         each row with its own adapter, in one batched graph (see :mod:`graphpeft.mixed`).
+        Virtual-token adapters add their tokens to the inputs first (see :mod:`graphpeft.virtual_inputs`).
         """
         kwargs = self._bind(args, kwargs)
         if adapter_names is not None:
@@ -321,6 +322,9 @@ class GraphPeftModel(nn.Module):
             self._refuse_quantized("a mixed-adapter batch")
 
             return mixed_call(self, kwargs, adapter_names)
+        from .virtual_inputs import expand
+
+        kwargs = expand(self, kwargs, self._graph_adapters())
         return self._graph(kwargs)(**kwargs)
 
     def generate(
@@ -452,7 +456,8 @@ class GraphPeftModel(nn.Module):
         wanted: dict[str, list[Claim]] = {}
         for name in adapters:
             for key, (_, claim) in self._spec(name).claims.items():
-                wanted.setdefault(key, []).append(claim)
+                if not get_method(claim.method).virtual_tokens:  # they enter through the inputs instead
+                    wanted.setdefault(key, []).append(claim)
         for key, claims in wanted.items():
             if key not in located:
                 if skip_missing:

@@ -23,6 +23,7 @@ import torch
 from torch import fx, nn
 from torch.export import Dim
 
+from .cache_inputs import KEY_LENGTH, CacheSpec, mask_name
 from .errors import TraceError
 
 EXAMPLE_BATCH, EXAMPLE_SEQ, EXAMPLE_DECODER_SEQ = 2, 8, 5
@@ -76,12 +77,23 @@ def signature_of(model: nn.Module, kwargs: Mapping[str, Any], training: bool, st
             roles = tuple(value.shape) if static else _roles(name, value, encoder_decoder)
             entries.append((name, value.dtype, roles))
             device = str(value.device)
+        elif CacheSpec.of(value) is not None:
+            entries.append((name, CacheSpec.of(value)))
         else:
             entries.append((name, _freeze(value)))
+    entries = _key_length_masks(entries)
     params = next(model.parameters(), None)
     if params is not None:
         device = str(params.device)
     return Signature(tuple(entries), training, device)
+
+
+def _key_length_masks(entries: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """With a cache input, the mask spans cached + new positions: its length gets its own role."""
+    spec = next((e[1] for e in entries if len(e) == 2 and isinstance(e[1], CacheSpec)), None)
+    if spec is None:
+        return entries
+    return [(e[0], e[1], (e[2][0], KEY_LENGTH, *e[2][2:])) if len(e) == 3 and e[0] == mask_name(spec) else e for e in entries]
 
 
 def _freeze(value: Any) -> Any:
@@ -110,11 +122,19 @@ def example_inputs(model: nn.Module, signature: Signature) -> tuple[dict[str, An
         "B": Dim("batch", min=1),
         "S": Dim("seq", min=1, max=max_len) if max_len else Dim("seq", min=1),
         "T": Dim("decoder_seq", min=1, max=max_len) if max_len else Dim("decoder_seq", min=1),
+        KEY_LENGTH: Dim("key_seq", min=1),
     }
     sizes = {"B": EXAMPLE_BATCH, "S": EXAMPLE_SEQ, "T": EXAMPLE_DECODER_SEQ}
     kwargs: dict[str, Any] = {}
     shapes: dict[str, Any] = {}
     for entry in signature.inputs:
+        if len(entry) == 2 and isinstance(entry[1], CacheSpec):
+            query = EXAMPLE_DECODER_SEQ if entry[1].encoder_decoder else EXAMPLE_SEQ
+            sizes[KEY_LENGTH] = query + entry[1].length
+    for entry in signature.inputs:
+        if len(entry) == 2 and isinstance(entry[1], CacheSpec):
+            kwargs[entry[0]], shapes[entry[0]] = entry[1].example(EXAMPLE_BATCH, dims["B"], max_len, device)
+            continue
         if len(entry) == 2:
             kwargs[entry[0]] = entry[1]
             shapes[entry[0]] = None
@@ -247,7 +267,7 @@ def _dim_ranges(dynamic_shapes: Any) -> dict[str, tuple[int, int]]:
     return ranges
 
 
-_ROLE_DIM = {"B": "batch", "S": "seq", "T": "decoder_seq"}
+_ROLE_DIM = {"B": "batch", "S": "seq", "T": "decoder_seq", KEY_LENGTH: "key_seq"}
 
 
 def fits(graph: fx.GraphModule, signature: Signature, kwargs: Mapping[str, Any]) -> bool:

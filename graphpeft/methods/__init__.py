@@ -29,6 +29,7 @@ class Method:
     mergeable: ClassVar[bool] = False
     mixable: ClassVar[bool] = False  # can serve mixed-adapter batches (rewrite_mixed)
     peft_type: ClassVar[str | None] = None
+    virtual_tokens: ClassVar[bool] = False  # tokens enter through the graph's inputs (graphpeft.virtual_inputs)
 
     def check_site(self, site: Site, options: dict[str, Any]) -> str | None:
         """Why this method cannot adapt ``site`` with ``options`` (None = it can)."""
@@ -91,5 +92,5 @@ def method_names() -> list[str]:
 
 
 def _load_builtin() -> None:
-    # Imported every time (a no-op once loaded): importing one method module directly must not hide the others.
-    from . import bottleneck, ia3, lora, train  # noqa: F401  (registers on import)
+    # Each import registers its methods; importing one method module directly must not hide the others.
+    from . import bottleneck, ia3, lora, train, virtual_tokens  # noqa: F401

@@ -1,0 +1,113 @@
+"""PEFT's on-disk format for prompt learning (PROMPT_TUNING, P_TUNING, PREFIX_TUNING), both directions.
+
+PEFT saves one tensor, ``prompt_embeddings`` (the encoder's output, no module prefix), and the
+modules a sequence classifier trains in full under ``base_model.<fqn>.<param>`` (no ``.model``:
+prompt learning wraps the base model directly). Loading a PEFT directory uses the built-in rule of
+the same name for the model type (its sites say where the tokens go) with the config's options.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from .errors import LoadError
+from .match import ResolvedRule
+from .methods import get_method
+from .methods.virtual_tokens import is_encoder_decoder, model_geometry
+from .peft_format import PEFT_VERSION, task_type
+from .sites import Site
+
+PROMPT_PREFIX = "base_model."
+METHOD_BY_PEFT_TYPE = {"PROMPT_TUNING": "prompt_tuning", "P_TUNING": "p_tuning", "PREFIX_TUNING": "prefix_tuning"}
+_INIT = {"random": "RANDOM", "sample_vocab": "SAMPLE_VOCAB", "text": "TEXT"}
+
+
+def virtual_claims(claims: dict[str, tuple[Site, Any]]) -> list[tuple[Site, Any]]:
+    return [(s, c) for s, c in claims.values() if get_method(c.method).virtual_tokens]
+
+
+def prompt_learning_config(model: nn.Module, claims: dict[str, tuple[Site, Any]]) -> dict[str, Any] | None:
+    """PEFT's ``adapter_config.json`` for a virtual-token adapter, or None if PEFT cannot express it."""
+    virtual = virtual_claims(claims)
+    if not virtual or any(c.method != "train" and not get_method(c.method).virtual_tokens for _, c in claims.values()):
+        return None
+    site, claim = virtual[0]
+    options = claim.options
+    geometry = model_geometry(model.config)
+    trained = sorted(s.fqn for s, c in claims.values() if c.method == "train")
+    config: dict[str, Any] = {
+        "auto_mapping": None,
+        "base_model_name_or_path": getattr(model.config, "_name_or_path", None) or None,
+        "inference_mode": True,
+        "modules_to_save": trained or None,
+        "num_layers": geometry["layers"],
+        "num_virtual_tokens": options["num_virtual_tokens"],
+        "peft_type": get_method(claim.method).peft_type,
+        "peft_version": PEFT_VERSION,
+        "revision": None,
+        "task_type": task_type(model),
+        "num_transformer_submodules": 2 if is_encoder_decoder(model) else 1,
+        "num_attention_heads": geometry["heads"],
+        "token_dim": geometry["width"],
+    }
+    if claim.method == "prompt_tuning":
+        by_text = options["init"] == "text" and options["init_text"] and options["tokenizer"]
+        config.update(
+            {
+                "prompt_tuning_init": _INIT[options["init"]] if options["init"] != "text" or by_text else "RANDOM",
+                "prompt_tuning_init_text": options["init_text"] or None,
+                "tokenizer_name_or_path": options["tokenizer"] or None,
+                "tokenizer_kwargs": None,
+            }
+        )
+    elif claim.method == "p_tuning":
+        config.update(
+            {
+                "encoder_reparameterization_type": options["encoder"].upper(),
+                "encoder_hidden_size": options["encoder_hidden_size"] or geometry["width"],
+                "encoder_num_layers": options["encoder_num_layers"],
+                "encoder_dropout": options["encoder_dropout"],
+            }
+        )
+    else:
+        kv_width = geometry["kv_heads"] * geometry["head_dim"]
+        config.update(
+            {
+                "num_attention_heads": geometry["kv_heads"],
+                "token_dim": kv_width,
+                "prefix_projection": options["prefix_projection"],
+                "encoder_hidden_size": options["encoder_hidden_size"] or kv_width,
+                "init_weights": None,
+            }
+        )
+    return config
+
+
+def rules_from_prompt_config(config: dict[str, Any], model: nn.Module) -> list[ResolvedRule]:
+    """The built-in rule for the PEFT type (and its ``also`` rules), with the config's options."""
+    from .rulebook import resolve_rules
+
+    peft_type = config.get("peft_type")
+    method = METHOD_BY_PEFT_TYPE[peft_type]
+    if config.get("num_virtual_tokens") is None:
+        raise LoadError(f"PEFT config of type {peft_type} lacks num_virtual_tokens")
+    options: dict[str, Any] = {"num_virtual_tokens": int(config["num_virtual_tokens"])}
+    if method == "p_tuning":
+        options.update(
+            {
+                "encoder": str(config.get("encoder_reparameterization_type", "MLP")).lower(),
+                "encoder_hidden_size": int(config.get("encoder_hidden_size") or 0),
+                "encoder_num_layers": int(config.get("encoder_num_layers", 2)),
+                "encoder_dropout": float(config.get("encoder_dropout", 0.0)),
+            }
+        )
+    elif method == "prefix_tuning":
+        options.update(
+            {
+                "prefix_projection": bool(config.get("prefix_projection", False)),
+                "encoder_hidden_size": int(config.get("encoder_hidden_size") or 0),
+            }
+        )
+    return resolve_rules(model, method, options)
