@@ -2,7 +2,7 @@
 
     python -m benchmarks.run                 # full run (tiny + SmolLM2-135M shape), prints the table
     python -m benchmarks.run --quick         # fewer repeats, for a smoke check
-    python -m benchmarks.run --write         # also replaces the "Performance" section of BENCHMARKS.md
+    python -m benchmarks.run --write         # also puts the table into BENCHMARKS.md (Performance section)
 
 Every timing alternates graphpeft and its reference in one process, repeat by repeat, and reports
 the median, so slow phases of a shared machine hit both sides alike. Peak memory runs each
@@ -213,7 +213,10 @@ def measure_memory(shape: str, steps: int, repeats: int) -> dict[str, dict[str, 
     return {lib: {k: statistics.median(r[k] for r in runs) for k in runs[0]} for lib, runs in results.items()}
 
 
-def table(shapes: list[str], apply_shapes: list[str], repeats: int, quick: bool) -> list[str]:
+PARTS = ("train", "memory", "inference", "size", "apply")
+
+
+def table(shapes: list[str], apply_shapes: list[str], repeats: int, quick: bool, parts: tuple[str, ...] = PARTS) -> list[str]:
     rows = ["| measure | model | graphpeft | PEFT (or base) | ratio | goal |", "|---|---|---:|---:|---:|---|"]
 
     def row(measure, shape, ours, theirs, unit, goal):
@@ -221,21 +224,25 @@ def table(shapes: list[str], apply_shapes: list[str], repeats: int, quick: bool)
         print(rows[-1], flush=True)
 
     for shape in shapes:
-        t = measure_train(shape, repeats)
-        row("LoRA train step (fwd+bwd+AdamW)", shape, t["graphpeft"] * 1e3, t["peft"] * 1e3, "ms", "<= 0.80")
-        m = measure_memory(shape, steps=1 if quick else 2, repeats=1 if quick or shape != "tiny" else 3)
-        row("training peak RSS rise", shape, m["graphpeft"]["rise_mib"], m["peft"]["rise_mib"], "MiB", "<= 0.90")
-        row("training peak RSS (VmHWM)", shape, m["graphpeft"]["peak_mib"], m["peft"]["peak_mib"], "MiB", "")
-        i = measure_inference(shape, repeats)
-        for lib, name in (("graphpeft", "graphpeft"), ("peft", "PEFT")):
-            row(f"inference unmerged over base ({name})", shape, i[f"{lib} unmerged"] * 1e3, i["base"] * 1e3, "ms",
-                "<= 1.03" if lib == "graphpeft" else "")
-            row(f"inference merged over base ({name})", shape, i[f"{lib} merged"] * 1e3, i["base"] * 1e3, "ms",
-                "<= 1.01" if lib == "graphpeft" else "")
-        b = adapter_bytes(shape)
-        row("adapter_model.safetensors", shape, b["graphpeft"], b["peft"], "B", "")
-        row("saved adapter folder", shape, b["graphpeft folder"], b["peft folder"], "B", "")
-    for shape in apply_shapes:
+        if "train" in parts:
+            t = measure_train(shape, repeats)
+            row("LoRA train step (fwd+bwd+AdamW)", shape, t["graphpeft"] * 1e3, t["peft"] * 1e3, "ms", "<= 0.80")
+        if "memory" in parts:
+            m = measure_memory(shape, steps=1 if quick else 2, repeats=1 if quick or shape != "tiny" else 3)
+            row("training peak RSS rise", shape, m["graphpeft"]["rise_mib"], m["peft"]["rise_mib"], "MiB", "<= 0.90")
+            row("training peak RSS (VmHWM)", shape, m["graphpeft"]["peak_mib"], m["peft"]["peak_mib"], "MiB", "")
+        if "inference" in parts:
+            i = measure_inference(shape, repeats)
+            for lib, name in (("graphpeft", "graphpeft"), ("peft", "PEFT")):
+                row(f"inference unmerged over base ({name})", shape, i[f"{lib} unmerged"] * 1e3, i["base"] * 1e3, "ms",
+                    "<= 1.03" if lib == "graphpeft" else "")
+                row(f"inference merged over base ({name})", shape, i[f"{lib} merged"] * 1e3, i["base"] * 1e3, "ms",
+                    "<= 1.01" if lib == "graphpeft" else "")
+        if "size" in parts:
+            b = adapter_bytes(shape)
+            row("adapter_model.safetensors", shape, b["graphpeft"], b["peft"], "B", "")
+            row("saved adapter folder", shape, b["graphpeft folder"], b["peft folder"], "B", "")
+    for shape in apply_shapes if "apply" in parts else []:
         a = measure_apply(shape, repeats=1 if quick or "(meta)" in shape else 3)
         goal = {"llama-7b (meta)": "graphpeft <= 5 s", "llama-80-layer (meta)": "graphpeft <= 10 s"}.get(shape, "")
         row("apply (graphpeft.apply vs get_peft_model)", shape, a["graphpeft"], a["peft"], "s", goal)
@@ -252,16 +259,18 @@ def environment(threads: int) -> list[str]:
     ]
 
 
-def write_section(text: str, path: Path = Path("BENCHMARKS.md")) -> None:
-    """Replace (or append) the Performance section; the other sections are kept as they are."""
+def write_section(rows: list[str], notes: list[str], path: Path = Path("BENCHMARKS.md")) -> None:
+    """Put ``rows`` (header included) in place of the Performance section's table, keeping its prose
+    (the explanations of each figure are written by hand); without a section, append a new one."""
     old = path.read_text()
     start = old.find(SECTION)
     if start < 0:
-        path.write_text(old.rstrip("\n") + "\n\n" + text)
+        path.write_text(old.rstrip("\n") + "\n\n" + "\n".join([SECTION, "", *notes, "", *rows, ""]) + "\n")
         return
-    following = old.find("\n## ", start + len(SECTION))
-    rest = old[following:] if following >= 0 else ""
-    path.write_text(old[:start] + text.rstrip("\n") + "\n" + rest)
+    lines = old[start:].split("\n")
+    first = next(i for i, line in enumerate(lines) if line.startswith("| measure |"))
+    last = next(i for i in range(first, len(lines)) if not lines[i].startswith("|"))
+    path.write_text(old[:start] + "\n".join(lines[:first] + rows + lines[last:]))
 
 
 def main() -> None:
@@ -269,7 +278,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="tiny model, fewer repeats")
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1 is steadiest when shared)")
-    parser.add_argument("--write", action="store_true", help="update the Performance section of BENCHMARKS.md")
+    parser.add_argument("--parts", nargs="+", default=list(PARTS), choices=PARTS, help="what to measure")
+    parser.add_argument("--shapes", nargs="+", choices=list(SHAPES), help="models (default: all; --quick: tiny)")
+    parser.add_argument("--write", action="store_true", help="replace the table of the Performance section of BENCHMARKS.md")
     parser.add_argument("--memory-child", nargs=3, metavar=("SHAPE", "LIBRARY", "STEPS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -279,13 +290,13 @@ def main() -> None:
         print(json.dumps(memory_child(shape, library, int(steps))))
         return
     repeats = args.repeats or (3 if args.quick else 5)
-    shapes = ["tiny"] if args.quick else ["tiny", "smollm2-135m"]
-    apply_shapes = shapes + ([] if args.quick else ["llama-7b (meta)", "llama-80-layer (meta)"])
-    rows = table(shapes, apply_shapes, repeats, args.quick)
+    chosen = args.shapes or (["tiny"] if args.quick else list(SHAPES))
+    shapes = [s for s in chosen if "(meta)" not in s]
+    rows = table(shapes, chosen, repeats, args.quick, tuple(args.parts))
     notes = environment(args.threads)
     print("\n".join(notes))
     if args.write:
-        write_section("\n".join([SECTION, "", *notes, f"Repeats: {repeats} (median).", "", *rows, ""]) + "\n")
+        write_section(rows, [*notes, f"Repeats: {repeats} (median)."])
 
 
 if __name__ == "__main__":
