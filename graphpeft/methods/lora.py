@@ -140,15 +140,15 @@ class LoRA(Method):
             stride = node.args[3] if len(node.args) > 3 else [1, 1]
             padding = node.args[4] if len(node.args) > 4 else [0, 0]
             down = edit.call(aten.conv2d.default, x_in, a, None, stride, padding, role="lora_down")
-            up = edit.call(aten.conv2d.default, down, b, role="lora_up")
         else:
             down = edit.call(aten.linear.default, x_in, a, role="lora_down")
-            up = edit.call(aten.linear.default, down, b, role="lora_up")
         if not options["dora"]:
-            delta = edit.call(aten.mul.Tensor, up, scale, role="lora_scale")
-            out = edit.call(aten.add.Tensor, edit.output, delta, role="lora_add")
+            # The scale multiplies the rank-r activations, not the (..., out) ones: B (s·h) = s·(B h).
+            up = self._up(edit, edit.call(aten.mul.Tensor, down, scale, role="lora_scale"), b)
+            out = edit.call(aten.add.Tensor, edit.output, up, role="lora_add")
             edit.redirect(_to_site_dtype(edit, out))
             return
+        up = self._up(edit, down, b)
         # DoRA: delta = (m̂ - 1) ⊙ (W x) + m̂ ⊙ scale · B A x, with m̂ = m / ‖W + scale·BA‖ (detached).
         weight = node.args[2] if site.transposed else node.args[1]
         w_oi = edit.call(aten.t.default, weight, role="dora_weight_t") if site.transposed else weight
@@ -161,10 +161,17 @@ class LoRA(Method):
             base = edit.call(aten.sub.Tensor, node, bias, role="dora_base") if bias is not None else node
         mag_minus = edit.call(aten.sub.Tensor, mag, 1.0, role="dora_mag_minus_one")
         base_part = edit.call(aten.mul.Tensor, base, mag_minus, role="dora_base_scaled")
-        lora_part = edit.call(aten.mul.Tensor, edit.call(aten.mul.Tensor, up, mag, role="dora_lora_mag"), scale, role="lora_scale")
+        mag_scaled = edit.call(aten.mul.Tensor, mag, scale, role="lora_scale")  # (out,): cheaper than scaling up
+        lora_part = edit.call(aten.mul.Tensor, up, mag_scaled, role="dora_lora_mag")
         delta = edit.call(aten.add.Tensor, base_part, lora_part, role="dora_delta")
         out = edit.call(aten.add.Tensor, edit.output, delta, role="lora_add")
         edit.redirect(_to_site_dtype(edit, out))
+
+    def _up(self, edit: SiteEditor, down: Any, b: Any) -> Any:
+        """B applied to the rank-r activations ``down``."""
+        if edit.site.op == "conv2d":
+            return edit.call(aten.conv2d.default, down, b, role="lora_up")
+        return edit.call(aten.linear.default, down, b, role="lora_up")
 
     def _norm_nodes(self, edit: SiteEditor, w_oi: Any, a: Any, b: Any, scale: float) -> Any:
         lora_w = edit.call(aten.detach.default, edit.call(aten.mm.default, b, a, role="dora_lora_weight"), role="dora_lora_weight_detached")
@@ -179,8 +186,8 @@ class LoRA(Method):
         a, b = edit.param("lora_embedding_A"), edit.param("lora_embedding_B")
         a_t = edit.call(aten.t.default, a, role="lora_embedding_A_t")
         down = edit.call(aten.embedding.default, a_t, ids, padding_idx, role="lora_down")
-        up = edit.call(aten.matmul.default, down, edit.call(aten.t.default, b, role="lora_embedding_B_t"), role="lora_up")
-        scaled = edit.call(aten.mul.Tensor, up, scale, role="lora_scale")
+        down = edit.call(aten.mul.Tensor, down, scale, role="lora_scale")  # rank-r activations, as for linear sites
+        scaled = edit.call(aten.matmul.default, down, edit.call(aten.t.default, b, role="lora_embedding_B_t"), role="lora_up")
         if not options["dora"]:
             out = edit.call(aten.add.Tensor, edit.output, scaled, role="lora_add")
             edit.redirect(_to_site_dtype(edit, out))
