@@ -159,7 +159,7 @@ CASES = [
     Case("layers_negative", edited('module = "*.self_attn.q_proj"', 'module = "*.self_attn.q_proj", layers = [-1]'), RuleError, "non-negative integers"),
     Case("glob_unbalanced", edited("*.self_attn.q_proj", "*.self_attn.[qk_proj"), RuleError, "unbalanced brackets"),
     Case("regex_does_not_compile", edited('module = "*.self_attn.q_proj"', 'regex = "model.(layers"'), RuleError, "does not compile"),
-    Case("empty_pattern", edited('q = { op = "linear", module = "*.self_attn.q_proj" }', "q = {}"), RuleError, "needs at least one of op, module, regex or class"),
+    Case("empty_pattern", edited('q = { op = "linear", module = "*.self_attn.q_proj" }', "q = {}"), RuleError, "needs at least one of op, module, regex, class or param"),
     Case("rule_missing_method", edited('method = "lora"\n', ""), RuleError, "missing key 'method'"),
     Case("rules_as_single_table", edited("[[rules]]", "[rules]"), RuleError, "write [[rules]]"),
     Case("duplicate_rule_names", lambda w: graphpeft.apply(w.base, w.rules(RULES + RULES.split("[sites]")[1].split("\n\n", 1)[1])), RuleError, "rule names must be unique"),
