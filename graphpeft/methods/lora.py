@@ -304,7 +304,7 @@ class LoRA(Method):
 
 def _adapter_dtype(edit: SiteEditor, adapter: str | None = None) -> torch.dtype:
     slot_a, _ = _slots(edit.site)
-    return edit.store.get_parameter(f"{edit.site.fqn}.{slot_a}.{adapter or edit.claim.adapter}").dtype
+    return edit.store.get_parameter(f"{edit.site.host}.{slot_a}.{adapter or edit.claim.adapter}").dtype
 
 
 def _to_adapter_dtype(edit: SiteEditor, x: Any, adapter: str | None = None) -> Any:
