@@ -72,5 +72,7 @@ def validate_options(
             problem = opt.check(value)
             if problem:
                 raise RuleError(f"{where}: key {key!r} = {value!r} {problem}")
+        if isinstance(value, list) and tuple in kinds:
+            value = tuple(value)  # TOML gives lists; one canonical form keeps rules comparable
         out[key] = value
     return out

@@ -152,7 +152,7 @@ def test_split_and_slices_read_from_a_rule_file():
         '[[rules]]\nname = "qv"\nmethod = "lora"\ntargets = ["qkv"]\nslices = ["q", "v"]\n'
     )
     assert ruleset.sites["qkv"] == Pattern(module="*.attn.c_attn", split={"q": 32, "k": 32, "v": 32})
-    assert ruleset.rules[0].options["slices"] == ["q", "v"]
+    assert ruleset.rules[0].options["slices"] == ("q", "v")
     with pytest.raises(RuleError, match="positive"):
         RuleSet.from_toml_text('[sites]\nqkv = { module = "x", split = { q = 0 } }\n')
 
