@@ -403,6 +403,10 @@ class GraphPeftModel(nn.Module):
                 from .quantize import quantize_graph
 
                 quantize_graph(graph, self.base_model)
+            if signature.training:
+                from .head_loss import fuse_head_loss
+
+                fuse_head_loss(graph)
             if self.checkpointing and signature.training:
                 from .checkpointing import checkpoint_blocks
 
