@@ -426,6 +426,12 @@ class GraphPeftModel(nn.Module):
         """The unrewritten export of the base model for this signature (exported once, kept pristine)."""
         graph = self._base_graphs.get(signature)
         if graph is None:
+            if torch.compiler.is_compiling():
+                raise CallError(
+                    "torch.compile reached a call whose graph graphpeft has not exported yet (torch.export cannot "
+                    "run inside torch.compile). Call the model once eagerly with the same kind of inputs (same "
+                    "train/eval mode, same keyword arguments) before the first compiled call."
+                )
             if self._transformers:
                 example, shapes = example_inputs(self.base_model, signature)
             else:

@@ -6,6 +6,7 @@ that every backend (inductor included) consumes.
 
 from __future__ import annotations
 
+import pytest
 import torch
 from models import batch, tiny_llama
 
@@ -35,3 +36,12 @@ def test_compiled_model_gives_the_same_loss_and_adapter_gradients():
     assert torch.allclose(compiled_loss, eager_loss, atol=1e-6)
     for name, grad in eager_grads.items():
         assert torch.allclose(compiled_grads[name], grad, atol=1e-6), name
+
+
+def test_compiling_before_any_eager_call_names_the_fix():
+    model = adapted_model()
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
+    inputs = batch("llama", left_pad=False)
+    with pytest.raises(Exception, match="Call the model once eagerly"):
+        compiled(**inputs, labels=inputs["input_ids"])
