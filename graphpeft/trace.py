@@ -206,9 +206,11 @@ def export_graph(
     """
     with _mode(model, training), _quiet():
         try:
+            traced = _with_explicit_keywords(model, kwargs)
+
             def run(shapes: Any) -> Any:
                 return torch.export.export(
-                    model, args, kwargs, dynamic_shapes=shapes, strict=False,
+                    traced, args, kwargs, dynamic_shapes=shapes, strict=False,
                     prefer_deferred_runtime_asserts_over_guards=runtime_asserts,
                 )
 
@@ -226,6 +228,38 @@ def export_graph(
         graph = program.module()
         graph.meta["graphpeft.dim_ranges"] = _dim_ranges(dynamic_shapes)
         return graph
+
+
+class _ExplicitKeywords(nn.Module):
+    """``model`` under a forward signature that names every keyword of the call.
+
+    transformers models take ``output_hidden_states``, ``return_dict`` and the like only
+    through ``**kwargs``, and torch.export (2.13) cannot match ``dynamic_shapes`` to inputs
+    inside ``**kwargs``. The wrapper shares ``model``'s submodules, parameters and buffers
+    (the same dicts), so the exported graph reads the same tensors under the same names.
+    """
+
+    def __init__(self, model: nn.Module, names: list[str]):
+        super().__init__()
+        for slot in ("_modules", "_parameters", "_buffers"):
+            object.__setattr__(self, slot, getattr(model, slot))
+
+        def forward(**kwargs: Any) -> Any:
+            return model(**kwargs)
+
+        forward.__signature__ = inspect.Signature(
+            [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY) for name in names]
+        )
+        object.__setattr__(self, "forward", forward)
+
+
+def _with_explicit_keywords(model: nn.Module, kwargs: dict[str, Any]) -> nn.Module:
+    parameters = inspect.signature(model.forward).parameters
+    if all(name in parameters for name in kwargs):
+        return model
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return model  # export reports the unexpected keyword itself
+    return _ExplicitKeywords(model, list(kwargs))
 
 
 _SUGGESTED_DIM = re.compile(r"(\w+) = Dim\('(\w+)'((?:, (?:min|max)=\d+)*)\)")

@@ -80,3 +80,18 @@ def test_encoder_decoder_with_labels():
     model.unmerge()
     assert (out.logits - expected.logits).abs().max() <= 1e-5
     assert abs(out.loss.item() - expected.loss.item()) <= 1e-5
+
+
+def test_flags_taken_only_through_kwargs_are_honoured(pair):
+    """``output_hidden_states`` and ``return_dict`` reach LlamaForCausalLM only through ``**kwargs``."""
+    base, model = pair
+    ids = torch.randint(3, 96, (2, 9))
+    mask = torch.ones_like(ids)
+    expected = _reference(base, model, input_ids=ids, attention_mask=mask, output_hidden_states=True)
+    out = model(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+    assert len(out.hidden_states) == len(expected.hidden_states) == base.config.num_hidden_layers + 1
+    for ours, theirs in zip(out.hidden_states, expected.hidden_states):
+        assert (ours - theirs).abs().max() <= 1e-5
+    as_tuple = model(input_ids=ids[:1, :4], attention_mask=mask[:1, :4], return_dict=False)
+    assert isinstance(as_tuple, tuple)
+    assert (as_tuple[0] - model(input_ids=ids[:1, :4], attention_mask=mask[:1, :4]).logits).abs().max() == 0
