@@ -2,26 +2,14 @@
 
 import pytest
 from models import tiny_gpt2, tiny_llama
+from toml_text import qv_lora_file
 
 import graphpeft
 from graphpeft.errors import MatchError, RuleError
 from graphpeft.rulebook import builtin_rulesets, passes_dir
 from graphpeft.rules import Pattern, Rule, RuleSet
 
-LLAMA_FILE = """
-[model]
-types = ["llama"]
-[sites]
-q = { op = "linear", module = "*.self_attn.q_proj" }
-v = { op = "linear", module = "*.self_attn.v_proj" }
-[[rules]]
-name = "lora"
-method = "lora"
-targets = ["q", "v"]
-r = 8
-alpha = 16
-dropout = 0.05
-"""
+LLAMA_FILE = qv_lora_file(8, "alpha = 16", "dropout = 0.05", model_types=["llama"])
 
 
 def test_builtin_rule_files_cover_the_architectures():
