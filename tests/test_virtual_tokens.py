@@ -48,6 +48,16 @@ def assert_same_outputs(expected, got):
     assert abs(float(got.loss) - float(expected.loss)) <= 1e-5
 
 
+def assert_same_outputs_as_peft_with_its_encoder(kind, method, inputs, extra=None, ours=None):
+    """PEFT's ``method`` adapter (config ``extra``) and graphpeft's (options ``ours``) with PEFT's encoder weights
+    give the same outputs on ``inputs``."""
+    _, reference = peft_model(kind, method, **(extra or {}))
+    with temporary_adapters(bare_model(kind)) as model:
+        model.add_adapter("default", method, num_virtual_tokens=NV, **(ours or {}))
+        same_encoder(model, reference)
+        assert_same_outputs(reference(**inputs), model(**inputs))
+
+
 @pytest.mark.parametrize("kind,method", CASES)
 def test_peft_adapter_loads_with_same_logits_and_loss(kind, method, tmp_path):
     _, reference = peft_model(kind, method)
@@ -88,12 +98,7 @@ def test_trainable_parameter_counts_equal_peft(kind, method):
     ],
 )
 def test_reparameterized_encoders_match_peft_in_training_form(method, extra, ours):
-    _, reference = peft_model("llama", method, **extra)
-    with temporary_adapters(bare_model("llama")) as model:
-        model.add_adapter("default", method, num_virtual_tokens=NV, **ours)
-        same_encoder(model, reference)
-        inputs = inputs_with_labels("llama")
-        assert_same_outputs(reference(**inputs), model(**inputs))
+    assert_same_outputs_as_peft_with_its_encoder("llama", method, inputs_with_labels("llama"), extra, ours)
 
 
 def test_causal_lm_prompt_logits_include_the_virtual_positions():
@@ -103,24 +108,16 @@ def test_causal_lm_prompt_logits_include_the_virtual_positions():
 
 
 def test_prefix_tuning_shifts_given_position_ids_like_peft():
-    _, reference = peft_model("llama", "prefix_tuning")
-    with temporary_adapters(bare_model("llama")) as model:
-        model.add_adapter("default", "prefix_tuning", num_virtual_tokens=NV)
-        same_encoder(model, reference)
-        inputs = inputs_with_labels("llama")
-        inputs["position_ids"] = torch.arange(7).expand(3, 7).contiguous()
-        assert_same_outputs(reference(**inputs), model(**inputs))
+    inputs = inputs_with_labels("llama")
+    inputs["position_ids"] = torch.arange(7).expand(3, 7).contiguous()
+    assert_same_outputs_as_peft_with_its_encoder("llama", "prefix_tuning", inputs)
 
 
 def test_t5_prefix_extends_the_decoder_attention_mask_like_peft():
-    _, reference = peft_model("t5", "prefix_tuning")
-    with temporary_adapters(bare_model("t5")) as model:
-        model.add_adapter("default", "prefix_tuning", num_virtual_tokens=NV)
-        same_encoder(model, reference)
-        inputs = inputs_with_labels("t5")
-        inputs["decoder_attention_mask"] = torch.ones(3, 5, dtype=torch.long)
-        inputs["decoder_attention_mask"][0, -2:] = 0
-        assert_same_outputs(reference(**inputs), model(**inputs))
+    inputs = inputs_with_labels("t5")
+    inputs["decoder_attention_mask"] = torch.ones(3, 5, dtype=torch.long)
+    inputs["decoder_attention_mask"][0, -2:] = 0
+    assert_same_outputs_as_peft_with_its_encoder("t5", "prefix_tuning", inputs)
 
 
 @pytest.mark.parametrize("method", ["prompt_tuning", "prefix_tuning"])
