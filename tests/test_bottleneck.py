@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from models import BUILDERS, batch, tiny_llama
+from models import batch, tiny_llama
+from shared_models import bare_model, temporary_adapters
 
 import graphpeft
 from graphpeft.errors import AdapterError
@@ -19,31 +20,34 @@ def _adapted_sites(model, kind: str) -> list[str]:
 @pytest.mark.parametrize(("kind", "config"), [("llama", "houlsby"), ("gpt2", "parallel"), ("bert", "parallel"),
                                               ("t5", "pfeiffer"), ("opt", "houlsby")])
 def test_fresh_bottleneck_adapter_leaves_outputs_unchanged(kind, config):
-    base = BUILDERS[kind]()
-    with torch.no_grad():
-        expected = base(**batch(kind)).logits
-    model = graphpeft.apply(base, config)
+    with temporary_adapters(bare_model(kind)) as model:
+        with torch.no_grad():
+            expected = model.base_model(**batch(kind)).logits
+        model.add_adapter("default", config)
 
-    with torch.no_grad():
-        got = model(**batch(kind)).logits
+        with torch.no_grad():
+            got = model(**batch(kind)).logits
 
-    assert _adapted_sites(model, kind)
+        assert _adapted_sites(model, kind)
     torch.testing.assert_close(got, expected, atol=1e-6, rtol=0)
 
 
 def test_houlsby_places_two_adapters_per_layer_and_pfeiffer_one():
-    houlsby = graphpeft.apply(tiny_llama(), "houlsby")
-    pfeiffer = graphpeft.apply(tiny_llama(), "pfeiffer")
+    with temporary_adapters(bare_model("llama"), "houlsby", "pfeiffer") as model:
+        model.add_adapter("houlsby", "houlsby")
+        model.add_adapter("pfeiffer", "pfeiffer")
+        houlsby = _adapted_sites(model, "llama")
+        model.set_adapter("pfeiffer")
+        pfeiffer = _adapted_sites(model, "llama")
 
-    assert _adapted_sites(houlsby, "llama") == [
-        f"model.layers.{i}.{m}:linear" for i in (0, 1) for m in ("mlp.down_proj", "self_attn.o_proj")
-    ]
-    assert _adapted_sites(pfeiffer, "llama") == [f"model.layers.{i}.mlp.down_proj:linear" for i in (0, 1)]
+    assert houlsby == [f"model.layers.{i}.{m}:linear" for i in (0, 1) for m in ("mlp.down_proj", "self_attn.o_proj")]
+    assert pfeiffer == [f"model.layers.{i}.mlp.down_proj:linear" for i in (0, 1)]
 
 
 def test_parallel_adapter_reads_the_feed_forward_input():
-    model = graphpeft.apply(tiny_llama(), "parallel")
-    gm = model.graph(**batch("llama"))
+    with temporary_adapters(bare_model("llama")) as model:
+        model.add_adapter("default", "parallel")
+        gm = model.graph(**batch("llama"))
     down = next(n for n in adapter_nodes(gm) if n.op == "call_function" and n.meta["graphpeft.adapter_node"]["role"] == "adapter_down")
     gate = next(n for n in gm.graph.nodes if n.meta.get("nn_module_stack") and n.target is torch.ops.aten.linear.default
                 and list(n.meta["nn_module_stack"].values())[-1][0] == "model.layers.0.mlp.gate_proj")

@@ -1,9 +1,8 @@
-"""Activation checkpointing as a graph pass: same gradients, one recomputed region per block, less memory."""
+"""Activation checkpointing as a graph pass: same gradients, one recomputed region per block.
+
+The memory it saves is a measurement, not a test: ``python -m benchmarks.checkpoint_memory``."""
 
 import copy
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -39,13 +38,3 @@ def test_checkpointing_must_be_a_bool():
     with pytest.raises(CallError, match="checkpointing must be True or False"):
         graphpeft.apply(tiny_llama(layers=1), "lora", checkpointing="yes")
 
-
-def test_checkpointed_training_step_peaks_lower():
-    """Both children run at once (each traces a small llama, then trains on 4 x 1024 tokens)."""
-    child = os.path.join(os.path.dirname(__file__), "checkpoint_memory.py")
-    runs = {
-        mode: subprocess.Popen([sys.executable, child, mode], stdout=subprocess.PIPE, text=True)
-        for mode in ("plain", "checkpointed")
-    }
-    growth = {mode: int(proc.communicate(timeout=300)[0].split()[-1]) for mode, proc in runs.items()}
-    assert growth["checkpointed"] < 0.8 * growth["plain"], growth

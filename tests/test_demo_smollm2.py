@@ -26,7 +26,7 @@ def demo(tmp_path_factory):
 
     out = tmp_path_factory.mktemp("adapter")
     args = smollm2_reviews.parse_args(
-        ["--steps", "8", "--batch-size", "8", "--held-out", "16", "--show", "16", "--out", str(out)]
+        ["--steps", "8", "--batch-size", "8", "--held-out", "8", "--show", "8", "--out", str(out)]
     )
     return smollm2_reviews.run(args, Console(quiet=True)), out
 

@@ -17,6 +17,7 @@ import pytest
 import torch
 from models import tiny_gpt2, tiny_llama
 from safetensors.torch import load_file, save_file
+from toml_text import qv_lora_file
 from torch import nn
 from transformers import LlamaForCausalLM
 
@@ -24,17 +25,7 @@ import graphpeft
 from graphpeft import Pattern, Rule
 from graphpeft.errors import AdapterError, CallError, LoadError, MatchError, RuleError, SaveError, TraceError
 
-RULES = """
-[sites]
-q = { op = "linear", module = "*.self_attn.q_proj" }
-v = { op = "linear", module = "*.self_attn.v_proj" }
-
-[[rules]]
-name = "lora"
-method = "lora"
-targets = ["q", "v"]
-r = 4
-"""
+RULES = qv_lora_file(4)
 
 
 @dataclass

@@ -15,7 +15,6 @@ NAMES = ["a", "__base__", "b", "c", "a"]
 NEW_TOKENS = 8
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def lora(name: str, modules: str, r: int) -> Rule:

@@ -17,7 +17,6 @@ from graphpeft.generation import generation_graphs
 from graphpeft.rewrite import adapter_nodes
 from graphpeft.sampling import GenerationSettings, warp
 
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 TARGETS = {"llama": ["q_proj", "v_proj"], "gpt2": ["c_attn"], "opt": ["q_proj", "v_proj"], "t5": ["q", "v"]}

@@ -1,4 +1,8 @@
-"""Same LoRA weights => same logits as PEFT, through files in both directions."""
+"""Same LoRA weights => same logits as PEFT, through files in both directions.
+
+The tests put their adapter on the shared adapter-less model of their architecture
+(``shared_models.bare_model``): one export per architecture serves every variant and direction.
+"""
 
 import copy
 
@@ -6,6 +10,7 @@ import pytest
 import torch
 from models import BUILDERS, batch
 from peft import LoraConfig, PeftModel, get_peft_model
+from shared_models import bare_model, temporary_adapters
 
 import graphpeft
 
@@ -27,10 +32,11 @@ def peft_model(kind: str, **extra):
 def test_peft_adapter_loads_with_same_logits(kind, variant, tmp_path):
     base, reference = peft_model(kind, **VARIANTS[variant])
     reference.save_pretrained(tmp_path)
-    model = graphpeft.load(copy.deepcopy(base), tmp_path)
     inputs = batch(kind)
     expected = reference(**inputs).logits
-    assert (model(**inputs).logits - expected).abs().max() <= 1e-5
+    with temporary_adapters(bare_model(kind)) as model:
+        model.load_adapter(tmp_path, "default")
+        assert (model(**inputs).logits - expected).abs().max() <= 1e-5
     # the adapter is really there: the base model alone differs
     assert (base(**inputs).logits - expected).abs().max() > 1e-4
 
@@ -38,36 +44,37 @@ def test_peft_adapter_loads_with_same_logits(kind, variant, tmp_path):
 @pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("kind", BUILDERS)
 def test_peft_loads_graphpeft_directory_with_same_logits(kind, variant, tmp_path):
-    base = BUILDERS[kind]()
     flags = {"rslora": variant == "rslora", "dora": variant == "dora"}
-    model = graphpeft.apply(copy.deepcopy(base), "lora", r=4, alpha=8, init="random", **flags).eval()
-    model.save_pretrained(tmp_path)
-    reference = PeftModel.from_pretrained(copy.deepcopy(base), tmp_path).eval()
-    inputs = batch(kind)
-    assert (reference(**inputs).logits - model(**inputs).logits).abs().max() <= 1e-5
+    with temporary_adapters(bare_model(kind)) as model:
+        model.add_adapter("default", "lora", r=4, alpha=8, init="random", **flags)
+        model.save_pretrained(tmp_path)
+        reference = PeftModel.from_pretrained(BUILDERS[kind](), tmp_path).eval()
+        inputs = batch(kind)
+        assert (reference(**inputs).logits - model(**inputs).logits).abs().max() <= 1e-5
 
 
 @pytest.mark.parametrize("kind", BUILDERS)
 def test_parameter_counts_equal_peft(kind):
-    base = BUILDERS[kind]()
     _, reference = peft_model(kind)
-    ours = graphpeft.apply(copy.deepcopy(base), "lora", r=4)
-    assert ours.get_nb_trainable_parameters() == reference.get_nb_trainable_parameters()
+    with temporary_adapters(bare_model(kind)) as ours:
+        ours.add_adapter("default", "lora", r=4)
+        assert ours.get_nb_trainable_parameters() == reference.get_nb_trainable_parameters()
 
 
 def test_print_trainable_parameters_matches_peft(capsys):
-    base = BUILDERS["llama"]()
-    get_peft_model(copy.deepcopy(base), LoraConfig(r=4)).print_trainable_parameters()
+    get_peft_model(BUILDERS["llama"](), LoraConfig(r=4)).print_trainable_parameters()
     expected = capsys.readouterr().out
-    graphpeft.apply(copy.deepcopy(base), "lora", r=4).print_trainable_parameters()
+    with temporary_adapters(bare_model("llama")) as model:
+        model.add_adapter("default", "lora", r=4)
+        model.print_trainable_parameters()
     assert capsys.readouterr().out == expected
 
 
 def test_dora_magnitude_counts_as_trainable_like_peft():
-    base = BUILDERS["opt"]()
     _, reference = peft_model("opt", use_dora=True)
-    ours = graphpeft.apply(copy.deepcopy(base), "lora", r=4, dora=True)
-    assert ours.get_nb_trainable_parameters() == reference.get_nb_trainable_parameters()
+    with temporary_adapters(bare_model("opt")) as ours:
+        ours.add_adapter("default", "lora", r=4, dora=True)
+        assert ours.get_nb_trainable_parameters() == reference.get_nb_trainable_parameters()
 
 
 def test_classifier_head_trains_in_full_like_peft_seq_cls(tmp_path):

@@ -2,26 +2,14 @@
 
 import pytest
 from models import tiny_gpt2, tiny_llama
+from toml_text import qv_lora_file
 
 import graphpeft
 from graphpeft.errors import MatchError, RuleError
 from graphpeft.rulebook import builtin_rulesets, passes_dir
 from graphpeft.rules import Pattern, Rule, RuleSet
 
-LLAMA_FILE = """
-[model]
-types = ["llama"]
-[sites]
-q = { op = "linear", module = "*.self_attn.q_proj" }
-v = { op = "linear", module = "*.self_attn.v_proj" }
-[[rules]]
-name = "lora"
-method = "lora"
-targets = ["q", "v"]
-r = 8
-alpha = 16
-dropout = 0.05
-"""
+LLAMA_FILE = qv_lora_file(8, "alpha = 16", "dropout = 0.05", model_types=["llama"])
 
 
 def test_builtin_rule_files_cover_the_architectures():
@@ -78,35 +66,34 @@ def test_regex_must_match_the_whole_fqn():
 # ---------------------------------------------------------------------- errors
 
 
+def assert_edit_is_refused(replace: str, by: str, message: str) -> None:
+    """LLAMA_FILE with ``replace`` swapped for ``by`` is refused with a RuleError matching ``message``."""
+    assert replace in LLAMA_FILE
+    with pytest.raises(RuleError, match=message):
+        RuleSet.from_toml_text(LLAMA_FILE.replace(replace, by))
+
+
 def test_unknown_key_names_the_rule_the_key_and_the_closest_choice():
-    with pytest.raises(RuleError, match=r"rule 'lora'.*unknown key 'rank'.*did you mean 'r'"):
-        RuleSet.from_toml_text(LLAMA_FILE.replace("r = 8", "rank = 8"))
+    assert_edit_is_refused("r = 8", "rank = 8", r"rule 'lora'.*unknown key 'rank'.*did you mean 'r'")
 
 
 def test_bad_value_names_the_key_and_the_constraint():
-    with pytest.raises(RuleError, match=r"rule 'lora'.*'r' = 0 must be > 0"):
-        RuleSet.from_toml_text(LLAMA_FILE.replace("r = 8", "r = 0"))
-    with pytest.raises(RuleError, match=r"'dropout' = 1.5 must be in \[0, 1\)"):
-        RuleSet.from_toml_text(LLAMA_FILE.replace("dropout = 0.05", "dropout = 1.5"))
-    with pytest.raises(RuleError, match=r"'r' must be int, got 'eight'"):
-        RuleSet.from_toml_text(LLAMA_FILE.replace("r = 8", 'r = "eight"'))
+    assert_edit_is_refused("r = 8", "r = 0", r"rule 'lora'.*'r' = 0 must be > 0")
+    assert_edit_is_refused("dropout = 0.05", "dropout = 1.5", r"'dropout' = 1.5 must be in \[0, 1\)")
+    assert_edit_is_refused("r = 8", 'r = "eight"', r"'r' must be int, got 'eight'")
 
 
 def test_unknown_method_lists_the_closest_methods():
-    with pytest.raises(RuleError, match=r"unknown method 'loar'.*did you mean 'lora'"):
-        RuleSet.from_toml_text(LLAMA_FILE.replace('method = "lora"', 'method = "loar"'))
+    assert_edit_is_refused('method = "lora"', 'method = "loar"', r"unknown method 'loar'.*did you mean 'lora'")
 
 
 def test_unknown_site_name_lists_the_sites():
-    with pytest.raises(RuleError, match=r"target 'qq' is not a site.*did you mean 'q'"):
-        RuleSet.from_toml_text(LLAMA_FILE.replace('targets = ["q", "v"]', 'targets = ["qq"]'))
+    assert_edit_is_refused('targets = ["q", "v"]', 'targets = ["qq"]', r"target 'qq' is not a site.*did you mean 'q'")
 
 
 def test_unknown_op_and_pattern_key_are_errors():
-    with pytest.raises(RuleError, match=r"op 'linaer' is unknown.*did you mean 'linear'"):
-        RuleSet.from_toml_text(LLAMA_FILE.replace('op = "linear", module = "*.self_attn.q_proj"', 'op = "linaer"'))
-    with pytest.raises(RuleError, match=r"unknown pattern key 'modul'.*did you mean 'module'"):
-        RuleSet.from_toml_text(LLAMA_FILE.replace('module = "*.self_attn.q_proj"', 'modul = "x"'))
+    assert_edit_is_refused('op = "linear", module = "*.self_attn.q_proj"', 'op = "linaer"', r"op 'linaer' is unknown.*did you mean 'linear'")
+    assert_edit_is_refused('module = "*.self_attn.q_proj"', 'modul = "x"', r"unknown pattern key 'modul'.*did you mean 'module'")
 
 
 def test_malformed_toml_and_bad_regex_are_rule_errors():

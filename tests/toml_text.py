@@ -41,3 +41,13 @@ def ruleset_toml(ruleset: RuleSet) -> str:
     for rule in ruleset.rules:
         lines += ["", "[[rules]]"] + [f"{key(k)} = {value(v)}" for k, v in rule.to_dict().items()]
     return "\n".join(lines) + "\n"
+
+
+def qv_lora_file(r: int, *options: str, model_types: list[str] | None = None) -> str:
+    """A rule file with sites ``q`` and ``v`` (the attention's ``q_proj``/``v_proj``) and one rule ``lora``
+    on both with rank ``r`` and ``options`` (TOML lines such as ``"alpha = 16"``); ``[model] types`` when given.
+    Sections are separated by blank lines."""
+    model = f"[model]\ntypes = {value(model_types)}\n\n" if model_types else ""
+    sites = '[sites]\nq = { op = "linear", module = "*.self_attn.q_proj" }\nv = { op = "linear", module = "*.self_attn.v_proj" }\n'
+    rule = "\n".join(['[[rules]]', 'name = "lora"', 'method = "lora"', 'targets = ["q", "v"]', f"r = {r}", *options])
+    return f"{model}{sites}\n{rule}\n"

@@ -30,9 +30,15 @@ class Method:
     mixable: ClassVar[bool] = False  # can serve mixed-adapter batches (rewrite_mixed)
     peft_type: ClassVar[str | None] = None
     virtual_tokens: ClassVar[bool] = False  # tokens enter through the graph's inputs (graphpeft.virtual_inputs)
+    # Why a site of another op kind than ``site_ops`` cannot be adapted ("{op}" stands for the site's op);
+    # None: the method checks op kinds itself, or takes any.
+    wrong_op: ClassVar[str | None] = None
 
     def check_site(self, site: Site, options: dict[str, Any]) -> str | None:
-        """Why this method cannot adapt ``site`` with ``options`` (None = it can)."""
+        """Why this method cannot adapt ``site`` with ``options`` (None = it can); by default, with
+        ``wrong_op`` set, a site whose op is not in ``site_ops``."""
+        if self.wrong_op is not None and site.op not in self.site_ops:
+            return self.wrong_op.replace("{op}", site.op)
         return None
 
     def create(self, site: Site, options: dict[str, Any], model: nn.Module, store: nn.Module, adapter: str) -> None:
@@ -64,6 +70,11 @@ class Method:
     def load_state(self, site: Site, store: nn.Module, adapter: str, tensors: dict[str, torch.Tensor]) -> None:
         """Copy tensors (keys as :meth:`state` returns them) into the parameters."""
         raise NotImplementedError
+
+
+def adapter_dtype(weight: torch.Tensor) -> torch.dtype:
+    """The dtype adapter tensors are stored in beside a base ``weight``: fp32 for fp16/bf16 bases, else the weight's."""
+    return torch.float32 if weight.dtype in (torch.float16, torch.bfloat16) else weight.dtype
 
 
 _REGISTRY: dict[str, Method] = {}

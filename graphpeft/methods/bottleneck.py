@@ -23,7 +23,7 @@ from ..errors import TraceError
 from ..options import Option, positive
 from ..rewrite import SiteEditor, container
 from ..sites import Site
-from . import Method, register
+from . import Method, adapter_dtype, register
 
 aten = torch.ops.aten
 
@@ -47,6 +47,7 @@ class Bottleneck(Method):
     name = "bottleneck"
     site_ops = ("linear",)
     mergeable = False
+    wrong_op = "bottleneck adapters attach to linear sites (block outputs), not {op}"
     options = {
         "reduction_factor": Option(int, 16, "bottleneck = d // reduction_factor", check=positive),
         "bottleneck_size": Option(int, 0, "bottleneck width (0: use reduction_factor)", check=lambda v: None if v >= 0 else "must be >= 0"),
@@ -56,16 +57,10 @@ class Bottleneck(Method):
                                     "e.g. 'mlp'); empty: sequential, read the site's own output"),
     }
 
-    def check_site(self, site: Site, options: dict[str, Any]) -> str | None:
-        if site.op != "linear":
-            return f"bottleneck adapters attach to linear sites (block outputs), not {site.op}"
-        return None
-
     def create(self, site: Site, options: dict[str, Any], model: nn.Module, store: nn.Module, adapter: str) -> None:
         weight = model.get_parameter(site.weight)
         d, width = site.out_features, bottleneck_width(site, options)
-        dtype = torch.float32 if weight.dtype in (torch.float16, torch.bfloat16) else weight.dtype
-        kwargs = {"device": weight.device, "dtype": dtype}
+        kwargs = {"device": weight.device, "dtype": adapter_dtype(weight)}
         down, up = torch.empty(width, d, **kwargs), torch.zeros(d, width, **kwargs)
         if weight.device.type != "meta":
             nn.init.kaiming_uniform_(down, a=math.sqrt(5))

@@ -21,7 +21,7 @@ from torch import nn
 from ..options import Option
 from ..rewrite import SiteEditor, container
 from ..sites import Site
-from . import Method, register
+from . import Method, adapter_dtype, register
 
 aten = torch.ops.aten
 SLOT = "ia3_l"
@@ -38,20 +38,15 @@ class IA3(Method):
     mergeable = True
     mixable = True
     peft_type = "IA3"
+    wrong_op = "IA3 adapts linear sites, not {op}"
     options = {
         "feedforward": Option(bool, False, "scale the site's input (PEFT's feedforward_modules) instead of its output"),
         "init": Option(str, "ones", "initialisation: ones (identity, as PEFT) or random (normal)", choices=("ones", "random")),
     }
 
-    def check_site(self, site: Site, options: dict[str, Any]) -> str | None:
-        if site.op != "linear":
-            return f"IA3 adapts linear sites, not {site.op}"
-        return None
-
     def create(self, site: Site, options: dict[str, Any], model: nn.Module, store: nn.Module, adapter: str) -> None:
         weight = model.get_parameter(site.weight)
-        dtype = torch.float32 if weight.dtype in (torch.float16, torch.bfloat16) else weight.dtype
-        vector = torch.ones(vector_shape(site, options["feedforward"]), device=weight.device, dtype=dtype)
+        vector = torch.ones(vector_shape(site, options["feedforward"]), device=weight.device, dtype=adapter_dtype(weight))
         if options["init"] == "random" and weight.device.type != "meta":
             nn.init.normal_(vector, mean=1.0, std=0.1)
         host = container(store, site.host)

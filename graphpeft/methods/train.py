@@ -23,13 +23,9 @@ SLOT = "modules_to_save"
 class Train(Method):
     name = "train"
     site_ops = ("module",)
+    wrong_op = "the train method takes module sites: write the target as {op = \"module\", module = \"classifier\"}"
     options: dict = {}
     mergeable = True
-
-    def check_site(self, site: Site, options: dict[str, Any]) -> str | None:
-        if site.op != "module":
-            return "the train method takes module sites: write the target as {op = \"module\", module = \"classifier\"}"
-        return None
 
     def create(self, site: Site, options: dict[str, Any], model: nn.Module, store: nn.Module, adapter: str) -> None:
         copied = copy.deepcopy(model.get_submodule(site.fqn))

@@ -34,6 +34,11 @@ STATE_KEY = "prompt_embeddings"
 _NUM_VIRTUAL_TOKENS = Option(int, 20, "number of virtual tokens", positive)
 
 
+def virtual_token_options(**own: Option) -> dict[str, Option]:
+    """``num_virtual_tokens``, which every virtual-token method takes, then the method's ``own`` options."""
+    return {"num_virtual_tokens": _NUM_VIRTUAL_TOKENS, **own}
+
+
 def _non_negative(value: Any) -> str | None:
     return None if value >= 0 else "must be >= 0"
 
@@ -83,33 +88,32 @@ class VirtualTokenMethod(Method):
             module.embedding.weight.copy_(table)
 
 
-def _embedding_check(site: Site) -> str | None:
-    if site.op != "embedding":
-        return "virtual tokens are prepended to the word embeddings: target the embedding site (op = \"embedding\")"
-    return None
-
-
 def _prompt_rows(options: dict[str, Any], model: nn.Module) -> int:
     """PEFT keeps one block of nv rows per transformer stack: 2·nv for encoder-decoders."""
     return options["num_virtual_tokens"] * (2 if is_encoder_decoder(model) else 1)
 
 
-class PromptTuning(VirtualTokenMethod):
+class EmbeddingTokenMethod(VirtualTokenMethod):
+    """Prompt tuning and P-tuning: rows prepended to the word embeddings, so they target the embedding site."""
+
+    site_ops = ("embedding",)
+    wrong_op = "virtual tokens are prepended to the word embeddings: target the embedding site (op = \"embedding\")"
+
+
+class PromptTuning(EmbeddingTokenMethod):
     name = "prompt_tuning"
     peft_type = "PROMPT_TUNING"
-    site_ops = ("embedding",)
-    options = {
-        "num_virtual_tokens": _NUM_VIRTUAL_TOKENS,
-        "init": Option(str, "random", "random | sample_vocab (rows of the embedding matrix) | text", choices=("random", "sample_vocab", "text")),
-        "init_token_ids": Option(list, [], "init = text: token ids of the init text"),
-        "init_text": Option(str, "", "init = text: the text, tokenized with `tokenizer`"),
-        "tokenizer": Option(str, "", "init = text: a local tokenizer path for init_text (AutoTokenizer)"),
-    }
+    options = virtual_token_options(
+        init=Option(str, "random", "random | sample_vocab (rows of the embedding matrix) | text", choices=("random", "sample_vocab", "text")),
+        init_token_ids=Option(list, [], "init = text: token ids of the init text"),
+        init_text=Option(str, "", "init = text: the text, tokenized with `tokenizer`"),
+        tokenizer=Option(str, "", "init = text: a local tokenizer path for init_text (AutoTokenizer)"),
+    )
 
     def check_site(self, site: Site, options: dict[str, Any]) -> str | None:
         if options["init"] == "text" and not options["init_token_ids"] and not (options["init_text"] and options["tokenizer"]):
             return "init = \"text\" needs init_token_ids, or init_text together with tokenizer"
-        return _embedding_check(site)
+        return super().check_site(site, options)
 
     def build(self, site: Site, options: dict[str, Any], model: nn.Module) -> VirtualTokenModule:
         rows = _prompt_rows(options, model)
@@ -144,20 +148,15 @@ def _repeat_to(ids: list[int], rows: int) -> list[int]:
     return (ids * math.ceil(rows / len(ids)))[:rows]
 
 
-class PTuning(VirtualTokenMethod):
+class PTuning(EmbeddingTokenMethod):
     name = "p_tuning"
     peft_type = "P_TUNING"
-    site_ops = ("embedding",)
-    options = {
-        "num_virtual_tokens": _NUM_VIRTUAL_TOKENS,
-        "encoder": Option(str, "mlp", "reparameterization: mlp | lstm", choices=("mlp", "lstm")),
-        "encoder_hidden_size": Option(int, 0, "hidden size of the prompt encoder (0 = the token width)", _non_negative),
-        "encoder_num_layers": Option(int, 2, "LSTM layers (the MLP always has 3 linear layers, as in PEFT)", positive),
-        "encoder_dropout": Option(float, 0.0, "dropout between LSTM layers", probability),
-    }
-
-    def check_site(self, site: Site, options: dict[str, Any]) -> str | None:
-        return _embedding_check(site)
+    options = virtual_token_options(
+        encoder=Option(str, "mlp", "reparameterization: mlp | lstm", choices=("mlp", "lstm")),
+        encoder_hidden_size=Option(int, 0, "hidden size of the prompt encoder (0 = the token width)", _non_negative),
+        encoder_num_layers=Option(int, 2, "LSTM layers (the MLP always has 3 linear layers, as in PEFT)", positive),
+        encoder_dropout=Option(float, 0.0, "dropout between LSTM layers", probability),
+    )
 
     def build(self, site: Site, options: dict[str, Any], model: nn.Module) -> VirtualTokenModule:
         width = site.out_features
@@ -194,16 +193,11 @@ class PrefixTuning(VirtualTokenMethod):
     name = "prefix_tuning"
     peft_type = "PREFIX_TUNING"
     site_ops = ("attention",)
-    options = {
-        "num_virtual_tokens": _NUM_VIRTUAL_TOKENS,
-        "prefix_projection": Option(bool, False, "produce the prefix through an MLP (reparameterization)"),
-        "encoder_hidden_size": Option(int, 0, "hidden size of the projection MLP (0 = kv_heads·head_dim)", _non_negative),
-    }
-
-    def check_site(self, site: Site, options: dict[str, Any]) -> str | None:
-        if site.op != "attention":
-            return "prefix tuning adds keys and values to attention: target attention sites (op = \"attention\")"
-        return None
+    wrong_op = "prefix tuning adds keys and values to attention: target attention sites (op = \"attention\")"
+    options = virtual_token_options(
+        prefix_projection=Option(bool, False, "produce the prefix through an MLP (reparameterization)"),
+        encoder_hidden_size=Option(int, 0, "hidden size of the projection MLP (0 = kv_heads·head_dim)", _non_negative),
+    )
 
     def build(self, site: Site, options: dict[str, Any], model: nn.Module) -> VirtualTokenModule:
         params = forward_parameters(model)
