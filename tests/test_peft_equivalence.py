@@ -89,3 +89,17 @@ def test_classifier_head_trains_in_full_like_peft_seq_cls(tmp_path):
     inputs = batch("bert")
     assert (reference(**inputs).logits - model(**inputs).logits).abs().max() <= 1e-5
     assert torch.equal(base.classifier.bias, model.base_model.classifier.bias)
+
+
+def test_bert_lora_pooler_rule_equals_peft_with_the_pooler_targeted(tmp_path):
+    base = BUILDERS["bert"]()
+    config = LoraConfig(r=8, lora_alpha=8, target_modules=["query", "value", "pooler.dense"],
+                        init_lora_weights=False, task_type="SEQ_CLS")
+    reference = get_peft_model(copy.deepcopy(base), config).eval()
+    reference.save_pretrained(tmp_path)
+    model = graphpeft.load(copy.deepcopy(base), tmp_path)
+    ours = graphpeft.apply(copy.deepcopy(base), "lora_pooler")
+    assert ours.get_nb_trainable_parameters() == reference.get_nb_trainable_parameters()
+    assert any(key.startswith("bert.pooler.dense") for key in ours.adapter_specs["default"].claims)
+    inputs = batch("bert")
+    assert (reference(**inputs).logits - model(**inputs).logits).abs().max() <= 1e-5
