@@ -77,6 +77,7 @@ class GraphPeftModel(nn.Module):
         self._sites: list[Site] | None = None
         self.training = model.training
         self.checkpointing = False  # training graphs recompute each block in backward (graphpeft.checkpointing)
+        self.reuse_blocks = True  # export a few repeated blocks and copy the rest (graphpeft.block_reuse)
         self.quantization: str | None = None  # "int8" / "nf4" once quantize() ran (graphpeft.quantize)
 
     # ------------------------------------------------------------------ attributes
@@ -426,7 +427,7 @@ class GraphPeftModel(nn.Module):
                 example, shapes = example_inputs(self.base_model, signature)
             else:
                 example, shapes = kwargs, self._dynamic_shapes
-            graph = export_graph(self.base_model, (), example, shapes, signature.training)
+            graph = export_graph(self.base_model, (), example, shapes, signature.training, reuse_blocks=self.reuse_blocks)
             self._base_graphs[signature] = graph
         return graph
 
