@@ -302,14 +302,12 @@ def _partition(gm: fx.GraphModule, found: BlockList) -> tuple[list[list[fx.Node]
         if node.op == "get_attr":
             match = under.match(str(node.target))
             index = int(match.group(1)) if match else None
-        else:
+        elif node.op == "call_function":  # (export's ``_guards_fn`` call may carry a block's stack: not in it)
             for path, _ in (node.meta.get("nn_module_stack") or {}).values():
                 match = exact.fullmatch(path)
                 if match:
                     index = int(match.group(1))
                     break
-            if index is not None and node.op != "call_function":
-                return None
         if index is None:
             continue
         if index >= TRACED_BLOCKS:
