@@ -24,6 +24,7 @@ environment turns reuse off everywhere; ``graphpeft.apply(..., reuse_blocks=Fals
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import re
 from collections.abc import Callable, Iterator, Mapping
@@ -143,11 +144,18 @@ def _layout(block: nn.Module, shared: set[int]) -> tuple | None:
 def _attributes(block: nn.Module) -> dict[tuple[str, str], Any]:
     """The plain (non-tensor, non-module) public attributes of every module of a block."""
     return {
-        (name, key): value
+        (name, key): _comparable(value)
         for name, module in block.named_modules()
         for key, value in vars(module).items()
         if not key.startswith("_") and key != "training" and not isinstance(value, (torch.Tensor, nn.Module))
     }
+
+
+def _comparable(value: Any) -> Any:
+    """``functools.partial`` compares by identity (each block makes its own ``gelu(approximate=...)``)."""
+    if isinstance(value, functools.partial):
+        return functools.partial, value.func, value.args, tuple(sorted(value.keywords.items()))
+    return value
 
 
 def _config(model: nn.Module, fqn: str) -> Any:
@@ -229,8 +237,8 @@ class _Stamp:
             for node in block:
                 for user in node.users:
                     reader = owner.get(user)
-                    if index < len(blocks) - 1 and reader not in (index, index + 1):
-                        return None  # a per-layer output, or a block reading two blocks back
+                    if index < len(blocks) - 1 and reader is None:
+                        return None  # a per-layer output (hidden-state tuples, caches)
                     if index == len(blocks) - 1 and reader is None and order[user] < last:
                         return None  # read from outside before the block has finished
         return cls(gm, found, blocks, owner)
@@ -322,38 +330,57 @@ def _recurrent(blocks: list[list[fx.Node]], found: BlockList) -> bool:
 
     Node by node: same op and target (parameter paths renamed), same module path and class, same shapes,
     same constants; an input inside the block is the same position of the block; an input from the block
-    before is at the same position as the previous block's input from the one before it; any other input
-    is the very same node for both (nothing per block enters from outside).
+    before is at the position the previous block's input at that place has in block 0 (block 0 aligned
+    to block 1, see :func:`_align`); any other input is the very same node for both (nothing per block
+    enters from outside; a value block 0 computed once, such as a symbolic size, is read by every block).
     """
     first, before, last = blocks[-3], blocks[-2], blocks[-1]
-    if len(before) != len(last):
+    here = _Renamer(found.path(TRACED_BLOCKS - 2), found.path(TRACED_BLOCKS - 1))
+    if len(before) != len(last) or any(_key(a, here) != _key(b, None) for a, b in zip(before, last)):
         return False
-    rank = [{node: i for i, node in enumerate(block)} for block in (first, before, last)]
-    rename = _Renamer(found.path(TRACED_BLOCKS - 2), found.path(TRACED_BLOCKS - 1))
+    chain = _align(first, before, _Renamer(found.path(TRACED_BLOCKS - 3), found.path(TRACED_BLOCKS - 2)))
+    if chain is None:
+        return False
+    rank_before = {node: i for i, node in enumerate(before)}
+    rank_last = {node: i for i, node in enumerate(last)}
 
     def same(a: Any, b: Any) -> bool:
         if isinstance(a, fx.Node) or isinstance(b, fx.Node):
             if not (isinstance(a, fx.Node) and isinstance(b, fx.Node)):
                 return False
-            for inner, outer in ((1, 2), (0, 1)):  # (block of a, block of b): within a block, then the chain
-                if b in rank[outer]:
-                    return a in rank[inner] and rank[inner][a] == rank[outer][b]
-            return a is b and a not in rank[0]
+            if b in rank_last:
+                return rank_before.get(a) == rank_last[b]
+            if b in rank_before:
+                return chain.get(a) == rank_before[b]
+            return a is b  # shared: from outside, or computed once in block 0 (a symbolic size)
         if isinstance(a, (list, tuple)) or isinstance(b, (list, tuple)):
             return type(a) is type(b) and len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
         if isinstance(a, Mapping) or isinstance(b, Mapping):
             return type(a) is type(b) and a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
         return type(a) is type(b) and a == b
 
-    for a, b in zip(before, last):
-        target = rename.path(a.target) if a.op == "get_attr" else a.target
-        if a.op != b.op or target != b.target or not same(a.args, b.args) or not same(a.kwargs, b.kwargs):
-            return False
-        if "nn_module_stack" in a.meta and rename.stack(a.meta["nn_module_stack"]) != b.meta.get("nn_module_stack"):
-            return False
-        if _shape_key(a.meta.get("val")) != _shape_key(b.meta.get("val")):
-            return False
-    return True
+    return all(same(a.args, b.args) and same(a.kwargs, b.kwargs) for a, b in zip(before, last))
+
+
+def _key(node: fx.Node, rename: _Renamer | None) -> tuple:
+    """What a node of one block must share with its counterpart in the next: op, target, module path
+    and class, shape and dtype (``rename`` moves ``node``'s paths to the next block)."""
+    target = rename.path(node.target) if rename and node.op == "get_attr" else node.target
+    stack = node.meta.get("nn_module_stack") or {}
+    if rename:
+        stack = rename.stack(stack)
+    return node.op, target, tuple(stack.values()), _shape_key(node.meta.get("val"))
+
+
+def _align(first: list[fx.Node], second: list[fx.Node], rename: _Renamer) -> dict[fx.Node, int] | None:
+    """Block 0's nodes -> the position of their counterparts in block 1, or None if block 1 is not block 0
+    minus some nodes. Block 0 may hold more: values the tracer computes once and every later block reuses."""
+    keys = [_key(node, None) for node in second]
+    out: dict[fx.Node, int] = {}
+    for node in first:
+        if len(out) < len(keys) and _key(node, rename) == keys[len(out)]:
+            out[node] = len(out)
+    return out if len(out) == len(keys) else None
 
 
 def _shape_key(value: Any) -> Any:

@@ -5,7 +5,7 @@ import copy
 
 import pytest
 import torch
-from models import VOCAB, batch, tiny_llama
+from models import VOCAB, batch, tiny_llama, tiny_qwen3_moe
 from peft import LoraConfig, get_peft_model
 from torch import nn
 from transformers import BertConfig, BertForSequenceClassification, GPT2Config, GPT2LMHeadModel, OPTConfig, OPTForCausalLM
@@ -134,6 +134,21 @@ def test_other_architectures_reuse_their_blocks_with_the_eager_models_logits(kin
         expected = base(**batch(kind)).logits
     assert model._base_graph().meta[REUSED] == (blocks, 3, LAYERS)
     assert (logits - expected).abs().max() <= 1e-5
+
+
+def test_a_moe_whose_first_block_computes_sizes_the_others_reuse_is_stamped_like_its_full_export():
+    base = tiny_qwen3_moe(layers=LAYERS)
+    graphs, logits = [], []
+    for reuse in (True, False):
+        model = GraphPeftModel(base)
+        model.reuse_blocks = reuse
+        with torch.no_grad():
+            logits.append(model(**batch("llama")).logits)
+        graphs.append(model._base_graph())
+    assert graphs[0].meta[REUSED] == ("model.layers", 3, LAYERS)
+    assert _ops(graphs[0]) == _ops(graphs[1])
+    assert [s for s, _ in graph_sites(graphs[0])] == [s for s, _ in graph_sites(graphs[1])]
+    assert torch.equal(logits[0], logits[1])
 
 
 def test_layers_that_differ_are_exported_whole():
