@@ -54,7 +54,7 @@ class BlockList:
 def export_reusing_blocks(model: nn.Module, kwargs: Mapping[str, Any], export: Callable[[], fx.GraphModule]) -> fx.GraphModule | None:
     """``export()`` run on ``model`` cut to ``TRACED_BLOCKS`` blocks and stamped back to full depth,
     or None when reuse does not apply (then export the whole model)."""
-    if not enabled() or any(kwargs.get(flag) for flag in _PER_LAYER_OUTPUT_FLAGS):
+    if not enabled() or any(kwargs.get(flag) is True for flag in _PER_LAYER_OUTPUT_FLAGS):
         return None
     if not all(value is None or isinstance(value, (torch.Tensor, bool, int, float, str)) for value in kwargs.values()):
         return None  # cache objects carry per-layer state
