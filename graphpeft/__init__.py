@@ -36,6 +36,7 @@ def apply(
     dynamic_shapes: Any = None,
     checkpointing: bool = False,
     quantize: str | None = None,
+    reuse_blocks: bool = True,
     **overrides: Any,
 ) -> GraphPeftModel:
     """Trace ``model``, match ``rules`` and return it wrapped with new adapters.
@@ -51,16 +52,21 @@ def apply(
             activations (training graphs only; see :mod:`graphpeft.checkpointing`).
         quantize: ``"int8"`` or ``"nf4"`` stores the frozen base linear weights quantized (QLoRA;
             see :mod:`graphpeft.quantize`); merging then needs ``model.dequantize()`` first.
+        reuse_blocks: export a deep model with 3 of its identical blocks and copy the rest into the
+            graph (falls back to the full export when that is not provably exact; see
+            :mod:`graphpeft.block_reuse`). False always exports every block.
         **overrides: option overrides for the chosen rules (``r=16, dropout=0.1``).
 
     Only adapter parameters are trainable afterwards; the base weights are frozen, not copied.
     """
-    if not isinstance(checkpointing, bool):
-        from .errors import CallError
+    for flag, value in (("checkpointing", checkpointing), ("reuse_blocks", reuse_blocks)):
+        if not isinstance(value, bool):
+            from .errors import CallError
 
-        raise CallError(f"checkpointing must be True or False, got {checkpointing!r}")
+            raise CallError(f"{flag} must be True or False, got {value!r}")
     wrapped = GraphPeftModel(model, example_inputs=example_inputs, dynamic_shapes=dynamic_shapes)
     wrapped.checkpointing = checkpointing
+    wrapped.reuse_blocks = reuse_blocks
     try:
         wrapped.add_adapter(adapter_name, rules, **overrides)
         if quantize is not None:

@@ -93,7 +93,7 @@ class GraphDispatch:
                 example, shapes = example_inputs(self.base_model, signature)
             else:
                 example, shapes = kwargs, self._dynamic_shapes
-            graph = export_graph(self.base_model, (), example, shapes, signature.training)
+            graph = export_graph(self.base_model, (), example, shapes, signature.training, reuse_blocks=self.reuse_blocks)
             self._base_graphs[signature] = graph
         return graph
 

@@ -74,6 +74,7 @@ class GraphPeftModel(AdapterManagement, WeightFolding, GraphDispatch, nn.Module)
         self._sites: list[Site] | None = None  # every site, once sites() traced the base graph
         self.training = model.training
         self.checkpointing = False  # training graphs recompute each block in backward (graphpeft.checkpointing)
+        self.reuse_blocks = True  # export a few repeated blocks and copy the rest (graphpeft.block_reuse)
         self.quantization: str | None = None  # "int8" / "nf4" once quantize() ran (graphpeft.quantize)
 
     def __getattr__(self, name: str) -> Any:

@@ -197,13 +197,25 @@ def export_graph(
     training: bool,
     *,
     runtime_asserts: bool = False,
+    reuse_blocks: bool = True,
 ) -> fx.GraphModule:
     """``torch.export`` (non-strict, training IR) of ``model`` in the given mode, as a GraphModule.
 
     The GraphModule reads the model's own parameter tensors (no copy). ``runtime_asserts``
     turns shape guards that export cannot prove into asserts inside the graph (needed for
-    KV-cache graphs, whose cache length relates to the mask length).
+    KV-cache graphs, whose cache length relates to the mask length). ``reuse_blocks`` lets a
+    model with a long list of identical blocks be exported with a few of them and the rest
+    copied in the graph (:mod:`graphpeft.block_reuse`; it falls back to this full export).
     """
+    if reuse_blocks:
+        from .block_reuse import export_reusing_blocks
+
+        def export_cut() -> fx.GraphModule:
+            return export_graph(model, args, kwargs, dynamic_shapes, training, runtime_asserts=runtime_asserts, reuse_blocks=False)
+
+        graph = export_reusing_blocks(model, kwargs, export_cut)
+        if graph is not None:
+            return graph
     with _mode(model, training), _quiet():
         try:
             traced = _with_explicit_keywords(model, kwargs)

@@ -82,13 +82,13 @@ def batch(kind: str, batch_size: int = 3, length: int = 7, seed: int = 1, left_p
     return inputs
 
 
-def tiny_qwen3_moe(seed: int = 0):
-    """Qwen3-MoE, 2 layers of 4 experts (top-2), hidden 32: expert weights are 3-D parameters."""
+def tiny_qwen3_moe(seed: int = 0, layers: int = 2):
+    """Qwen3-MoE, 2 layers (by default) of 4 experts (top-2), hidden 32: expert weights are 3-D parameters."""
     from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM
 
     torch.manual_seed(seed)
     config = Qwen3MoeConfig(
-        vocab_size=VOCAB, hidden_size=32, intermediate_size=64, moe_intermediate_size=16, num_hidden_layers=2,
+        vocab_size=VOCAB, hidden_size=32, intermediate_size=64, moe_intermediate_size=16, num_hidden_layers=layers,
         num_attention_heads=4, num_key_value_heads=2, head_dim=8, num_experts=4, num_experts_per_tok=2,
         max_position_embeddings=128, pad_token_id=0, bos_token_id=1, eos_token_id=2,
     )
