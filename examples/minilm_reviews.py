@@ -92,7 +92,7 @@ def fine_tune(rules, args, encode: Encoder, train_set: list[Review], held_out: l
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=150)
+    parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--held-out", type=int, default=400)
     parser.add_argument("--rule", default="lora_pooler", help="a LoRA rule of passes/bert.toml (lora: q/v only)")

@@ -29,7 +29,8 @@ from .flat_graph import FlatGraph, flat_graph
 from .kv_cache import GraphCache, GraphEncoderDecoderCache
 from .sampling import GENERATE_OPTIONS, GenerationSettings, choose_tokens, resolve_settings
 from .trace import (
-    EXAMPLE_BATCH, EXAMPLE_DECODER_SEQ, EXAMPLE_SEQ, Signature, _max_positions, clone_graph, export_graph, forward_parameters,
+    EXAMPLE_BATCH, EXAMPLE_DECODER_SEQ, EXAMPLE_SEQ, RUNTIME_CHECKS, Signature, _max_positions, clone_graph, drop_checks,
+    export_graph, forward_parameters,
 )
 
 if TYPE_CHECKING:
@@ -103,7 +104,7 @@ def build_generation_graphs(
         elif adapters:
             skip = phase == "decode" and layout.encoder_decoder
             model._rewrite(gm, adapters, training=False, skip_missing=skip)
-        drop_runtime_checks(gm)
+        drop_checks(gm, RUNTIME_CHECKS)  # generate() guarantees ids, masks and cache lengths by construction
         graphs.append(gm)
     return _describe(base, *graphs)
 
@@ -126,23 +127,6 @@ def base_generation_graphs(model: GraphPeftModel, layout: GenerationGraphs) -> t
         decode = export_graph(base, (), example, shapes, training=False, runtime_asserts=True)
         model._base_graphs[keys[0]], model._base_graphs[keys[1]] = prefill, decode
     return model._base_graphs[keys[0]], model._base_graphs[keys[1]]
-
-
-_CHECK_OPS = (torch.ops.aten._assert_tensor_metadata.default, torch.ops.aten._assert_scalar.default)
-
-
-def drop_runtime_checks(gm: fx.GraphModule) -> None:
-    """Remove the dtype/shape asserts export leaves in a graph, and the size arithmetic feeding them.
-
-    They re-check, on every decode step, facts that generate() guarantees by construction
-    (int64 ids and masks, one token per row, a cache as long as the mask minus one); a
-    small model's step is mostly Python overhead, so each node counts.
-    """
-    for node in list(gm.graph.nodes):
-        if node.op == "call_function" and node.target in _CHECK_OPS:
-            gm.graph.erase_node(node)
-    gm.graph.eliminate_dead_code()
-    gm.recompile()
 
 
 def check_generative(base: Any) -> None:

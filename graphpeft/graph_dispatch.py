@@ -17,7 +17,7 @@ from .errors import CallError, TraceError
 from .methods import get_method
 from .rewrite import Claim, annotate, materialize
 from .sites import Site, graph_sites, module_sites
-from .trace import clone_graph, example_inputs, export_graph, fits, signature_of
+from .trace import clone_graph, drop_checks, example_inputs, export_graph, fits, signature_of
 
 
 class GraphDispatch:
@@ -94,6 +94,7 @@ class GraphDispatch:
             else:
                 example, shapes = kwargs, self._dynamic_shapes
             graph = export_graph(self.base_model, (), example, shapes, signature.training, reuse_blocks=self.reuse_blocks)
+            drop_checks(graph)
             self._base_graphs[signature] = graph
         return graph
 

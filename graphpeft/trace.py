@@ -330,6 +330,25 @@ def fits(graph: fx.GraphModule, signature: Signature, kwargs: Mapping[str, Any])
     return True
 
 
+DTYPE_CHECKS = (torch.ops.aten._assert_tensor_metadata.default,)
+RUNTIME_CHECKS = (*DTYPE_CHECKS, torch.ops.aten._assert_scalar.default)
+
+
+def drop_checks(gm: fx.GraphModule, ops: tuple[Any, ...] = DTYPE_CHECKS) -> None:
+    """Remove export's assert nodes of ``ops`` (and size arithmetic that only fed them) from ``gm``.
+
+    ``_assert_tensor_metadata`` re-checks, on every call, the dtype of intermediate tensors, which
+    the graph's key (input dtypes, train/eval, device) already fixes; on a small model each node is a
+    measurable share of a call. ``_assert_scalar`` checks relations between sizes and stays unless the
+    caller guarantees them (generate() does).
+    """
+    for node in list(gm.graph.nodes):
+        if node.op == "call_function" and node.target in ops:
+            gm.graph.erase_node(node)
+    gm.graph.eliminate_dead_code()
+    gm.recompile()
+
+
 def clone_graph(gm: fx.GraphModule) -> fx.GraphModule:
     """A new GraphModule with a copy of ``gm``'s graph and the same parameter tensors.
 
