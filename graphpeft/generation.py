@@ -26,6 +26,7 @@ from torch.export import Dim
 
 from .errors import CallError
 from .flat_graph import FlatGraph, flat_graph
+from .gqa import use_native_gqa
 from .kv_cache import GraphCache, GraphEncoderDecoderCache
 from .sampling import GENERATE_OPTIONS, GenerationSettings, choose_tokens, resolve_settings
 from .trace import (
@@ -105,6 +106,7 @@ def build_generation_graphs(
             skip = phase == "decode" and layout.encoder_decoder
             model._rewrite(gm, adapters, training=False, skip_missing=skip)
         drop_checks(gm, RUNTIME_CHECKS)  # generate() guarantees ids, masks and cache lengths by construction
+        use_native_gqa(gm)
         graphs.append(gm)
     return _describe(base, *graphs)
 

@@ -14,6 +14,7 @@ from torch import fx, nn
 
 from .call_inputs import canonical_kwargs
 from .errors import CallError, TraceError
+from .gqa import use_native_gqa
 from .methods import get_method
 from .rewrite import Claim, annotate, materialize
 from .sites import Site, graph_sites, module_sites
@@ -95,6 +96,7 @@ class GraphDispatch:
                 example, shapes = kwargs, self._dynamic_shapes
             graph = export_graph(self.base_model, (), example, shapes, signature.training, reuse_blocks=self.reuse_blocks)
             drop_checks(graph)
+            use_native_gqa(graph)
             self._base_graphs[signature] = graph
         return graph
 
