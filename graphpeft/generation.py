@@ -106,7 +106,6 @@ def build_generation_graphs(
             skip = phase == "decode" and layout.encoder_decoder
             model._rewrite(gm, adapters, training=False, skip_missing=skip)
         drop_checks(gm, RUNTIME_CHECKS)  # generate() guarantees ids, masks and cache lengths by construction
-        use_native_gqa(gm)
         graphs.append(gm)
     return _describe(base, *graphs)
 
@@ -127,6 +126,8 @@ def base_generation_graphs(model: GraphPeftModel, layout: GenerationGraphs) -> t
             out = prefill(**example)
         example, shapes = _decode_example(base, layout, example, out)
         decode = export_graph(base, (), example, shapes, training=False, runtime_asserts=True)
+        for graph in (prefill, decode):
+            use_native_gqa(graph)
         model._base_graphs[keys[0]], model._base_graphs[keys[1]] = prefill, decode
     return model._base_graphs[keys[0]], model._base_graphs[keys[1]]
 
