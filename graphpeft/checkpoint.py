@@ -14,9 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import tempfile
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +21,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from .errors import AdapterError, GraphPeftError, LoadError, SaveError
+from .atomic_dir import recover, write_directory
+from .errors import AdapterError, GraphPeftError, LoadError
 from .match import ResolvedRule
 from .methods import get_method
 from .peft_format import PREFIX, peft_config, rules_from_peft_config
@@ -37,6 +35,7 @@ MANIFEST = "graphpeft.json"
 WEIGHTS = "adapter_model.safetensors"
 PEFT_CONFIG = "adapter_config.json"
 FORMAT_VERSION = 1
+OWNED_FILES = (MANIFEST, WEIGHTS, PEFT_CONFIG)
 
 
 def fingerprint(model: GraphPeftModel) -> str:
@@ -107,51 +106,18 @@ def _rule_record(resolved: ResolvedRule) -> dict[str, Any]:
 
 
 def save_pretrained(model: GraphPeftModel, directory: str | os.PathLike, adapter_names: list[str] | None = None, overwrite: bool = False) -> None:
-    """Write the adapters to ``directory`` (default at the top, others in sub-folders)."""
+    """Write the adapters to ``directory`` (default at the top, others in sub-folders), atomically."""
     names = list(adapter_names) if adapter_names is not None else list(model.adapter_specs)
     for name in names:
         model._spec(name)
-    target = Path(directory)
-    if target.exists() and not target.is_dir():
-        raise SaveError(f"cannot save to {target}: it exists and is not a directory")
-    if target.is_dir() and any(target.iterdir()) and not overwrite:
-        raise SaveError(f"{target} already holds files; pass overwrite=True to replace it, or choose a new directory")
-    foreign = foreign_entries(target)
-    if foreign:
-        raise SaveError(
-            f"{target} holds files that are not part of an adapter ({', '.join(foreign[:3])}); a save replaces the "
-            "whole folder atomically and would delete them, so save into an empty folder or an adapter folder"
-        )
-    parent = target.resolve().parent
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-        recover(target)
-        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-{os.getpid()}-", dir=parent))
-    except OSError as exc:
-        raise SaveError(f"cannot write to {parent}: {exc.strerror or exc}; choose a writable directory") from None
-    try:
+
+    def write(staging: Path) -> None:
         for name in names:
             folder = staging if name == "default" else staging / name
             folder.mkdir(exist_ok=True)
             _write_adapter(model, name, folder)
-        _fsync_tree(staging)
-        _swap_into_place(staging, target)
-    except BaseException as exc:
-        shutil.rmtree(staging, ignore_errors=True)
-        if isinstance(exc, OSError):
-            raise SaveError(f"saving to {target} failed: {exc.strerror or exc}; the previous contents are unchanged") from None
-        raise
 
-
-def foreign_entries(target: Path) -> list[str]:
-    """Names in ``target`` that a save would delete but that no adapter wrote (sorted)."""
-    if not target.is_dir():
-        return []
-    ours = {MANIFEST, WEIGHTS, PEFT_CONFIG}
-    return sorted(
-        entry.name for entry in target.iterdir()
-        if entry.name not in ours and not (entry.is_dir() and any((entry / name).is_file() for name in ours))
-    )
+    write_directory(Path(directory), write, overwrite, OWNED_FILES)
 
 
 def _write_adapter(model: GraphPeftModel, name: str, folder: Path) -> None:
@@ -162,61 +128,6 @@ def _write_adapter(model: GraphPeftModel, name: str, folder: Path) -> None:
     if peft is not None:
         (folder / PEFT_CONFIG).write_text(json.dumps(peft, indent=2, sort_keys=True) + "\n")
     (folder / MANIFEST).write_text(json.dumps(manifest(model, name, tensors, peft is not None), indent=2) + "\n")
-
-
-def _fsync_tree(folder: Path) -> None:
-    for path in folder.rglob("*"):
-        if path.is_file():
-            with open(path, "rb") as handle:
-                os.fsync(handle.fileno())
-
-
-def _swap_into_place(staging: Path, target: Path) -> None:
-    if not target.exists():
-        os.rename(staging, target)
-        return
-    old = target.parent / f".{target.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    os.rename(target, old)
-    os.rename(staging, target)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def recover(target: Path) -> None:
-    """Repair what a save killed midway left next to ``target`` (best effort, never raises).
-
-    A kill while writing leaves a ``.<name>.tmp-<pid>-*`` folder: it is removed. A kill between
-    the two renames of the swap leaves the previous adapter in ``.<name>.old-<pid>-*`` and no
-    ``target``: it is renamed back. Folders of a process that is still running are left alone.
-    """
-    parent = target.parent
-    try:
-        leftovers = [p for p in parent.glob(f".{target.name}.tmp-*")] + [p for p in parent.glob(f".{target.name}.old-*")]
-        for folder in sorted(leftovers, key=lambda p: p.stat().st_mtime, reverse=True):
-            if _writer_alive(folder.name):
-                continue
-            if ".old-" in folder.name and not target.exists():
-                os.rename(folder, target)
-            else:
-                shutil.rmtree(folder, ignore_errors=True)
-    except OSError:
-        pass
-
-
-def _writer_alive(folder_name: str) -> bool:
-    """Whether the process that made this temp folder (pid after ``tmp-``/``old-``) still runs."""
-    pid_text = folder_name.rsplit(".", 1)[-1].split("-")[1:2]
-    if not pid_text or not pid_text[0].isdigit():
-        return False
-    pid = int(pid_text[0])
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 # ---------------------------------------------------------------------- load

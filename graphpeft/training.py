@@ -15,7 +15,8 @@ from pathlib import Path
 
 from transformers import Trainer
 
-from .checkpoint import MANIFEST, foreign_entries, restore_weights
+from .atomic_dir import foreign_entries
+from .checkpoint import MANIFEST, OWNED_FILES, restore_weights
 from .runtime import GraphPeftModel
 
 
@@ -44,7 +45,7 @@ def save_into(model: GraphPeftModel, folder: Path) -> None:
     (a checkpoint that a resumed run writes again: ``optimizer.pt``, ``trainer_state.json``) gets the
     adapter files one by one, each replaced atomically, the manifest last.
     """
-    if not foreign_entries(folder):
+    if not foreign_entries(folder, OWNED_FILES):
         model.save_pretrained(str(folder), overwrite=True)
         return
     staging = folder / f".adapter.tmp-{os.getpid()}"

@@ -1,131 +1,24 @@
 """The error catalogue: every bad input fails fast with a graphpeft error that names the cause and
 the fix, and leaves the model exactly as it was (parameters bit-identical, requires_grad flags
-unchanged, no adapter left behind).
-
-Each case is one bad input: the error class it must raise and a fragment its message must hold.
+unchanged, no adapter left behind). The machinery is in ``tests/catalogue.py``; the hostile inputs
+(attacker-made folders, regexes, paths, misuse) are in ``tests/test_hostile_*.py``.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable
-from dataclasses import dataclass
+import importlib
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
-from models import tiny_gpt2, tiny_llama
-from safetensors.torch import load_file, save_file
-from toml_text import qv_lora_file
-from torch import nn
-from transformers import LlamaForCausalLM
+from catalogue import (
+    RULES, Case, DataDependent, apply, check_case, edited, load, make_world, mkdir, peft_config, q_rule, touch,
+    unlink, wider_llama, without_manifest,
+)
 
 import graphpeft
 from graphpeft import Pattern, Rule
 from graphpeft.errors import AdapterError, CallError, LoadError, MatchError, RuleError, SaveError, TraceError
-
-RULES = qv_lora_file(4)
-
-
-@dataclass
-class World:
-    """What a case acts on: ``base`` (a plain model), ``wrapped`` (a model with adapter
-    ``default``), ``saved`` (that adapter's folder), ``other_arch`` (a GPT-2 adapter folder),
-    ``tmp`` (a scratch folder) and ``custom`` (the case's own model, if it makes one)."""
-
-    base: nn.Module
-    wrapped: graphpeft.GraphPeftModel
-    saved: Path
-    other_arch: Path
-    tmp: Path
-    custom: nn.Module | None = None
-
-    def rules(self, text: str) -> str:
-        path = self.tmp / "rules.toml"
-        path.write_text(text)
-        return str(path)
-
-    def edit(self, replace: str, by: str) -> str:
-        """A rule file: the valid one above with ``replace`` swapped for ``by``."""
-        assert replace in RULES
-        return self.rules(RULES.replace(replace, by))
-
-    def copy(self, source: Path | None = None) -> Path:
-        """A scratch copy of an adapter folder (``saved`` by default)."""
-        import shutil
-
-        target = self.tmp / "adapter"
-        shutil.copytree(source or self.saved, target)
-        return target
-
-    def manifest(self, change: Callable[[dict[str, Any]], None]) -> Path:
-        folder = self.copy()
-        data = json.loads((folder / "graphpeft.json").read_text())
-        change(data)
-        (folder / "graphpeft.json").write_text(json.dumps(data))
-        return folder
-
-    def tensors(self, change: Callable[[dict[str, torch.Tensor]], None], drop_manifest: bool = False) -> Path:
-        folder = self.copy()
-        tensors = load_file(folder / "adapter_model.safetensors")
-        change(tensors)
-        save_file(tensors, folder / "adapter_model.safetensors")
-        if drop_manifest:
-            (folder / "graphpeft.json").unlink()
-        return folder
-
-    def file(self, name: str, change: Callable[[bytes], bytes]) -> Path:
-        folder = self.copy()
-        (folder / name).write_bytes(change((folder / name).read_bytes()))
-        return folder
-
-
-@dataclass(frozen=True)
-class Case:
-    name: str
-    act: Callable[[World], Any]
-    error: type[Exception]
-    fragment: str
-    make: Callable[[], nn.Module] | None = None
-
-
-class DataDependent(nn.Module):
-    """Branches on a tensor's value: torch.export cannot trace it."""
-
-    def __init__(self):
-        super().__init__()
-        self.proj = nn.Linear(4, 4)
-
-    def forward(self, x):
-        if x.sum() > 0:
-            return self.proj(x)
-        return -self.proj(x)
-
-
-def wider_llama() -> nn.Module:
-    """The tiny llama with hidden size 48 instead of 32: same FQNs, other shapes."""
-    config = tiny_llama(layers=1).config
-    config.hidden_size = 48
-    torch.manual_seed(0)
-    return LlamaForCausalLM(config).eval()
-
-
-def apply(text_or_rules: Any, **kwargs: Any) -> Callable[[World], Any]:
-    return lambda w: graphpeft.apply(w.base, text_or_rules(w) if callable(text_or_rules) else text_or_rules, **kwargs)
-
-
-def edited(replace: str, by: str, **kwargs: Any) -> Callable[[World], Any]:
-    return lambda w: graphpeft.apply(w.base, w.edit(replace, by), **kwargs)
-
-
-def load(folder: Callable[[World], Path], **kwargs: Any) -> Callable[[World], Any]:
-    return lambda w: graphpeft.load(w.custom or w.base, str(folder(w)), **kwargs)
-
-
-def q_rule(name: str = "lora", **options: Any) -> Rule:
-    return Rule(name, "lora", Pattern(op="linear", module="*.q_proj"), options)
-
 
 CASES = [
     # ---------------------------------------------------------------- rule files
@@ -188,10 +81,10 @@ CASES = [
     Case("load_missing_directory", load(lambda w: w.tmp / "nowhere"), LoadError, "is not a directory"),
     Case("load_folder_without_adapter", load(lambda w: w.tmp), LoadError, "it is not an adapter directory"),
     Case("load_other_architecture", load(lambda w: w.other_arch), LoadError, "matches no site"),
-    Case("load_peft_folder_of_other_architecture", load(lambda w: _without_manifest(w.copy(w.other_arch))), LoadError, "is this adapter for another architecture"),
+    Case("load_peft_folder_of_other_architecture", load(lambda w: without_manifest(w.copy(w.other_arch))), LoadError, "is this adapter for another architecture"),
     Case("load_onto_wider_base", load(lambda w: w.saved), LoadError, "fingerprint mismatch", make=wider_llama),
-    Case("load_peft_folder_onto_wider_base", load(lambda w: _without_manifest(w.copy())), LoadError, "the adapter was made for a base model of another size", make=wider_llama),
-    Case("load_missing_safetensors", load(lambda w: _unlink(w.copy(), "adapter_model.safetensors")), LoadError, "adapter_model.safetensors is missing"),
+    Case("load_peft_folder_onto_wider_base", load(lambda w: without_manifest(w.copy())), LoadError, "the adapter was made for a base model of another size", make=wider_llama),
+    Case("load_missing_safetensors", load(lambda w: unlink(w.copy(), "adapter_model.safetensors")), LoadError, "adapter_model.safetensors is missing"),
     Case("load_truncated_safetensors", load(lambda w: w.file("adapter_model.safetensors", lambda b: b[: len(b) // 2])), LoadError, "it may be truncated or corrupted"),
     Case("load_corrupted_safetensors_header", load(lambda w: w.file("adapter_model.safetensors", lambda b: b"\xff" * 16 + b[16:])), LoadError, "it may be truncated or corrupted"),
     Case("load_manifest_not_json", load(lambda w: w.file("graphpeft.json", lambda b: b[:-20])), LoadError, "is not valid JSON"),
@@ -203,93 +96,34 @@ CASES = [
     Case("load_tensor_missing", load(lambda w: w.tensors(lambda t: t.pop(sorted(t)[0]))), LoadError, "lacks tensor"),
     Case("load_extra_tensor", load(lambda w: w.tensors(lambda t: t.update({"base_model.model.extra.lora_A.weight": torch.zeros(2, 2)}))), LoadError, "holds tensors no site of this model takes"),
     Case("load_tensor_of_wrong_shape", load(lambda w: w.tensors(lambda t: t.update({sorted(t)[0]: torch.zeros(5, 32)}))), LoadError, "a base model of another size"),
-    Case("load_unsupported_peft_type", load(lambda w: _peft_config(_without_manifest(w.copy()), peft_type="LOHA")), LoadError, "'LOHA' is not supported"),
+    Case("load_unsupported_peft_type", load(lambda w: peft_config(without_manifest(w.copy()), peft_type="LOHA")), LoadError, "'LOHA' is not supported"),
     # ---------------------------------------------------------------- saving
     Case("save_over_existing_adapter", lambda w: w.wrapped.save_pretrained(str(w.saved)), SaveError, "pass overwrite=True"),
-    Case("save_onto_a_file", lambda w: w.wrapped.save_pretrained(str(_touch(w.tmp / "file"))), SaveError, "it exists and is not a directory"),
-    Case("save_under_a_file", lambda w: w.wrapped.save_pretrained(str(_touch(w.tmp / "file") / "adapter")), SaveError, "choose a writable directory"),
+    Case("save_onto_a_file", lambda w: w.wrapped.save_pretrained(str(touch(w.tmp / "file"))), SaveError, "it exists and is not a directory"),
+    Case("save_under_a_file", lambda w: w.wrapped.save_pretrained(str(touch(w.tmp / "file") / "adapter")), SaveError, "choose a writable directory"),
     Case("save_under_proc", lambda w: w.wrapped.save_pretrained("/proc/graphpeft-test/adapter"), SaveError, "choose a writable directory"),
-    Case("save_over_folder_with_other_files", lambda w: w.wrapped.save_pretrained(str(_touch(_mkdir(w.tmp / "run") / "optimizer.pt").parent), overwrite=True), SaveError, "not part of an adapter (optimizer.pt)"),
+    Case("save_over_folder_with_other_files", lambda w: w.wrapped.save_pretrained(str(touch(mkdir(w.tmp / "run") / "optimizer.pt").parent), overwrite=True), SaveError, "not part of an adapter (optimizer.pt)"),
     Case("save_unknown_adapter", lambda w: w.wrapped.save_pretrained(str(w.tmp / "out"), adapter_names=["nope"]), AdapterError, "no adapter named 'nope'"),
     Case("save_unknown_keyword", lambda w: w.wrapped.save_pretrained(str(w.tmp / "out"), max_shard_size="1GB"), CallError, "max_shard_size"),
 ]
 
 
-def _unlink(folder: Path, name: str) -> Path:
-    (folder / name).unlink()
-    return folder
-
-
-def _without_manifest(folder: Path) -> Path:
-    return _unlink(folder, "graphpeft.json")
-
-
-def _peft_config(folder: Path, **changes: Any) -> Path:
-    data = json.loads((folder / "adapter_config.json").read_text())
-    data.update(changes)
-    (folder / "adapter_config.json").write_text(json.dumps(data))
-    return folder
-
-
-def _mkdir(path: Path) -> Path:
-    path.mkdir()
-    return path
-
-
-def _touch(path: Path) -> Path:
-    path.write_text("not a folder")
-    return path
-
-
-def snapshot(model: nn.Module) -> dict[str, Any]:
-    """Everything a failed call must leave untouched: tensors (bit for bit), grad flags, modules."""
-    state = {name: (tensor.detach().clone(), getattr(tensor, "requires_grad", False)) for name, tensor in model.state_dict(keep_vars=True).items()}
-    grads = {name: p.requires_grad for name, p in model.named_parameters()}
-    extra = {}
-    if isinstance(model, graphpeft.GraphPeftModel):
-        extra = {"adapters": list(model.adapter_specs), "active": list(model.active_adapters), "merged": model.merged}
-    return {"state": state, "grads": grads, "modules": [n for n, _ in model.named_modules()], **extra}
-
-
-def assert_unchanged(before: dict[str, Any], after: dict[str, Any]) -> None:
-    assert after["modules"] == before["modules"], "modules were added or removed"
-    assert after["grads"] == before["grads"], "requires_grad flags changed"
-    assert after.keys() == before.keys()
-    assert list(after["state"]) == list(before["state"])
-    for name, (tensor, _) in before["state"].items():
-        assert torch.equal(after["state"][name][0], tensor), f"{name} changed"
-    for key in ("adapters", "active", "merged"):
-        assert after.get(key) == before.get(key)
 
 
 @pytest.fixture(scope="module")
 def shared(tmp_path_factory):
-    base = tiny_llama(layers=1, seed=0)
-    wrapped = graphpeft.apply(tiny_llama(layers=1, seed=1), "lora", r=4, init="random")
-    saved = tmp_path_factory.mktemp("saved") / "adapter"
-    graphpeft.apply(tiny_llama(layers=1, seed=0), "lora", r=4, init="random").save_pretrained(str(saved))
-    other_arch = tmp_path_factory.mktemp("gpt2") / "adapter"
-    graphpeft.apply(tiny_gpt2(), "lora", r=4).save_pretrained(str(other_arch))
-    return base, wrapped, saved, other_arch
+    return make_world(tmp_path_factory)
 
 
-def test_catalogue_has_at_least_forty_cases():
-    assert len(CASES) >= 40
-    assert len({c.name for c in CASES}) == len(CASES)
+def test_catalogue_has_at_least_a_hundred_and_twenty_cases():
+    hostile = sorted(Path(__file__).parent.glob("test_hostile_*.py"))
+    names = [c.name for c in CASES]
+    for path in hostile:
+        names += [c.name for c in importlib.import_module(path.stem).CASES]
+    assert len(names) >= 120
+    assert len(set(names)) == len(names), "case names are unique across the catalogue"
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_bad_input_raises_named_error_and_leaves_model_unchanged(case, shared, tmp_path, capfd):
-    base, wrapped, saved, other_arch = shared
-    world = World(base, wrapped, saved, other_arch, tmp_path, case.make() if case.make else None)
-    models = [m for m in (world.base, world.wrapped, world.custom) if m is not None]
-    before = [snapshot(m) for m in models]
-    capfd.readouterr()
-    with pytest.raises(case.error) as caught:
-        case.act(world)
-    message = str(caught.value)
-    assert case.fragment in message
-    assert len(message) < 1500 and len(message.splitlines()) <= 8, "messages stay short"
-    assert len(capfd.readouterr().err.splitlines()) <= 3, "no trace dumped to stderr"
-    for model, snap in zip(models, before):
-        assert_unchanged(snap, snapshot(model))
+    check_case(case, shared, tmp_path, capfd)
