@@ -24,7 +24,7 @@ from rich.text import Text
 from rich.tree import Tree
 from torch import nn
 
-from .errors import MatchError
+from .errors import MatchError, UsageError
 from .match import ResolvedRule, closest_fqns, match, no_match_message
 from .methods import get_method
 from .rewrite import Claim, container
@@ -181,8 +181,9 @@ def explain(
     conflicts, so one call shows every problem. ``show=True`` also prints the view.
     """
     from .rulebook import resolve_rules
-    from .runtime import GraphPeftModel
+    from .runtime import GraphPeftModel, check_adapter_name
 
+    check_adapter_name(adapter_name)
     resolved = resolve_rules(model, rules, overrides)
     probe = GraphPeftModel(model, example_inputs=example_inputs, dynamic_shapes=dynamic_shapes)
     sites = probe.sites()
@@ -201,6 +202,8 @@ def explain(
 
 def explain_model(model: GraphPeftModel, adapter_names: Sequence[str] | None = None) -> ExplainReport:
     """The report of the adapters ``model`` already has (all of them by default)."""
+    if isinstance(adapter_names, str):
+        raise UsageError(f"adapter_names takes a list of names, got the string {adapter_names!r}; write [{adapter_names!r}]")
     names = list(adapter_names) if adapter_names is not None else list(model.adapter_specs)
     quantized = set(model.quantization.weights) if model.quantization else set()
     reports, rules, unmatched = [], [], []
