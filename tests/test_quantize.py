@@ -199,3 +199,13 @@ def test_weights_on_the_meta_device_cannot_be_quantized():
     with pytest.raises(CallError, match="on the meta device"):
         graphpeft.apply(meta, "lora", quantize="nf4")
     assert all(not hasattr(m, "weight_codes") for m in meta.modules())
+
+
+def test_module_trained_in_full_on_a_quantized_base_starts_from_its_dequantized_weights(base):
+    model = graphpeft.apply(copy.deepcopy(base), "lora", quantize="int8")
+    model.add_adapter("full", Rule("full", "train", Pattern(op="module", module="model.layers.0.mlp.up_proj")))
+    trained = model.adapters.get_submodule("model.layers.0.mlp.up_proj.modules_to_save")["full"]
+    reference = copy.deepcopy(base).model.layers[0].mlp.up_proj
+    codes, scales = quantize_weight(reference.weight, "int8")
+    assert torch.equal(trained.weight, dequantize_weight(codes, scales, (64, 32), "int8", torch.float32))
+    assert not [name for name, _ in trained.named_buffers()], "the trainable copy holds no codes"
