@@ -131,7 +131,7 @@ def _warn_foreign_ops(program: torch.export.ExportedProgram, path: Any) -> None:
         warnings.warn(
             f"{path} calls {', '.join(names)}, registered outside torch; load it after `import "
             f"{', '.join(imports)}` (torch.export.load cannot find these ops otherwise)",
-            stacklevel=3,
+            stacklevel=4,  # the caller of GraphPeftModel.export
         )
 
 
