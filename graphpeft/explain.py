@@ -24,7 +24,7 @@ from rich.text import Text
 from rich.tree import Tree
 from torch import nn
 
-from .errors import MatchError
+from .errors import MatchError, UsageError
 from .match import ResolvedRule, closest_fqns, match, no_match_message
 from .methods import get_method
 from .rewrite import Claim, container
@@ -45,6 +45,7 @@ class SiteReport:
     method: str
     shapes: dict[str, tuple[int, ...]]
     params: int
+    quantized: str | None = None  # the scheme the site's base weight is stored in, if quantized
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,7 @@ class ExplainReport:
     unmatched: list[UnmatchedRule] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     classes: dict[str, str] = field(default_factory=dict)
+    quantization: str | None = None  # what quantize() did to the base (GraphPeftModel.explain only)
 
     @property
     def ok(self) -> bool:
@@ -141,6 +143,8 @@ class ExplainReport:
 
     def renderable(self) -> Group:
         parts: list[Any] = [self.tree(), self.summary_table(), self.rules_table()]
+        if self.quantization:
+            parts.append(Text(f"quantized base: {self.quantization}"))
         panel = self.unmatched_panel()
         if panel is not None:
             parts.append(panel)
@@ -177,8 +181,9 @@ def explain(
     conflicts, so one call shows every problem. ``show=True`` also prints the view.
     """
     from .rulebook import resolve_rules
-    from .runtime import GraphPeftModel
+    from .runtime import GraphPeftModel, check_adapter_name
 
+    check_adapter_name(adapter_name)
     resolved = resolve_rules(model, rules, overrides)
     probe = GraphPeftModel(model, example_inputs=example_inputs, dynamic_shapes=dynamic_shapes)
     sites = probe.sites()
@@ -197,18 +202,24 @@ def explain(
 
 def explain_model(model: GraphPeftModel, adapter_names: Sequence[str] | None = None) -> ExplainReport:
     """The report of the adapters ``model`` already has (all of them by default)."""
+    if isinstance(adapter_names, str):
+        raise UsageError(f"adapter_names takes a list of names, got the string {adapter_names!r}; write [{adapter_names!r}]")
     names = list(adapter_names) if adapter_names is not None else list(model.adapter_specs)
+    quantized = set(model.quantization.weights) if model.quantization else set()
     reports, rules, unmatched = [], [], []
     for name in names:
         spec = model._spec(name)
         for site, claim in spec.claims.values():
-            reports.append(_site_report(site, claim, model.adapters))
+            scheme = model.quantization.scheme if site.weight in quantized else None
+            reports.append(replace(_site_report(site, claim, model.adapters), quantized=scheme))
         claimed = {claim.rule for _, claim in spec.claims.values()}
         for item in spec.rules:
             rules.append(item)
             if item.rule.name not in claimed:
                 unmatched.append(_unmatched(item, model.sites()))
-    return _report(model.base_model, reports, rules, unmatched, [])
+    report = _report(model.base_model, reports, rules, unmatched, [])
+    report.quantization = str(model.quantization) if model.quantization else None
+    return report
 
 
 def _dry_match(
@@ -319,6 +330,8 @@ def _site_label(item: SiteReport) -> Text:
         text.append(f"#{site.occurrence}", style="dim")
     if site.weight_shape is not None and site.op in ("linear", "conv2d", "matmul", "grouped_mm"):
         text.append(f" {site.in_features}→{site.out_features}", style="dim")
+    if item.quantized:
+        text.append(f" [{item.quantized}]", style="yellow")
     text.append(f"  ← {item.method}", style="green")
     text.append(f" rule {item.rule!r} @{item.adapter}  ")
     shown = list(item.shapes.items())

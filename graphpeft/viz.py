@@ -9,7 +9,6 @@ or its ancestor at ``depth``) into one node. Nodes graphpeft inserted carry
 
 from __future__ import annotations
 
-import copy
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +18,9 @@ import networkx as nx
 from torch import fx, nn
 
 from .errors import UsageError
+from .output_file import check_output_path, write_text
 from .rewrite import ADAPTER_NODE, CLAIMS
+from .trace import clone_graph
 
 ROOT = "<root>"
 LEVELS = ("op", "module")
@@ -33,7 +34,7 @@ def graphs_of(obj: Any) -> tuple[fx.GraphModule, fx.GraphModule | None]:
 
     if isinstance(obj, GraphPeftModel):
         base = obj._base_graph()
-        rewritten = fx.GraphModule(base, copy.deepcopy(base.graph))  # shares the base's tensors
+        rewritten = clone_graph(base)  # shares the base's tensors
         adapters = obj._graph_adapters()
         if adapters:
             obj._rewrite(rewritten, adapters, obj.training)
@@ -265,8 +266,9 @@ def to_dot(graph: nx.DiGraph) -> str:
 
 
 def write(obj: Any, path: str | Path, level: str = "op") -> Path:
-    """Write the graph as ``.dot`` (at ``level``) or as the ``.html`` viewer, chosen by suffix."""
-    path = Path(path)
+    """Write the graph as ``.dot`` (at ``level``) or as the ``.html`` viewer, chosen by suffix. A path that
+    cannot be written is a :class:`~graphpeft.errors.SaveError`, raised before the graph is built."""
+    path = check_output_path(path)
     if path.suffix == ".dot":
         text = to_dot(to_networkx(obj, level=level))
     elif path.suffix in (".html", ".htm"):
@@ -275,5 +277,4 @@ def write(obj: Any, path: str | Path, level: str = "op") -> Path:
         text = to_html(obj)
     else:
         raise UsageError(f"cannot tell the format of {str(path)!r}: name the output *.html or *.dot")
-    path.write_text(text, encoding="utf-8")
-    return path
+    return write_text(path, text)

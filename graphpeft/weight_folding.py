@@ -4,6 +4,7 @@ them and back out, quantize and dequantize them, and hand the base model back (`
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from torch import nn
 
@@ -18,7 +19,7 @@ class WeightFolding:
     base_model: nn.Module
     adapters: nn.Module
     active_adapters: list[str]
-    quantization: str | None
+    quantization: Any  # graphpeft.quantize.Quantization once quantize() ran, else None
 
     def merge(self, adapter_names: Sequence[str] | None = None) -> None:
         """Fold the adapters into the base weights; forward then runs the plain base graph."""
@@ -49,15 +50,14 @@ class WeightFolding:
             for site, claim in reversed(list(self._spec(name).claims.values())):
                 get_method(claim.method).unmerge(site, claim.options, self.base_model, self.adapters, name)
 
-    def quantize(self, scheme: str) -> list[str]:
+    def quantize(self, scheme: str) -> Any:
         """Store the frozen base linear weights as ``"int8"`` or ``"nf4"`` codes (see :mod:`graphpeft.quantize`);
-        returns the quantized weight names."""
+        returns (and keeps as ``quantization``) the :class:`~graphpeft.quantize.Quantization` report."""
         from .quantize import quantize_base
 
         if self._merged:
             raise AdapterError("unmerge() before quantizing: merged adapters would be rounded into the codes")
-        done = quantize_base(self.base_model, scheme)
-        self.quantization = scheme
+        done = self.quantization = quantize_base(self.base_model, scheme, self._base_graph())
         self._graphs.clear()
         self._base_graphs.clear()
         return done

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..quantize import dequantize_base
 from ..rewrite import SiteEditor, container
 from ..sites import Site
 from . import Method, register
@@ -29,6 +30,7 @@ class Train(Method):
 
     def create(self, site: Site, options: dict[str, Any], model: nn.Module, store: nn.Module, adapter: str) -> None:
         copied = copy.deepcopy(model.get_submodule(site.fqn))
+        dequantize_base(copied)  # a quantized base module's copy would hold zero placeholders, not its weights
         for param in copied.parameters():
             param.requires_grad_(True)
         host = container(store, site.fqn)
