@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import re
+import re._parser as re_parser
 from dataclasses import dataclass
 from typing import Any
 
@@ -153,7 +154,9 @@ def _python_meaning(text: str) -> tuple[str, dict[str, Any]]:
 @functools.lru_cache(maxsize=4096)
 def _regex(text: str, what: str, error: type[Exception], whole: bool, shown_text: str) -> Matcher:
     try:
-        re.compile(text)
+        # Python's parser, not re.compile: the compiler expands case-insensitive and wide classes code
+        # point by code point (seconds per pattern); what only it refuses (lookbehind widths), RE2 refuses too
+        re_parser.parse(text)
     except re.error as exc:
         raise error(f"{what} {shown(shown_text)} does not compile: {exc}") from None
     except (RecursionError, OverflowError):

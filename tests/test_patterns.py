@@ -132,6 +132,15 @@ def test_catastrophic_rank_pattern_key_answers_in_linear_time():
         assert not matcher.matches("model.layers.0." + "a" * 100_000)
 
 
+def test_regexes_of_many_wide_classes_compile_in_linear_time():
+    """Python's re.compile expands each class code point by code point (about 2 s for one such pattern)."""
+    regexes = ["".join(f"[{chr(start + i)}-\U0010ffff]" for i in range(800)) for start in range(0x100, 0x100 + 20)]
+    assert all(len(regex) <= MAX_PATTERN_LENGTH for regex in regexes)
+    with watchdog(20):
+        for regex in regexes:
+            assert compile_regex(regex, "regex", RuleError).matches("\U0010ffff" * 800)
+
+
 @pytest.mark.parametrize(
     ("regex", "reason"),
     [
