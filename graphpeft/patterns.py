@@ -3,7 +3,7 @@
 Python's ``re`` backtracks: ``(.+)+!`` against a 30-character module name runs for hours. graphpeft
 matches with RE2 (google-re2), whose time is linear in the name, and keeps Python's meaning:
 
-- a regex must compile in Python as well (so it means what the user tested), and RE2 must accept it:
+- a regex must be valid Python syntax as well (so it means what the user tested), and RE2 must accept it:
   backreferences, lookarounds, atomic groups and possessive quantifiers are refused with the reason;
 - the spellings whose meaning differs between the engines are rewritten to RE2's spelling of Python's
   meaning (``{,n}`` -> ``{0,n}``, ``\\Z`` -> ``\\z``, ``[`` inside a class stays literal);
@@ -31,7 +31,6 @@ MAX_PATTERN_LENGTH = 4096
 
 _OPTIONS = re2.Options()
 _OPTIONS.log_errors = False  # RE2 would print every refused pattern to stderr
-_OPTIONS.max_mem = 64 << 20
 
 # RE2's refusal (its error text) -> why, in the user's words
 _REASONS = (
@@ -105,49 +104,55 @@ def _compile_re2(text: str, original: str, what: str, error: type[Exception]) ->
         ) from None
 
 
-def _python_meaning(text: str) -> tuple[str, dict[str, Any]]:
+@dataclass
+class _Traits:
+    """What a Python regex uses whose meaning depends on the name it meets (see :class:`Matcher`)."""
+
+    ascii_only: str | None = None
+    dollar: bool = False
+    empty_boundary: bool = False
+    ignorecase: bool = False
+    code_escape: bool = False  # \\x.., \\u...., octal: may spell a non-ASCII character
+
+    def escape(self, letter: str, in_class: bool) -> None:
+        if letter in "dDwWsSbB":
+            self.ascii_only = self.ascii_only or f"\\{letter}"
+            self.empty_boundary |= letter == "B" and not in_class
+        self.code_escape |= letter in "xuUN01234567"
+
+
+def _python_meaning(text: str) -> tuple[str, _Traits]:
     """RE2's spelling of the Python regex ``text``, and the constructs whose meaning depends on the name."""
     out: list[str] = []
-    traits: dict[str, Any] = {"ascii_only": None, "dollar": False, "empty_boundary": False, "ignorecase": False,
-                              "code_escape": False}
+    traits = _Traits()
     i, in_class = 0, False
     while i < len(text):
         char = text[i]
         if char == "\\" and i + 1 < len(text):
-            escape = text[i + 1]
-            if escape in "dDwWsSbB":
-                traits["ascii_only"] = traits["ascii_only"] or f"\\{escape}"
-                traits["empty_boundary"] |= escape == "B" and not in_class
-            traits["code_escape"] |= escape in "xuUN01234567"
-            out.append("\\z" if escape == "Z" and not in_class else text[i : i + 2])
+            traits.escape(text[i + 1], in_class)
+            out.append("\\z" if text[i + 1] == "Z" and not in_class else text[i : i + 2])
             i += 2
-            continue
-        if in_class:
+        elif in_class:
             in_class = char != "]"
             out.append("\\[" if char == "[" else char)  # RE2 would read [:alpha:] inside a class
             i += 1
-            continue
-        if char == "[":
+        elif char == "[":
             opening = "[^" if text.startswith("[^", i) else "["
-            i += len(opening)
-            out.append(opening)
-            if text.startswith("]", i):  # a ] right after [ or [^ is a literal
-                out.append("\\]")
-                i += 1
+            literal_bracket = text.startswith("]", i + len(opening))  # []...] and [^]...] hold a ]
+            out.append(opening + ("\\]" if literal_bracket else ""))
+            i += len(opening) + literal_bracket
             in_class = True
-            continue
-        empty_minimum = _EMPTY_MINIMUM.match(text, i) if char == "{" else None
-        if empty_minimum:
+        elif char == "{" and (empty_minimum := _EMPTY_MINIMUM.match(text, i)):
             out.append("{0," + empty_minimum.group(1) + "}")
             i = empty_minimum.end()
-            continue
-        flags = _INLINE_FLAGS.match(text, i) if char == "(" else None
-        if flags and "i" in flags.group(1):
-            traits["ignorecase"] = True
-            traits["ascii_only"] = traits["ascii_only"] or "case-insensitive matching"
-        traits["dollar"] |= char == "$"
-        out.append(char)
-        i += 1
+        else:
+            flags = _INLINE_FLAGS.match(text, i) if char == "(" else None
+            if flags and "i" in flags.group(1):
+                traits.ignorecase = True
+                traits.ascii_only = traits.ascii_only or "case-insensitive matching"
+            traits.dollar |= char == "$"
+            out.append(char)
+            i += 1
     return "".join(out), traits
 
 
@@ -163,13 +168,12 @@ def _regex(text: str, what: str, error: type[Exception], whole: bool, shown_text
         raise error(f"{what} {shown(shown_text)} is nested too deeply to compile") from None
     rewritten, traits = _python_meaning(text)
     program = _compile_re2(rewritten, shown_text, what, error)
-    if traits["ignorecase"] and (traits["code_escape"] or not _ASCII_PRINTABLE.fullmatch(text)):
+    if traits.ignorecase and (traits.code_escape or not _ASCII_PRINTABLE.fullmatch(text)):
         raise error(
             f"{what} {shown(shown_text)} matches case-insensitively with non-ASCII characters or \\x/octal "
             "escapes, whose case rules differ between regex engines; write the cases out ([Qq])"
         )
-    return Matcher(shown_text, what, error, program, whole, traits["ascii_only"], traits["dollar"],
-                   traits["empty_boundary"])
+    return Matcher(shown_text, what, error, program, whole, traits.ascii_only, traits.dollar, traits.empty_boundary)
 
 
 def compile_regex(text: Any, what: str, error: type[Exception]) -> Matcher:
