@@ -37,7 +37,8 @@ class Pattern:
             ``module`` (a whole module, for the ``train`` method). ``None`` = any of
             linear/embedding/conv2d.
         module: glob(s) on the module FQN (``"*.self_attn.q_proj"``).
-        regex: regular expression that must match the whole FQN.
+        regex: regular expression (Python syntax) that must match the whole FQN. Globs and regexes
+            run in time linear in the FQN (:mod:`graphpeft.patterns`).
         cls: module class name (``"Linear"``) or its dotted path.
         layers: layer indices (the first integer component of the FQN).
         exclude: globs; a site whose FQN matches any of them is left out.
