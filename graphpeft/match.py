@@ -86,10 +86,10 @@ def claim_sites(
 def no_sites_message(resolved: Sequence[ResolvedRule], sites: Sequence[Site], adapter: str) -> str:
     """Why adapter ``adapter`` would have no sites: every rule (all optional) matches nothing."""
     names = ", ".join(repr(item.rule.name) for item in resolved[:4]) + (" ..." if len(resolved) > 4 else "")
-    lines = [
-        f"adapter {adapter!r} would have no sites: its rules {names} ({resolved[0].source}) are optional and "
-        "match no site in this model; an adapter with no sites adapts nothing."
-    ]
+    source = resolved[0].source
+    rules = (f"its rule {names} ({source}) is optional and matches" if len(resolved) == 1
+             else f"its rules {names} ({source}) are optional and match")
+    lines = [f"adapter {adapter!r} would have no sites: {rules} no site in this model; an adapter with no sites adapts nothing."]
     targets = [(item.rule.name, label, pattern) for item in resolved for label, pattern in item.patterns]
     for rule, label, pattern in targets[:3]:
         lines.append(f"  rule {rule!r} target {label}: {target_hint(pattern, sites)}")

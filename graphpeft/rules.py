@@ -336,7 +336,8 @@ def check_unique_names(names: Sequence[str], source: str) -> None:
     twice = list(dict.fromkeys(name for name in names if name in seen or seen.add(name)))
     if twice:
         raise RuleError(
-            f"{source}: rule names must be unique; {listed(twice)} appear more than once; rename the copies"
+            f"{source}: rule names must be unique; {listed(twice)} {'appears' if len(twice) == 1 else 'appear'} "
+            "more than once; rename the copies"
         )
 
 

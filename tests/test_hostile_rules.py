@@ -124,7 +124,7 @@ CASES = [
     Case("python_rule_options_not_a_mapping", apply(lambda w: Rule("x", "lora", Pattern(op="linear", module="*.q_proj"), 5)), RuleError, "options must be a mapping"),
     Case("python_pattern_module_not_a_string", apply(lambda w: Rule("x", "lora", Pattern(module=5))), RuleError, "pattern key 'module' must be a glob"),
     # ------------------------------------------------ duplicate names, also cycles and chains, empty adapters
-    Case("python_rule_list_duplicate_names", apply(lambda w: [q_rule("a"), Rule("a", "lora", Pattern(op="linear", module="*.v_proj"))]), RuleError, "rule names must be unique; 'a' appear"),
+    Case("python_rule_list_duplicate_names", apply(lambda w: [q_rule("a"), Rule("a", "lora", Pattern(op="linear", module="*.v_proj"))]), RuleError, "rule names must be unique; 'a' appears more than once"),
     Case("python_ruleset_duplicate_names", apply(lambda w: RuleSet((), {}, (q_rule("a"), q_rule("a")))), RuleError, "rule names must be unique"),
     Case("manifest_duplicate_rule_names", load(lambda w: w.manifest(lambda d: d["rules"].append(dict(d["rules"][0])))), LoadError, "rule names must be unique"),
     Case("also_names_its_own_rule", edited("r = 4", 'r = 4\nalso = ["lora"]'), RuleError, "'also' forms a cycle ('lora' -> 'lora')"),
