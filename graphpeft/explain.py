@@ -25,7 +25,7 @@ from rich.tree import Tree
 from torch import nn
 
 from .errors import MatchError, UsageError
-from .match import ResolvedRule, closest_fqns, match, no_match_message
+from .match import ResolvedRule, claim_sites, closest_fqns, no_match_message, no_sites_message
 from .methods import get_method
 from .rewrite import Claim, container
 from .sites import Site
@@ -230,7 +230,7 @@ def _dry_match(
     unmatched, problems, per_rule = [], [], []
     for original, item in zip(resolved, optional):
         try:
-            found = match([item], sites, adapter)
+            found = claim_sites([item], sites, adapter)
         except MatchError as exc:
             problems.append(str(exc))
             continue
@@ -238,11 +238,13 @@ def _dry_match(
             unmatched.append(_unmatched(original, sites))
         per_rule.extend(found.values())
     try:
-        combined = list(match(optional, sites, adapter).values())
+        combined = list(claim_sites(optional, sites, adapter).values())
     except MatchError as exc:
         if str(exc) not in problems:
             problems.append(str(exc))
         combined = per_rule
+    if resolved and not combined and not problems and not any(u.required for u in unmatched):
+        problems.append(no_sites_message(resolved, sites, adapter))  # apply refuses an adapter with no sites
     return combined, unmatched, problems
 
 

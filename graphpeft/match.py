@@ -9,7 +9,7 @@ from dataclasses import dataclass, replace
 from .errors import MatchError, closest
 from .methods import get_method
 from .rewrite import Claim
-from .rules import Pattern, Rule, layer_index
+from .rules import Pattern, Rule, check_unique_names, layer_index
 from .sites import Site
 
 
@@ -27,14 +27,26 @@ def match(
 ) -> dict[str, tuple[Site, Claim]]:
     """Site key -> (site, claim) for one adapter.
 
-    Raises :class:`MatchError` when a required rule matches nothing, when a rule
+    Raises :class:`RuleError` when two rules share a name, and :class:`MatchError` when a required rule
+    matches nothing, when no rule matches anything (an adapter with no sites adapts nothing), when a rule
     selects a site its method cannot adapt, or when two rules claim one site.
     """
+    claimed = claim_sites(resolved, sites, adapter)
+    if not claimed and resolved:
+        raise MatchError(no_sites_message(resolved, sites, adapter))
+    return claimed
+
+
+def claim_sites(
+    resolved: Sequence[ResolvedRule], sites: Sequence[Site], adapter: str
+) -> dict[str, tuple[Site, Claim]]:
+    """:func:`match`, except that rules which are all optional may claim nothing (``explain`` reports that)."""
+    check_unique_names([item.rule.name for item in resolved], ", ".join(dict.fromkeys(i.source for i in resolved)))
     claimed: dict[str, tuple[Site, Claim]] = {}
     for item in resolved:
         rule = item.rule
         method = get_method(rule.method)
-        selected: list[Site] = []
+        chosen: dict[str, Site] = {}
         splits: dict[str, dict[str, int | float]] = {}
         unmatched = []
         for label, pattern in item.patterns:
@@ -42,10 +54,11 @@ def match(
             if not hits:
                 unmatched.append((label, pattern))
             for s in hits:
-                if s not in selected:
-                    selected.append(s)
+                if s.key not in chosen:
+                    chosen[s.key] = s
                     if pattern.split is not None:
                         splits[s.key] = dict(pattern.split)
+        selected = list(chosen.values())
         if rule.method == "train":
             selected = _outermost(selected)
         if unmatched and rule.required:
@@ -68,6 +81,21 @@ def match(
                 )
             claimed[site.key] = (site, Claim(adapter, rule.name, rule.method, options))
     return claimed
+
+
+def no_sites_message(resolved: Sequence[ResolvedRule], sites: Sequence[Site], adapter: str) -> str:
+    """Why adapter ``adapter`` would have no sites: every rule (all optional) matches nothing."""
+    names = ", ".join(repr(item.rule.name) for item in resolved[:4]) + (" ..." if len(resolved) > 4 else "")
+    source = resolved[0].source
+    rules = (f"its rule {names} ({source}) is optional and matches" if len(resolved) == 1
+             else f"its rules {names} ({source}) are optional and match")
+    lines = [f"adapter {adapter!r} would have no sites: {rules} no site in this model; an adapter with no sites adapts nothing."]
+    targets = [(item.rule.name, label, pattern) for item in resolved for label, pattern in item.patterns]
+    for rule, label, pattern in targets[:3]:
+        lines.append(f"  rule {rule!r} target {label}: {target_hint(pattern, sites)}")
+    present = sorted({s.op for s in sites})
+    lines.append(f"  op kinds in this graph: {', '.join(present)}. Fix the module glob/regex, op or layers.")
+    return "\n".join(lines)
 
 
 def _outermost(selected: list[Site]) -> list[Site]:

@@ -7,6 +7,8 @@ against the same schema, so every bad value fails the same way.
 
 from __future__ import annotations
 
+import math
+import reprlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +26,17 @@ class Option:
     doc: str
     check: Callable[[Any], str | None] | None = None
     choices: tuple[Any, ...] | None = None
+
+
+_BRIEF = reprlib.Repr()
+_BRIEF.maxstring = _BRIEF.maxother = _BRIEF.maxlong = 60
+_BRIEF.maxlevel = 3
+_BRIEF.maxlist = _BRIEF.maxtuple = _BRIEF.maxdict = _BRIEF.maxset = 6
+
+
+def shown(value: Any) -> str:
+    """``repr(value)`` cut to a few dozen characters, however long or deeply nested the value is."""
+    return _BRIEF.repr(value)
 
 
 def positive(value: Any) -> str | None:
@@ -47,11 +60,13 @@ def validate_options(
     ``where`` names the rule (``"rule 'lora' in passes/llama.toml"``) for the message.
     Returns a new dict with every option of the schema.
     """
+    if not isinstance(given, Mapping):
+        raise RuleError(f"{where}: options must be a mapping of option name to value, got {shown(given)}")
     out = {name: opt.default for name, opt in schema.items()}
     for key, value in given.items():
         if key not in schema:
             raise RuleError(
-                f"{where}: unknown key {key!r}{did_you_mean(key, schema)}; "
+                f"{where}: unknown key {shown(key)}{did_you_mean(str(key), schema)}; "
                 f"valid keys are {', '.join(sorted(schema))}"
             )
         opt = schema[key]
@@ -60,19 +75,34 @@ def validate_options(
         bad_bool = isinstance(value, bool) and bool not in kinds
         if bad_bool or not isinstance(value, kinds):
             raise RuleError(
-                f"{where}: key {key!r} must be {_type_name(opt.kind)}, got {value!r} "
+                f"{where}: key {key!r} must be {_type_name(opt.kind)}, got {shown(value)} "
                 f"({type(value).__name__})"
             )
+        if not _finite(value):
+            raise RuleError(f"{where}: key {key!r} = {shown(value)} must be a finite number (not inf or nan)")
         if opt.choices is not None and value not in opt.choices:
             raise RuleError(
-                f"{where}: key {key!r} is {value!r}{did_you_mean(str(value), map(str, opt.choices))}; "
+                f"{where}: key {key!r} is {shown(value)}{did_you_mean(str(value), map(str, opt.choices))}; "
                 f"choose one of {', '.join(repr(c) for c in opt.choices)}"
             )
         if opt.check is not None:
             problem = opt.check(value)
             if problem:
-                raise RuleError(f"{where}: key {key!r} = {value!r} {problem}")
+                raise RuleError(f"{where}: key {key!r} = {shown(value)} {problem}")
         if isinstance(value, list) and tuple in kinds:
             value = tuple(value)  # TOML gives lists; one canonical form keeps rules comparable
         out[key] = value
     return out
+
+
+def _finite(value: Any) -> bool:
+    """No inf or nan in ``value`` (a number, or lists/tuples of them): they turn every output into nan."""
+    pending, seen = [value], set()
+    while pending:
+        item = pending.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            return False
+        if isinstance(item, (list, tuple)) and id(item) not in seen:
+            seen.add(id(item))
+            pending.extend(item)
+    return True

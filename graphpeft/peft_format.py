@@ -16,6 +16,7 @@ from torch import nn
 
 from .errors import LoadError
 from .match import ResolvedRule
+from .patterns import compile_peft_key, compile_regex
 from .rules import Pattern, Rule
 from .sites import Site
 
@@ -227,7 +228,7 @@ def _ia3_rules(config: dict[str, Any], sites: list[Site]) -> list[ResolvedRule]:
 def _peft_feedforward(fqn: str, feedforward: Any) -> bool:
     """PEFT's test: a regex must match the whole key; list entries match by suffix."""
     if isinstance(feedforward, str):
-        return re.fullmatch(feedforward, fqn) is not None
+        return compile_regex(feedforward, "feedforward_modules", LoadError).matches(fqn)
     return any(fqn.endswith(name) for name in feedforward)
 
 
@@ -249,13 +250,13 @@ def _peft_targets(fqn: str, targets: Any, config: dict[str, Any]) -> bool:
     if targets is None:
         return False
     if isinstance(targets, str):
-        hit = re.fullmatch(targets, fqn) is not None
+        hit = compile_regex(targets, "target_modules", LoadError).matches(fqn)
     else:
         hit = any(fqn == t or fqn.endswith("." + t) for t in targets)
     exclude = config.get("exclude_modules")
     if hit and exclude:
         if isinstance(exclude, str):
-            hit = re.fullmatch(exclude, fqn) is None
+            hit = not compile_regex(exclude, "exclude_modules", LoadError).matches(fqn)
         else:
             hit = not any(fqn == e or fqn.endswith("." + e) for e in exclude)
     layers = config.get("layers_to_transform")
@@ -269,6 +270,6 @@ def _peft_targets(fqn: str, targets: Any, config: dict[str, Any]) -> bool:
 
 def _pattern_value(fqn: str, patterns: dict[str, Any], default: Any) -> Any:
     for key, value in patterns.items():
-        if re.match(rf"(.*\.)?({key})$", fqn):
+        if compile_peft_key(key, "rank_pattern/alpha_pattern key", LoadError).matches(fqn):
             return value
     return default

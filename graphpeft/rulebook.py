@@ -12,7 +12,7 @@ from torch import nn
 
 from .errors import RuleError, did_you_mean
 from .match import ResolvedRule
-from .rules import Rule, RuleSet
+from .rules import Rule, RuleSet, check_unique_names
 
 
 def passes_dir() -> Path:
@@ -80,6 +80,7 @@ def resolve_rules(
     elif isinstance(rules, Rule):
         ruleset, chosen = _ruleset_of(model), [rules]
     elif isinstance(rules, Sequence) and rules and all(isinstance(r, Rule) for r in rules):
+        check_unique_names([r.name for r in rules], "the rules passed")
         ruleset, chosen = _ruleset_of(model), list(rules)
     else:
         raise RuleError(

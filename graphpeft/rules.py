@@ -9,19 +9,22 @@ user can write by hand.
 
 from __future__ import annotations
 
-import fnmatch
+import math
 import re
-import tomllib
+from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from .errors import RuleError, did_you_mean
+from .options import shown, validate_options
+from .patterns import compile_glob, compile_regex
 
 OP_KINDS = ("linear", "embedding", "conv2d", "attention", "module", "matmul", "grouped_mm")
 PATTERN_KEYS = ("op", "module", "regex", "class", "layers", "exclude", "param", "split")
 RULE_KEYS = ("name", "method", "targets", "required", "also")
+MAX_NAME_LENGTH = 128
 
 
 @dataclass(frozen=True)
@@ -34,7 +37,8 @@ class Pattern:
             ``module`` (a whole module, for the ``train`` method). ``None`` = any of
             linear/embedding/conv2d.
         module: glob(s) on the module FQN (``"*.self_attn.q_proj"``).
-        regex: regular expression that must match the whole FQN.
+        regex: regular expression (Python syntax) that must match the whole FQN. Globs and regexes
+            run in time linear in the FQN (:mod:`graphpeft.patterns`).
         cls: module class name (``"Linear"``) or its dotted path.
         layers: layer indices (the first integer component of the FQN).
         exclude: globs; a site whose FQN matches any of them is left out.
@@ -56,44 +60,46 @@ class Pattern:
     exclude: tuple[str, ...] = ()
     param: tuple[str, ...] | None = None
     split: tuple[tuple[str, int | float], ...] | None = None
+    # compiled globs and regex (bounded: graphpeft.patterns), made from the fields above
+    _matchers: Any = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        if isinstance(self.param, (str, list)):
-            object.__setattr__(self, "param", (self.param,) if isinstance(self.param, str) else tuple(self.param))
+        for key in ("module", "exclude", "param"):
+            object.__setattr__(self, key, _as_globs(getattr(self, key), key))
+        if self.exclude is None:
+            object.__setattr__(self, "exclude", ())
         if isinstance(self.split, Mapping):
             object.__setattr__(self, "split", tuple(self.split.items()))
-        if isinstance(self.module, str):
-            object.__setattr__(self, "module", (self.module,))
-        if isinstance(self.exclude, str):
-            object.__setattr__(self, "exclude", (self.exclude,))
-        if self.layers is not None and not isinstance(self.layers, tuple):
+        if isinstance(self.layers, int) and not isinstance(self.layers, bool):
+            object.__setattr__(self, "layers", (self.layers,))
+        elif isinstance(self.layers, (list, range)):
             object.__setattr__(self, "layers", tuple(self.layers))
-        if isinstance(self.exclude, list):
-            object.__setattr__(self, "exclude", tuple(self.exclude))
-        if isinstance(self.module, list):
-            object.__setattr__(self, "module", tuple(self.module))
         self._validate()
 
     def _validate(self) -> None:
         if self.op is not None and self.op not in OP_KINDS:
             raise RuleError(
-                f"pattern op {self.op!r} is unknown{did_you_mean(self.op, OP_KINDS)}; "
+                f"pattern op {shown(self.op)} is unknown{did_you_mean(str(self.op), OP_KINDS)}; "
                 f"valid ops are {', '.join(OP_KINDS)}"
             )
         for glob in (self.module or ()) + self.exclude + (self.param or ()):
-            if not isinstance(glob, str) or not glob:
-                raise RuleError(f"pattern globs must be non-empty strings, got {glob!r}")
+            if not glob:
+                raise RuleError("pattern globs must be non-empty strings, got ''")
             if glob.count("[") != glob.count("]"):
-                raise RuleError(f"pattern glob {glob!r} has unbalanced brackets")
-        if self.regex is not None:
-            try:
-                re.compile(self.regex)
-            except re.error as exc:
-                raise RuleError(f"pattern regex {self.regex!r} does not compile: {exc}") from None
+                raise RuleError(f"pattern glob {shown(glob)} has unbalanced brackets")
+        # compiled once here (bounded: RE2), so a bad pattern fails when the rule is made, not when it matches
+        globs = {key: tuple(compile_glob(g, "pattern glob", RuleError) for g in getattr(self, key) or ())
+                 for key in ("module", "exclude", "param")}
+        regex = None if self.regex is None else compile_regex(self.regex, "pattern regex", RuleError)
+        object.__setattr__(self, "_matchers", (globs, regex))
+        if self.cls is not None and not isinstance(self.cls, str):
+            raise RuleError(f"pattern class must be a class name string, got {shown(self.cls)}")
         if self.layers is not None:
+            if not isinstance(self.layers, tuple):
+                raise RuleError(f"pattern layers must be a list of non-negative integers, got {shown(self.layers)}")
             for layer in self.layers:
                 if isinstance(layer, bool) or not isinstance(layer, int) or layer < 0:
-                    raise RuleError(f"pattern layers must be non-negative integers, got {layer!r}")
+                    raise RuleError(f"pattern layers must be non-negative integers, got {shown(layer)}")
         if self.split is not None:
             _check_split(self.split)
         if self.module is None and self.regex is None and self.cls is None and self.op is None and self.param is None:
@@ -105,22 +111,23 @@ class Pattern:
     def matches(self, op: str, fqn: str, cls: str, param: str | None = None) -> bool:
         """Whether a site of kind ``op`` in module ``fqn`` of class ``cls`` (reading parameter
         ``param``) is selected."""
-        if self.param is not None and (param is None or not any(fnmatch.fnmatchcase(param, g) for g in self.param)):
+        globs, regex = self._matchers
+        if self.param is not None and (param is None or not any(g.matches(param) for g in globs["param"])):
             return False
         if self.op is None:
             if op not in ("linear", "embedding", "conv2d") and not (self.param is not None and param is not None):
                 return False
         elif op != self.op:
             return False
-        if self.module is not None and not any(fnmatch.fnmatchcase(fqn, g) for g in self.module):
+        if self.module is not None and not any(g.matches(fqn) for g in globs["module"]):
             return False
-        if self.regex is not None and not re.fullmatch(self.regex, fqn):
+        if regex is not None and not regex.matches(fqn):
             return False
         if self.cls is not None and self.cls not in (cls, cls.rsplit(".", 1)[-1]):
             return False
         if self.layers is not None and layer_index(fqn) not in self.layers:
             return False
-        return not any(fnmatch.fnmatchcase(fqn, g) for g in self.exclude)
+        return not any(g.matches(fqn) for g in globs["exclude"])
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -144,46 +151,43 @@ class Pattern:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], where: str) -> Pattern:
-        if not isinstance(data, Mapping):
-            raise RuleError(f"{where}: a pattern must be a table like {{op = \"linear\", module = \"*.q_proj\"}}, got {data!r}")
-        for key in data:
-            if key not in PATTERN_KEYS:
-                raise RuleError(
-                    f"{where}: unknown pattern key {key!r}{did_you_mean(key, PATTERN_KEYS)}; "
-                    f"valid keys are {', '.join(PATTERN_KEYS)}"
-                )
-        kinds = {
-            "op": str, "module": (str, list), "regex": str, "class": str, "layers": (int, list),
-            "exclude": (str, list), "param": (str, list), "split": Mapping,
-        }
-        for key, value in data.items():
-            if isinstance(value, bool) or not isinstance(value, kinds[key]):
-                raise RuleError(f"{where}: pattern key {key!r} has the wrong type: {value!r}")
-        layers = data.get("layers")
-        try:
-            return cls(
-                op=data.get("op"),
-                module=data.get("module"),
-                regex=data.get("regex"),
-                cls=data.get("class"),
-                layers=(layers,) if isinstance(layers, int) else layers,
-                exclude=data.get("exclude", ()),
-                param=data.get("param"),
-                split=data.get("split"),
-            )
-        except RuleError as exc:
-            raise RuleError(f"{where}: {exc}") from None
+        """The pattern a rule file's table ``{op = ..., module = ...}`` describes (``where`` names it in errors)."""
+        from .rule_files import pattern_from_dict
+
+        return pattern_from_dict(data, where)
 
 
-def _check_split(split: tuple[tuple[str, Any], ...]) -> None:
+def _as_tuple(value: Any, kinds: tuple[type, ...], what: str) -> tuple[Any, ...]:
+    """One item or a list/tuple of items of ``kinds`` as a tuple."""
+    items = (value,) if isinstance(value, kinds) else value
+    if not isinstance(items, (list, tuple)) or not all(isinstance(item, kinds) for item in items):
+        names = " or ".join(k.__name__ for k in kinds)
+        raise RuleError(f"{what} must be a {names} or a list of them, got {shown(value)}")
+    return tuple(items)
+
+
+def _as_globs(value: Any, key: str) -> tuple[str, ...] | None:
+    """A glob or a list of globs as a tuple (None stays None)."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return (value,)
+    if isinstance(value, (list, tuple)) and all(isinstance(g, str) for g in value):
+        return tuple(value)
+    raise RuleError(f"pattern key {key!r} must be a glob or a list of globs (strings), got {shown(value)}")
+
+
+def _check_split(split: Any) -> None:
+    if not isinstance(split, tuple) or not all(isinstance(part, tuple) and len(part) == 2 for part in split):
+        raise RuleError(f"pattern split must map part names to sizes, e.g. {{q = 768, k = 768, v = 768}}, got {shown(split)}")
     names = [name for name, _ in split]
     if not split:
         raise RuleError("pattern split is empty; name the parts, e.g. split = {q = 768, k = 768, v = 768}")
-    if len(set(names)) != len(names) or not all(isinstance(n, str) and n for n in names):
-        raise RuleError(f"pattern split names must be distinct non-empty strings, got {names!r}")
+    if not all(isinstance(n, str) and n for n in names) or len(set(names)) != len(names):
+        raise RuleError(f"pattern split names must be distinct non-empty strings, got {shown(names)}")
     for name, size in split:
-        if isinstance(size, bool) or not isinstance(size, (int, float)) or size <= 0:
-            raise RuleError(f"pattern split part {name!r} must be a positive size or proportion, got {size!r}")
+        if isinstance(size, bool) or not isinstance(size, (int, float)) or not math.isfinite(size) or size <= 0:
+            raise RuleError(f"pattern split part {name!r} must be a finite positive size or proportion, got {shown(size)}")
 
 
 _LAYER = re.compile(r"(?:^|\.)(\d+)(?:\.|$)")
@@ -213,26 +217,21 @@ class Rule:
     also: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        if isinstance(self.targets, (str, Pattern)):
-            object.__setattr__(self, "targets", (self.targets,))
-        elif not isinstance(self.targets, tuple):
-            object.__setattr__(self, "targets", tuple(self.targets))
-        if not isinstance(self.name, str) or not self.name:
-            raise RuleError(f"a rule needs a non-empty string name, got {self.name!r}")
-        if isinstance(self.also, str):
-            object.__setattr__(self, "also", (self.also,))
-        elif not isinstance(self.also, tuple):
-            object.__setattr__(self, "also", tuple(self.also))
+        if not isinstance(self.name, str) or not self.name or len(self.name) > MAX_NAME_LENGTH:
+            raise RuleError(
+                f"a rule needs a non-empty string name of at most {MAX_NAME_LENGTH} characters, got {shown(self.name)}"
+            )
+        where = f"rule {self.name!r}"
+        object.__setattr__(self, "targets", _as_tuple(self.targets, (str, Pattern), f"{where}: 'targets'"))
+        object.__setattr__(self, "also", _as_tuple(self.also, (str,), f"{where}: 'also'"))
         if not self.targets:
-            raise RuleError(f"rule {self.name!r}: 'targets' is empty; name at least one site or pattern")
+            raise RuleError(f"{where}: 'targets' is empty; name at least one site or pattern")
+        if not isinstance(self.required, bool):
+            raise RuleError(f"{where}: 'required' must be True or False, got {shown(self.required)}")
         from .methods import get_method
 
-        method = get_method(self.method, where=f"rule {self.name!r}")
-        from .options import validate_options
-
-        object.__setattr__(
-            self, "options", validate_options(method.options, dict(self.options), f"rule {self.name!r}")
-        )
+        method = get_method(self.method, where=where)
+        object.__setattr__(self, "options", validate_options(method.options, self.options, where))
 
     def with_options(self, **overrides: Any) -> Rule:
         """A copy with some options replaced (validated like the originals)."""
@@ -256,24 +255,42 @@ class RuleSet:
     sites: Mapping[str, Pattern]
     rules: tuple[Rule, ...]
     source: str = "<python>"
+    _by_name: Mapping[str, Rule] = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.sites, Mapping) or not all(isinstance(p, Pattern) for p in self.sites.values()):
+            raise RuleError(f"{self.source}: sites must map site names to Pattern objects, got {shown(self.sites)}")
+        object.__setattr__(self, "rules", _as_tuple(self.rules, (Rule,), f"{self.source}: rules"))
+        check_unique_names([rule.name for rule in self.rules], self.source)
+        object.__setattr__(self, "_by_name", {rule.name: rule for rule in self.rules})
+        for rule in self.rules:
+            for name in rule.also:
+                self.rule(name)
+        cycle = _also_cycle(self._by_name)
+        if cycle:
+            path = " -> ".join(map(repr, cycle)) if len(cycle) <= 6 else " -> ".join(map(repr, cycle[:5])) + " -> ..."
+            raise RuleError(
+                f"{self.source}: 'also' forms a cycle ({path}); also names rules applied together with a rule, "
+                "and none of them may lead back to it"
+            )
 
     def rule(self, name: str) -> Rule:
-        for rule in self.rules:
-            if rule.name == name:
-                return rule
-        names = [r.name for r in self.rules]
+        if isinstance(name, str) and name in self._by_name:
+            return self._by_name[name]
+        names = list(self._by_name)
         raise RuleError(
-            f"{self.source} has no rule named {name!r}{did_you_mean(name, names)}; "
-            f"its rules are {', '.join(names) or '(none)'}"
+            f"{self.source} has no rule named {shown(name)}{did_you_mean(str(name), names)}; "
+            f"its rules are {listed(names)}"
         )
 
     def with_also(self, rule: Rule) -> list[Rule]:
         """``rule`` followed by the rules its ``also`` names (transitively, each once)."""
-        out, pending = [], [rule]
+        out, seen, pending = [], set(), deque([rule])
         while pending:
-            current = pending.pop(0)
-            if current in out:
+            current = pending.popleft()
+            if current.name in seen:
                 continue
+            seen.add(current.name)
             out.append(current)
             pending.extend(self.rule(name) for name in current.also)
         return out
@@ -288,101 +305,70 @@ class RuleSet:
                 out.append((target, self.sites[target]))
             else:
                 raise RuleError(
-                    f"rule {rule.name!r} in {self.source}: target {target!r} is not a site"
-                    f"{did_you_mean(target, self.sites)}; the file's sites are "
-                    f"{', '.join(self.sites) or '(none)'}"
+                    f"rule {rule.name!r} in {self.source}: target {shown(target)} is not a site"
+                    f"{did_you_mean(target, self.sites)}; the file's sites are {listed(self.sites)}"
                 )
         return out
 
     @classmethod
     def from_toml(cls, path: str | Path) -> RuleSet:
-        path = Path(path)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise RuleError(f"cannot read rule file {path}: {exc.strerror or exc}") from None
-        return cls.from_toml_text(text, source=str(path))
+        """The rule file at ``path`` (see :mod:`graphpeft.rule_files` for its limits)."""
+        from .rule_files import read_rule_file
+
+        return read_rule_file(path)
 
     @classmethod
     def from_toml_text(cls, text: str, source: str = "<string>") -> RuleSet:
-        try:
-            data = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as exc:
-            raise RuleError(f"{source} is not valid TOML: {exc}") from None
-        return cls.from_dict(data, source)
+        from .rule_files import ruleset_from_text
+
+        return ruleset_from_text(text, source)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], source: str = "<dict>") -> RuleSet:
-        for key in data:
-            if key not in ("model", "sites", "rules"):
-                raise RuleError(
-                    f"{source}: unknown top-level table {key!r}{did_you_mean(key, ('model', 'sites', 'rules'))}; "
-                    "a rule file has [model], [sites] and [[rules]]"
-                )
-        model = data.get("model", {})
-        if not isinstance(model, Mapping):
-            raise RuleError(f"{source}: [model] must be a table")
-        for key in model:
-            if key != "types":
-                raise RuleError(f"{source}: unknown key {key!r} in [model]{did_you_mean(key, ('types',))}")
-        types = model.get("types", [])
-        if not isinstance(types, list) or not all(isinstance(t, str) for t in types):
-            raise RuleError(f"{source}: [model] types must be a list of strings, got {types!r}")
-        raw_sites = data.get("sites", {})
-        if not isinstance(raw_sites, Mapping):
-            raise RuleError(f"{source}: [sites] must be a table of name = {{op = ..., module = ...}}")
-        sites = {name: Pattern.from_dict(p, f"{source}: site {name!r}") for name, p in raw_sites.items()}
-        raw_rules = data.get("rules", [])
-        if not isinstance(raw_rules, list):
-            raise RuleError(f"{source}: 'rules' must be an array of tables: write [[rules]]")
-        rules = []
-        for i, raw in enumerate(raw_rules):
-            rules.append(_rule_from_dict(raw, f"{source}: rule #{i + 1}"))
-        names = [r.name for r in rules]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            raise RuleError(f"{source}: rule names must be unique; {', '.join(map(repr, dupes))} appear twice")
-        ruleset = cls(tuple(types), sites, tuple(rules), source)
-        for rule in rules:
-            ruleset.resolve(rule)
-            for name in rule.also:
-                ruleset.rule(name)
-        return ruleset
+        from .rule_files import ruleset_from_dict
+
+        return ruleset_from_dict(data, source)
 
 
-def _rule_from_dict(raw: Any, where: str) -> Rule:
-    if not isinstance(raw, Mapping):
-        raise RuleError(f"{where}: must be a table")
-    if "name" in raw and isinstance(raw["name"], str):
-        where = f"{where.rsplit(': ', 1)[0]}: rule {raw['name']!r}"
-    for key in ("name", "method", "targets"):
-        if key not in raw:
-            raise RuleError(f"{where}: missing key {key!r}; every rule needs name, method and targets")
-    targets = raw["targets"]
-    if isinstance(targets, (str, Mapping)):
-        targets = [targets]
-    if not isinstance(targets, list):
-        raise RuleError(f"{where}: 'targets' must be a list of site names or patterns")
-    resolved: list[str | Pattern] = []
-    for target in targets:
-        if isinstance(target, str):
-            resolved.append(target)
-        else:
-            resolved.append(Pattern.from_dict(target, f"{where}: target"))
-    required = raw.get("required", True)
-    if not isinstance(required, bool):
-        raise RuleError(f"{where}: 'required' must be true or false")
-    also = raw.get("also", [])
-    if isinstance(also, str):
-        also = [also]
-    if not isinstance(also, list) or not all(isinstance(a, str) for a in also):
-        raise RuleError(f"{where}: 'also' must be a list of rule names")
-    options = {k: v for k, v in raw.items() if k not in RULE_KEYS}
-    try:
-        return Rule(raw["name"], raw["method"], tuple(resolved), options, required, tuple(also))
-    except RuleError as exc:
-        message = str(exc)
-        raise RuleError(message if message.startswith(where.split(":")[0]) else f"{where.split(': rule')[0]}: {message}") from None
+def check_unique_names(names: Sequence[str], source: str) -> None:
+    """Refuse two rules of one name: ``also``, ``file.toml#name`` and claims find rules by name."""
+    seen: set[str] = set()
+    twice = list(dict.fromkeys(name for name in names if name in seen or seen.add(name)))
+    if twice:
+        raise RuleError(
+            f"{source}: rule names must be unique; {listed(twice)} {'appears' if len(twice) == 1 else 'appear'} "
+            "more than once; rename the copies"
+        )
+
+
+def listed(names: Any, n: int = 8) -> str:
+    """The first ``n`` of ``names`` for a message, and how many more there are."""
+    names = list(names)
+    shown_names = ", ".join(shown(name) for name in names[:n]) or "(none)"
+    return shown_names + (f" (+{len(names) - n} more)" if len(names) > n else "")
+
+
+def _also_cycle(rules: Mapping[str, Rule]) -> list[str] | None:
+    """Names along a cycle of ``also`` links (first name repeated at the end), or None; iterative, so a chain
+    of any depth is walked once."""
+    state: dict[str, str] = {}
+    for root in rules:
+        if root in state:
+            continue
+        path, stack = [root], [iter(rules[root].also)]
+        state[root] = "open"
+        while stack:
+            child = next(stack[-1], None)
+            if child is None:
+                state[path.pop()] = "done"
+                stack.pop()
+            elif state.get(child) == "open":
+                return path[path.index(child):] + [child]
+            elif child not in state:
+                state[child] = "open"
+                path.append(child)
+                stack.append(iter(rules[child].also))
+    return None
 
 
 def _describe(pattern: Pattern) -> str:

@@ -1,0 +1,176 @@
+"""Hostile rule files, patterns and option values (issue #15): catastrophic regexes and globs from every place
+a pattern comes from, patterns RE2 cannot run, over-long patterns, deep and huge TOML, non-finite numbers,
+bools where numbers go, duplicate names, ``also`` cycles and chains, optional rules matching nothing.
+Each case must fail fast with a graphpeft error and leave every model as it was (``tests/catalogue.py``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from catalogue import RULES, Case, apply, check_case, edited, load, make_world, peft_config, q_rule, without_manifest
+from torch import nn
+
+import graphpeft
+from graphpeft import Pattern, Rule, RuleSet
+from graphpeft.errors import LoadError, MatchError, RuleError
+from graphpeft.rule_files import MAX_RULE_FILE_BYTES
+from test_patterns import watchdog
+
+Q_SITE = 'module = "*.self_attn.q_proj"'
+HANG = 30.0  # seconds: Python's backtracking would run for hours on these
+
+
+def peft_folder(w, **changes) -> Path:
+    """The saved adapter as a plain PEFT folder (no manifest) with ``changes`` in adapter_config.json."""
+    return peft_config(without_manifest(w.copy()), **changes)
+
+
+def ia3_folder(w, **config) -> Path:
+    folder = without_manifest(w.copy())
+    (folder / "adapter_config.json").write_text(json.dumps({"peft_type": "IA3", **config}))
+    return folder
+
+
+def manifest_target(w, **changes) -> Path:
+    return w.manifest(lambda d: d["rules"][0]["targets"][0].update(changes))
+
+
+def rule_file(text: str):
+    return lambda w: graphpeft.apply(w.base, w.rules(text))
+
+
+def chained_rules(count: int) -> str:
+    """``count`` optional rules matching nothing, each naming the next in ``also``."""
+    rules = [f'[[rules]]\nname = "r{i}"\nmethod = "lora"\ntargets = ["nothing"]\nrequired = false\nalso = ["r{i + 1}"]\n'
+             for i in range(count - 1)]
+    rules.append(f'[[rules]]\nname = "r{count - 1}"\nmethod = "lora"\ntargets = ["nothing"]\nrequired = false\n')
+    return '[sites]\nnothing = { op = "linear", module = "*.no_such_proj" }\n\n' + "\n".join(rules)
+
+
+def many_rules(count: int) -> str:
+    return RULES + "".join(f'\n[[rules]]\nname = "lora{i}"\nmethod = "lora"\ntargets = ["q"]\n' for i in range(count))
+
+
+class UnicodeNamed(nn.Module):
+    """A linear layer whose module name is not ASCII ('层')."""
+
+    def __init__(self):
+        super().__init__()
+        self.add_module("层", nn.Linear(4, 4))
+
+    def forward(self, x):
+        return getattr(self, "层")(x)
+
+
+def on_custom(make_rule):
+    return lambda w: graphpeft.apply(w.custom, make_rule(), example_inputs=(torch.randn(2, 4),))
+
+
+def write_bytes(w, data: bytes) -> str:
+    path = w.tmp / "rules.toml"
+    path.write_bytes(data)
+    return str(path)
+
+
+def symlink_to_dev_zero(w) -> str:
+    path = w.tmp / "zero.toml"
+    path.symlink_to("/dev/zero")
+    return str(path)
+
+
+CASES = [
+    # ------------------------------------------------ catastrophic regexes and globs, from every source
+    Case("rule_file_regex_catastrophic_backtracking", edited(Q_SITE, "regex = '(.+)+!'"), MatchError, "matches no site", timeout=HANG),
+    Case("rule_file_glob_of_many_stars", edited("*.self_attn.q_proj", "*a*a*a*a*a*a*a*a*a*a*a*b"), MatchError, "matches no site", timeout=HANG),
+    Case("python_pattern_regex_catastrophic_backtracking", apply(lambda w: Rule("x", "lora", Pattern(op="linear", regex=r"(\w+\.?)+!"))), MatchError, "matches no site", timeout=HANG),
+    Case("peft_target_modules_regex_catastrophic_backtracking", load(lambda w: peft_folder(w, target_modules="(.+)+!")), LoadError, "selects no linear/embedding/conv2d module", timeout=HANG),
+    Case("peft_exclude_modules_regex_catastrophic_backtracking", load(lambda w: peft_folder(w, target_modules=".*_proj", exclude_modules="(.+)+!")), LoadError, "lacks tensor", timeout=HANG),
+    Case("peft_rank_pattern_key_catastrophic_backtracking", load(lambda w: peft_folder(w, rank_pattern={"((.+)+!|q_proj)": 8})), LoadError, "another size", timeout=HANG),
+    Case("manifest_rule_regex_catastrophic_backtracking", load(lambda w: manifest_target(w, regex="(.+)+!")), LoadError, "matches no site", timeout=HANG),
+    # ------------------------------------------------ patterns RE2 cannot run, and over-long ones
+    Case("rule_file_regex_backreference", edited(Q_SITE, r"regex = '.*(q)\1_proj'"), RuleError, "uses a backreference, which graphpeft does not match"),
+    Case("rule_file_regex_lookbehind", edited(Q_SITE, "regex = '.*(?<!k)_proj'"), RuleError, "uses a lookaround assertion"),
+    Case("python_pattern_regex_possessive", apply(lambda w: Rule("x", "lora", Pattern(op="linear", regex=".*q_proj++"))), RuleError, "uses a possessive quantifier"),
+    Case("peft_alpha_pattern_key_backreference", load(lambda w: peft_folder(w, alpha_pattern={r"(q)\1": 16})), LoadError, "uses a backreference"),
+    Case("peft_feedforward_modules_backreference", load(lambda w: ia3_folder(w, target_modules=["q_proj"], feedforward_modules=r"(q)\1")), LoadError, "feedforward_modules '(q)\\\\1' uses a backreference"),
+    Case("manifest_rule_regex_lookahead", load(lambda w: manifest_target(w, regex="(?=m).*")), LoadError, "uses a lookaround assertion"),
+    Case("rule_file_regex_too_long", edited(Q_SITE, f"regex = '{'a' * 5000}'"), RuleError, "patterns are limited to 4096 characters"),
+    Case("rule_file_glob_too_long", edited("*.self_attn.q_proj", "*" + "a" * 5000), RuleError, "patterns are limited to 4096 characters"),
+    Case("peft_target_modules_regex_too_long", load(lambda w: peft_folder(w, target_modules="a" * 5000)), LoadError, "patterns are limited to 4096 characters"),
+    Case("regex_class_escape_on_unicode_module_name", on_custom(lambda: Rule("x", "lora", Pattern(op="linear", regex=r"\w+"))), RuleError, "outside printable ASCII", make=UnicodeNamed),
+    # ------------------------------------------------ deep and huge rule files
+    Case("rule_file_arrays_nested_too_deeply", rule_file(RULES + "x = " + "[" * 100_000 + "]" * 100_000 + "\n"), RuleError, "nested too deeply"),
+    Case("rule_file_tables_nested_too_deeply", rule_file(RULES + "x = " + "{a = " * 100_000 + "1" + "}" * 100_000 + "\n"), RuleError, "nested too deeply"),
+    Case("rule_file_larger_than_a_mebibyte", rule_file(RULES + "# " + "x" * (1 << 20) + "\n"), RuleError, "is larger than 1 MiB"),
+    Case("rule_file_with_fifty_thousand_rules", rule_file(many_rules(50_000)), RuleError, "is larger than 1 MiB"),
+    Case("rule_file_endless", lambda w: graphpeft.apply(w.base, symlink_to_dev_zero(w)), RuleError, "is larger than 1 MiB"),
+    Case("rule_file_not_utf8", lambda w: graphpeft.apply(w.base, write_bytes(w, b"\xff\xfe" + RULES.encode("utf-16-le"))), RuleError, "is not UTF-8 text"),
+    Case("rule_file_option_value_huge_list", edited("r = 4", "r = [" + "1, " * 100_000 + "1]"), RuleError, "key 'r' must be int"),
+    Case("rule_file_rule_name_too_long", edited('name = "lora"', f'name = "{"l" * 5000}"'), RuleError, "at most 128 characters"),
+    # ------------------------------------------------ non-finite numbers, bools where numbers go
+    Case("rule_file_alpha_inf", edited("r = 4", "r = 4\nalpha = inf"), RuleError, "key 'alpha' = inf must be a finite number"),
+    Case("rule_file_alpha_nan", edited("r = 4", "r = 4\nalpha = nan"), RuleError, "key 'alpha' = nan must be a finite number"),
+    Case("rule_file_split_proportion_inf", edited(Q_SITE, Q_SITE + ", split = { a = inf, b = 1 }"), RuleError, "must be a finite"),
+    Case("python_rule_alpha_inf", apply(lambda w: q_rule(alpha=float("inf"))), RuleError, "key 'alpha' = inf must be a finite number"),
+    Case("python_rule_scaling_nan", apply(lambda w: Rule("x", "bottleneck", Pattern(op="linear", module="*.down_proj"), {"scaling": float("nan")})), RuleError, "key 'scaling' = nan must be a finite number"),
+    Case("override_alpha_negative_inf", apply("lora", alpha=float("-inf")), RuleError, "must be a finite number"),
+    Case("rule_file_bool_option_as_int", edited("r = 4", "r = 4\nrslora = 1"), RuleError, "key 'rslora' must be bool, got 1 (int)"),
+    Case("rule_file_bool_option_as_string", edited("r = 4", 'r = 4\ndora = "false"'), RuleError, "key 'dora' must be bool"),
+    Case("python_rule_required_as_string", apply(lambda w: Rule("x", "lora", Pattern(op="linear", module="*.q_proj"), required="false")), RuleError, "'required' must be True or False"),
+    Case("python_rule_options_not_a_mapping", apply(lambda w: Rule("x", "lora", Pattern(op="linear", module="*.q_proj"), 5)), RuleError, "options must be a mapping"),
+    Case("python_pattern_module_not_a_string", apply(lambda w: Rule("x", "lora", Pattern(module=5))), RuleError, "pattern key 'module' must be a glob"),
+    # ------------------------------------------------ duplicate names, also cycles and chains, empty adapters
+    Case("python_rule_list_duplicate_names", apply(lambda w: [q_rule("a"), Rule("a", "lora", Pattern(op="linear", module="*.v_proj"))]), RuleError, "rule names must be unique; 'a' appears more than once"),
+    Case("python_ruleset_duplicate_names", apply(lambda w: RuleSet((), {}, (q_rule("a"), q_rule("a")))), RuleError, "rule names must be unique"),
+    Case("manifest_duplicate_rule_names", load(lambda w: w.manifest(lambda d: d["rules"].append(dict(d["rules"][0])))), LoadError, "rule names must be unique"),
+    Case("also_names_its_own_rule", edited("r = 4", 'r = 4\nalso = ["lora"]'), RuleError, "'also' forms a cycle ('lora' -> 'lora')"),
+    Case("also_cycle_of_two_rules", rule_file(RULES.replace("r = 4", 'r = 4\nalso = ["b"]') + '\n[[rules]]\nname = "b"\nmethod = "lora"\ntargets = ["v"]\nalso = ["lora"]\n'), RuleError, "'also' forms a cycle ('lora' -> 'b' -> 'lora')"),
+    Case("also_chain_ten_thousand_deep", rule_file(chained_rules(10_000)), MatchError, "would have no sites"),
+    Case("optional_only_rule_file_matches_nothing", rule_file(RULES.replace("r = 4", "r = 4\nrequired = false").replace("_proj", "_prj")), MatchError, "adapter 'default' would have no sites"),
+    Case("python_optional_rule_matches_nothing", apply(lambda w: Rule("x", "lora", Pattern(op="linear", module="*.qq_proj"), required=False)), MatchError, "closest FQNs model.layers.0.self_attn.q_proj"),
+]
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory):
+    return make_world(tmp_path_factory)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_hostile_input_raises_named_error_and_leaves_model_unchanged(case, shared, tmp_path, capfd):
+    check_case(case, shared, tmp_path, capfd)
+
+
+# ---------------------------------------------------------------------- behaviours that must work (not errors)
+
+
+def test_fifty_thousand_python_rules_resolve_in_linear_time():
+    rules = [Rule(f"r{i}", "lora", Pattern(op="linear", module="*.q_proj"), also=(f"r{i + 1}",) if i < 49_999 else ())
+             for i in range(50_000)]
+    with watchdog(60):
+        ruleset = RuleSet((), {}, tuple(rules))
+        chain = ruleset.with_also(ruleset.rules[0])
+    assert [rule.name for rule in chain] == [rule.name for rule in rules]
+
+
+def test_rule_file_of_ten_thousand_chained_rules_resolves_in_linear_time(tmp_path):
+    text = chained_rules(10_000)
+    assert len(text) < MAX_RULE_FILE_BYTES
+    path = tmp_path / "rules.toml"
+    path.write_text(text)
+    with watchdog(60):
+        ruleset = RuleSet.from_toml(path)
+        chain = ruleset.with_also(ruleset.rules[0])
+    assert len(chain) == 10_000
+
+
+def test_explain_reports_an_optional_rule_that_matches_nothing_instead_of_raising(shared):
+    rule = Rule("x", "lora", Pattern(op="linear", module="*.qq_proj"), required=False)
+    report = graphpeft.explain(shared[0], rule)
+    assert [item.rule for item in report.unmatched] == ["x"]
+    assert not report.sites and not report.ok
+    assert "would have no sites" in report.problems[0]
