@@ -1,4 +1,8 @@
-"""Which paths an adapter folder may use: the symbolic-link policy of loading.
+"""Which paths an adapter folder may use: the save target, and the symbolic-link policy of loading.
+
+Saving resolves the target first (``save_target``): a save through a link writes into the link's
+target, and a path that cannot name a folder (empty, a NUL byte, a name over 255 bytes, a link loop,
+a dangling link, the filesystem root, the working directory or a folder above it) is a SaveError.
 
 Loading follows a link only if it stays inside the adapter folder (``check_adapter_files``,
 ``check_sub_folder``). The one exception is the Hugging Face hub cache, which stores each snapshot
@@ -17,9 +21,70 @@ import stat
 from collections.abc import Iterable
 from pathlib import Path
 
-from .errors import LoadError
+from .errors import LoadError, SaveError
+
+NAME_MAX = 255
 
 
+def save_target(directory: object) -> Path:
+    """The real folder a save into ``directory`` writes (links resolved), or a SaveError saying why not."""
+    if not isinstance(directory, (str, os.PathLike)):
+        raise SaveError(f"save_directory must be a path (str or os.PathLike), got {type(directory).__name__}")
+    text = os.fsdecode(os.fspath(directory))
+    if not text:
+        raise SaveError("save_directory is empty; pass the folder to save into, e.g. 'out/adapter'")
+    if "\0" in text:
+        raise SaveError(f"save_directory {text!r} holds a NUL byte, which no filesystem allows in a name")
+    path = Path(text)
+    _check_name_lengths(path)
+    _check_links_on_the_way(path)
+    real = Path(os.path.realpath(path))
+    if real == real.parent:
+        raise SaveError(f"save_directory {text!r} is the filesystem root; save into a folder below it")
+    _check_not_around_working_directory(real)
+    return real
+
+
+def _check_not_around_working_directory(real: Path) -> None:
+    try:
+        working = Path(os.path.realpath(os.getcwd()))
+    except OSError:  # the working directory was deleted: nothing to protect
+        return
+    if real == working or real in working.parents:
+        raise SaveError(
+            f"{real} is the current working directory or holds it; a save swaps the folder for a new one, "
+            "so save into a folder that does not hold the working directory"
+        )
+
+
+def _check_name_lengths(path: Path) -> None:
+    for part in path.parts:
+        size = len(os.fsencode(part))
+        if size > NAME_MAX:
+            raise SaveError(
+                f"the name {part[:24]}... in save_directory is {size} bytes long; filesystems allow at most "
+                f"{NAME_MAX} bytes a name, choose a shorter one"
+            )
+
+
+def _check_links_on_the_way(path: Path) -> None:
+    """Refuse a link loop or a dangling link anywhere on ``path`` (a save never creates a link's target)."""
+    for step in [*reversed(path.parents), path]:
+        if not os.path.islink(step):
+            continue
+        try:
+            os.stat(step)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise SaveError(f"{step} is a symbolic link loop; point it at a folder or remove it") from None
+            if exc.errno == errno.ENOENT:
+                raise SaveError(
+                    f"{step} is a symbolic link to {os.readlink(step)}, which does not exist; create that folder "
+                    "or remove the link"
+                ) from None
+
+
+# ---------------------------------------------------------------------- load
 def cache_repo_root(folder: Path) -> Path | None:
     """The Hugging Face cache repo (``models--org--name``) whose ``snapshots/`` holds ``folder`` (a real path)."""
     for ancestor in folder.parents:

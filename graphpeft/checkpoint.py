@@ -5,9 +5,9 @@ A saved adapter directory holds
   - ``adapter_config.json``: PEFT's config, when PEFT can express the adapter (PEFT then loads it);
   - ``graphpeft.json``: the manifest: rules, sites, tensor shapes, versions, base-graph fingerprint.
 Adapters other than ``default`` go in sub-folders named after them (PEFT's layout).
-Writes are atomic: everything is written to a temporary sibling folder that is renamed into place.
-Loading reads only JSON and safetensors; nothing is unpickled or executed, and no link out of the
-folder is followed (see :mod:`graphpeft.adapter_paths`).
+Writes are atomic and replace only these files, keeping anything else in the folder (see
+:mod:`graphpeft.atomic_dir`). Loading reads only JSON and safetensors; nothing is unpickled or
+executed, and no link out of the folder is followed (see :mod:`graphpeft.adapter_paths`).
 """
 
 from __future__ import annotations
@@ -108,7 +108,12 @@ def _rule_record(resolved: ResolvedRule) -> dict[str, Any]:
 
 
 def save_pretrained(model: GraphPeftModel, directory: str | os.PathLike, adapter_names: list[str] | None = None, overwrite: bool = False) -> None:
-    """Write the adapters to ``directory`` (default at the top, others in sub-folders), atomically."""
+    """Write the adapters to ``directory`` (default at the top, others in sub-folders), atomically.
+
+    With ``overwrite=True`` only the adapter files are replaced: other files and folders in
+    ``directory`` (a trainer's ``optimizer.pt``, ``checkpoint-*/``) stay as they are. A ``directory``
+    that is a symbolic link is written through: the files land in its target, the link stays.
+    """
     names = list(adapter_names) if adapter_names is not None else list(model.adapter_specs)
     for name in names:
         model._spec(name)
@@ -119,7 +124,7 @@ def save_pretrained(model: GraphPeftModel, directory: str | os.PathLike, adapter
             folder.mkdir(exist_ok=True)
             _write_adapter(model, name, folder)
 
-    write_directory(Path(directory), write, overwrite, OWNED_FILES)
+    write_directory(directory, write, overwrite, OWNED_FILES)
 
 
 def _write_adapter(model: GraphPeftModel, name: str, folder: Path) -> None:
@@ -181,7 +186,7 @@ def adapter_folders(directory: str | os.PathLike, top_name: str = "default") -> 
 def prepare_folder(folder: Path) -> None:
     """Before reading ``folder``: repair a killed save of it, then refuse adapter files that are links
     out of the folder or not regular files (a FIFO would block the read)."""
-    recover(folder)
+    recover(folder, OWNED_FILES)
     check_adapter_files(folder, OWNED_FILES)
 
 

@@ -1,4 +1,4 @@
-"""Hostile folders: symbolic links out of the adapter folder, FIFOs and folders where files belong.
+"""Hostile paths and folders: bad save targets, symbolic links, FIFOs and folders where files belong.
 
 Catalogue cases (a named error, the model unchanged) and the behaviours the link policy must keep working:
 a Hugging Face cache snapshot, whose files are links into ``../../blobs``, loads; a link that leaves the
@@ -15,11 +15,11 @@ from pathlib import Path
 import mlp
 import pytest
 import torch
-from catalogue import Case, check_case, load, make_world, mkdir
+from catalogue import Case, check_case, load, make_world, mkdir, touch
 
 import graphpeft
 from graphpeft.checkpoint import restore_weights
-from graphpeft.errors import LoadError
+from graphpeft.errors import LoadError, SaveError
 
 SNAPSHOT = "3f1c0ffee"
 
@@ -84,7 +84,66 @@ def cache_link_into_other_repo(w) -> Path:
     return relinked(snapshot, "adapter_model.safetensors", other / "adapter_model.safetensors")
 
 
+def chat_model() -> graphpeft.GraphPeftModel:
+    """The MLP with one LoRA adapter named ``chat`` (saved into the sub-folder ``chat/``)."""
+    return graphpeft.apply(mlp.base(), mlp.LORA, adapter_name="chat", example_inputs=(mlp.example(),))
+
+
+def save_chat_into(w, prepare) -> None:
+    target = mkdir(w.tmp / "run")
+    prepare(target)
+    w.custom.save_pretrained(str(target), overwrite=True)
+
+
+def save_inside_the_working_directory(w) -> None:
+    """Save into the folder above the working directory (chdir back afterwards, pass or fail)."""
+    inner = mkdir(mkdir(w.tmp / "project") / "inner")
+    here = os.getcwd()
+    os.chdir(inner)
+    try:
+        w.wrapped.save_pretrained("..", overwrite=True)
+    finally:
+        os.chdir(here)
+
+
+def skip_as_root() -> None:
+    if os.geteuid() == 0:
+        pytest.skip("permissions do not bind root; /sys covers a read-only target for root")
+
+
+def save_under_read_only_parent(w) -> None:
+    skip_as_root()
+    parent = mkdir(w.tmp / "locked")
+    parent.chmod(0o500)
+    try:
+        w.wrapped.save_pretrained(str(parent / "adapter"))
+    finally:
+        parent.chmod(0o700)
+
+
+def save(path_of, **kwargs):
+    return lambda w: w.wrapped.save_pretrained(path_of(w), **kwargs)
+
+
 CASES = [
+    # ---------------------------------------------------------------- save targets
+    Case("save_directory_empty", save(lambda w: ""), SaveError, "save_directory is empty"),
+    Case("save_directory_none", save(lambda w: None), SaveError, "must be a path"),
+    Case("save_directory_with_nul_byte", save(lambda w: str(w.tmp / "a\0b")), SaveError, "NUL byte"),
+    Case("save_directory_name_too_long", save(lambda w: str(w.tmp / ("x" * 300))), SaveError, "is 300 bytes long"),
+    Case("save_directory_symlink_loop", save(lambda w: str(symlink(w.tmp / "loop", w.tmp / "loop"))), SaveError, "symbolic link loop"),
+    Case("save_directory_dangling_symlink", save(lambda w: str(symlink(w.tmp / "dangling", w.tmp / "nowhere"))), SaveError, "which does not exist"),
+    Case("save_directory_under_dangling_symlink", save(lambda w: str(symlink(w.tmp / "dangling", w.tmp / "nowhere") / "adapter")), SaveError, "which does not exist"),
+    Case("save_directory_symlink_to_a_file", save(lambda w: str(symlink(w.tmp / "link", touch(w.tmp / "file")))), SaveError, "it exists and is not a directory"),
+    Case("save_directory_filesystem_root", save(lambda w: "/"), SaveError, "the filesystem root"),
+    Case("save_directory_holds_working_directory", save_inside_the_working_directory, SaveError, "current working directory"),
+    Case("save_directory_under_read_only_sys", save(lambda w: "/sys/kernel/graphpeft-adapter"), SaveError, "choose a writable directory"),
+    Case("save_directory_under_read_only_parent", save_under_read_only_parent, SaveError, "choose a writable directory"),
+    # ---------------------------------------------------------------- what a save would have to destroy
+    Case("save_over_adapter_file_name_that_is_a_folder", save(lambda w: str(mkdir(mkdir(w.tmp / "run") / "adapter_model.safetensors").parent), overwrite=True), SaveError, "adapter_model.safetensors is a directory"),
+    Case("save_over_folder_with_a_fifo", save(lambda w: str(replaced_by_fifo(touch(mkdir(w.tmp / "run") / "pipe").parent, "pipe")), overwrite=True), SaveError, "pipe is a FIFO"),
+    Case("save_adapter_subfolder_over_a_file", lambda w: save_chat_into(w, lambda t: touch(t / "chat")), SaveError, "chat is in the way", make=chat_model),
+    Case("save_adapter_subfolder_over_a_symlink", lambda w: save_chat_into(w, lambda t: symlink(t / "chat", mkdir(w.tmp / "elsewhere"))), SaveError, "chat is in the way", make=chat_model),
     # ---------------------------------------------------------------- load: links and odd files
     Case("load_folder_symlink_loop", load(lambda w: symlink(w.tmp / "loop", w.tmp / "loop")), LoadError, "symbolic link loop"),
     Case("load_subfolder_link_out_of_the_folder", load(with_subfolder_link_out), LoadError, "outside the adapter folder"),
@@ -170,3 +229,29 @@ def test_sub_folder_link_out_that_holds_no_adapter_is_ignored(two_adapters, tmp_
     copy = Path(shutil.copytree(folder, tmp_path / "adapter"))
     symlink(copy / "logs", mkdir(tmp_path / "logs"))
     assert_same_adapters(mlp.load(str(copy)), expected)
+
+
+def test_save_into_a_cache_snapshot_replaces_the_links_and_leaves_the_blobs(two_adapters, tmp_path):
+    folder, _ = two_adapters
+    repo = tmp_path / "hub" / "models--org--adapter"
+    snapshot = hf_cache_repo(folder, repo)
+    blobs = {p.name: p.read_bytes() for p in (repo / "blobs").iterdir()}
+    mlp.adapted(seed=9).save_pretrained(str(snapshot), overwrite=True)
+    assert not (snapshot / "adapter_model.safetensors").is_symlink()
+    assert {p.name: p.read_bytes() for p in (repo / "blobs").iterdir()} == blobs
+
+
+# -------------------------------------------------------------------- save paths that must work
+def test_save_directory_with_dotdot_saves_into_the_folder_it_names(tmp_path):
+    (tmp_path / "a").mkdir()
+    mlp.adapted().save_pretrained(str(tmp_path / "a" / ".." / "b"))
+    assert sorted(os.listdir(tmp_path)) == ["a", "b"]
+    assert sorted(os.listdir(tmp_path / "b")) == ["adapter_config.json", "adapter_model.safetensors", "graphpeft.json"]
+
+
+def test_save_directory_named_near_the_length_limit_saves_and_overwrites(tmp_path):
+    folder = tmp_path / ("n" * 250)
+    mlp.adapted(seed=1).save_pretrained(str(folder))
+    mlp.adapted(seed=2).save_pretrained(str(folder), overwrite=True)
+    assert sorted(os.listdir(tmp_path)) == [folder.name]
+    assert sorted(os.listdir(folder)) == ["adapter_config.json", "adapter_model.safetensors", "graphpeft.json"]
