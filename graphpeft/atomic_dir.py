@@ -152,7 +152,11 @@ def recover(target: str | os.PathLike, owned_files: Collection[str]) -> None:
 
 def _recover_held(real: Path, owned: Collection[str], held: bool | None) -> None:
     """:func:`recover` once the lock is ours (``held`` True) or cannot be had on this filesystem (None)."""
-    for kind, pid, path in leftovers(real):
+    try:
+        found = leftovers(real)
+    except OSError:  # the parent cannot be listed: nothing to repair that this process could see
+        return
+    for kind, pid, path in found:
         if writer_alive(pid, mine_is_stale=held is True):
             continue
         try:

@@ -66,6 +66,25 @@ def test_two_processes_saving_to_one_folder_get_success_or_save_error_and_leave_
     assert any(all(torch.equal(loaded[k], v) for k, v in weights_of(mlp.adapted(seed)).items()) for seed in (31, 32))
 
 
+def dead_pid() -> int:
+    finished = subprocess.Popen(["true"])
+    finished.wait()
+    return finished.pid
+
+
+def test_a_load_leaves_leftovers_alone_while_a_save_holds_the_lock_and_removes_them_after(tmp_path):
+    folder = tmp_path / "adapter"
+    mlp.adapted(seed=41).save_pretrained(str(folder))
+    stale = tmp_path / f".adapter.tmp-{dead_pid()}-abc123"
+    stale.mkdir()
+    with atomic_dir.parent_lock(tmp_path, wait=True) as held:
+        assert held
+        mlp.load(str(folder))
+        assert leftovers(folder) == [stale.name]
+    mlp.load(str(folder))
+    assert leftovers(folder) == []
+
+
 @pytest.fixture()
 def previous(tmp_path):
     """An adapter saved in ``tmp_path/adapter``, its file tree, and a second model to save over it."""

@@ -7,6 +7,7 @@ adapter folder (or the cache repo) does not.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import shutil
@@ -18,6 +19,7 @@ import torch
 from catalogue import Case, check_case, load, make_world, mkdir, touch
 
 import graphpeft
+import graphpeft.atomic_dir as atomic_dir
 from graphpeft.checkpoint import restore_weights
 from graphpeft.errors import LoadError, SaveError
 
@@ -121,6 +123,19 @@ def save_under_read_only_parent(w) -> None:
         parent.chmod(0o700)
 
 
+def save_while_another_save_holds_the_lock(w) -> None:
+    """Hold the parent folder's save lock (another open file description counts as another saver)."""
+    parent = mkdir(w.tmp / "busy")
+    handle = os.open(parent, os.O_RDONLY | os.O_DIRECTORY)
+    fcntl.flock(handle, fcntl.LOCK_EX)
+    waited, atomic_dir.LOCK_TIMEOUT_S = atomic_dir.LOCK_TIMEOUT_S, 0.2
+    try:
+        w.wrapped.save_pretrained(str(parent / "adapter"))
+    finally:
+        atomic_dir.LOCK_TIMEOUT_S = waited
+        os.close(handle)
+
+
 def save(path_of, **kwargs):
     return lambda w: w.wrapped.save_pretrained(path_of(w), **kwargs)
 
@@ -143,6 +158,7 @@ CASES = [
     Case("save_over_adapter_file_name_that_is_a_folder", save(lambda w: str(mkdir(mkdir(w.tmp / "run") / "adapter_model.safetensors").parent), overwrite=True), SaveError, "adapter_model.safetensors is a directory"),
     Case("save_over_folder_with_a_fifo", save(lambda w: str(replaced_by_fifo(touch(mkdir(w.tmp / "run") / "pipe").parent, "pipe")), overwrite=True), SaveError, "pipe is a FIFO"),
     Case("save_adapter_subfolder_over_a_file", lambda w: save_chat_into(w, lambda t: touch(t / "chat")), SaveError, "chat is in the way", make=chat_model),
+    Case("save_while_another_save_holds_the_lock", save_while_another_save_holds_the_lock, SaveError, "another process has been saving into"),
     Case("save_adapter_subfolder_over_a_symlink", lambda w: save_chat_into(w, lambda t: symlink(t / "chat", mkdir(w.tmp / "elsewhere"))), SaveError, "chat is in the way", make=chat_model),
     # ---------------------------------------------------------------- load: links and odd files
     Case("load_folder_symlink_loop", load(lambda w: symlink(w.tmp / "loop", w.tmp / "loop")), LoadError, "symbolic link loop"),
