@@ -1,9 +1,9 @@
 """Saves that race or fail midway end in success or a SaveError, and the folder holds one whole adapter.
 
-Two processes saving to one folder in a loop both get only successes or SaveErrors (saves into one
-parent folder take turns on an flock of that folder). A full disk, whether safetensors reports it
-(``SafetensorError``) or Python does (``OSError``), is a SaveError naming the cause, and the previous
-adapter stays as it was.
+Two processes saving to one folder in a loop, on a simulated slow filesystem that widens every race
+window, both get only successes (saves into one parent folder take turns on an flock of that folder).
+A full disk, whether safetensors reports it (``SafetensorError``) or Python does (``OSError``), is a
+SaveError naming the cause, and the previous adapter stays as it was.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import errno
 import multiprocessing
 import os
 import subprocess
+import time
 from pathlib import Path
 
 import mlp
@@ -24,7 +25,24 @@ import graphpeft.atomic_dir as atomic_dir
 import graphpeft.checkpoint as checkpoint
 from graphpeft.errors import SaveError
 
-ROUNDS = 40
+ROUNDS = 60
+
+
+def slow_filesystem() -> None:
+    """Make each ``Path.is_dir`` and ``os.rename`` take a millisecond or two, as on a network filesystem:
+    a save that checks the folder and then lists it leaves another save time to swap it away in between."""
+    real_is_dir, real_rename = Path.is_dir, os.rename
+
+    def is_dir_slowly(self):
+        answer = real_is_dir(self)
+        time.sleep(0.001)
+        return answer
+
+    def rename_slowly(src, dst):
+        real_rename(src, dst)
+        time.sleep(0.002)
+
+    Path.is_dir, os.rename = is_dir_slowly, rename_slowly
 
 
 def save_in_a_loop(target: str, seed: int, start, results) -> None:
@@ -32,6 +50,7 @@ def save_in_a_loop(target: str, seed: int, start, results) -> None:
     from graphpeft.errors import SaveError
 
     model = mlp.adapted(seed=seed)
+    slow_filesystem()
     start.wait()
     outcomes = []
     for _ in range(ROUNDS):
@@ -61,6 +80,7 @@ def test_two_processes_saving_to_one_folder_get_success_or_save_error_and_leave_
         child.join(timeout=60)
     unexpected = [o for seed in outcomes for o in outcomes[seed] if o != "ok" and not o.startswith("SaveError")]
     assert unexpected == []
+    assert all(o == "ok" for seed in outcomes for o in outcomes[seed]), "saves take turns, so each one succeeds"
     assert files(target) == ADAPTER_FILES and leftovers(target) == []
     loaded = weights_of(mlp.load(str(target)))
     assert any(all(torch.equal(loaded[k], v) for k, v in weights_of(mlp.adapted(seed)).items()) for seed in (31, 32))
