@@ -14,11 +14,14 @@ What a save of ``target`` guarantees:
   before the swap (:mod:`graphpeft.dir_merge`: hard links to the same files, links as links), so it
   is byte-identical afterwards and present at every moment but the swap. What cannot be carried (a
   FIFO, a mount point, a folder where an adapter file belongs) makes the save refuse, naming it.
+  A file another process writes into the folder during the save lands in the new folder (moved in
+  when the previous one is retired); only an open exactly between the two renames fails (ENOENT).
 * **A killed save loses nothing.** Before the swap the target is untouched; between the renames the
-  previous folder waits in ``.old-``; after them ``.old-`` holds only what the new folder holds too.
-  :func:`recover` (run by the next save or load) deletes a dead writer's ``.tmp-``, renames its
-  ``.old-`` back if the target is missing, and otherwise finishes retiring it. A ``.old-`` that cannot
-  be removed right away is reported with a warning and retried by every later save or load.
+  previous folder waits in ``.old-``; after them ``.old-`` holds the replaced adapter files, second
+  links to what the new folder kept, and what other writers added meanwhile. :func:`recover` (run by
+  the next save or load) deletes a dead writer's ``.tmp-``, renames its ``.old-`` back if the target
+  is missing, and otherwise finishes retiring it. A ``.old-`` that cannot be removed right away is
+  reported with a warning and retried by every later save or load.
 * **Saves take turns.** A save holds an flock on the parent folder (no lock file is left behind), so
   two processes saving into one folder get one complete adapter each in turn; any other failure,
   including a race with a writer that takes no lock, is a SaveError with the previous contents unchanged.
@@ -201,6 +204,8 @@ def writer_alive(pid: int, mine_is_stale: bool) -> bool:
     this very process is from an earlier save that is over (``mine_is_stale``)."""
     if pid == os.getpid():
         return not mine_is_stale
+    if os.name == "nt":  # os.kill(pid, 0) would terminate the process there
+        return True
     try:
         os.kill(pid, 0)
     except (ProcessLookupError, OverflowError):
@@ -264,7 +269,7 @@ def _fsync_files(folder: Path) -> None:
 def _fsync_folder(folder: Path) -> None:
     """Make a folder's entries durable (best effort: some filesystems cannot fsync a folder)."""
     try:
-        handle = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        handle = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
     except OSError:
         return
     try:
