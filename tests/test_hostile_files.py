@@ -271,3 +271,9 @@ def test_save_directory_named_near_the_length_limit_saves_and_overwrites(tmp_pat
     mlp.adapted(seed=2).save_pretrained(str(folder), overwrite=True)
     assert sorted(os.listdir(tmp_path)) == [folder.name]
     assert sorted(os.listdir(folder)) == ["adapter_config.json", "adapter_model.safetensors", "graphpeft.json"]
+
+
+def test_save_directory_with_doubled_and_trailing_separators_saves_into_the_folder_it_names(tmp_path):
+    mlp.adapted().save_pretrained(f"{tmp_path}//runs///adapter/")
+    assert sorted(os.listdir(tmp_path / "runs")) == ["adapter"]
+    assert sorted(os.listdir(tmp_path / "runs" / "adapter")) == ["adapter_config.json", "adapter_model.safetensors", "graphpeft.json"]
