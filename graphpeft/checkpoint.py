@@ -5,8 +5,9 @@ A saved adapter directory holds
   - ``adapter_config.json``: PEFT's config, when PEFT can express the adapter (PEFT then loads it);
   - ``graphpeft.json``: the manifest: rules, sites, tensor shapes, versions, base-graph fingerprint.
 Adapters other than ``default`` go in sub-folders named after them (PEFT's layout).
-Writes are atomic: everything is written to a temporary sibling folder that is renamed into place.
-Loading reads only JSON and safetensors; nothing is unpickled or executed.
+Writes are atomic and replace only these files, keeping anything else in the folder (see
+:mod:`graphpeft.atomic_dir`). Loading reads only JSON and safetensors; nothing is unpickled or
+executed, and no link out of the folder is followed (see :mod:`graphpeft.adapter_paths`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from .adapter_paths import check_adapter_files, check_folder, check_sub_folder, link_root
 from .atomic_dir import recover, write_directory
 from .errors import AdapterError, GraphPeftError, LoadError
 from .match import ResolvedRule
@@ -106,7 +108,12 @@ def _rule_record(resolved: ResolvedRule) -> dict[str, Any]:
 
 
 def save_pretrained(model: GraphPeftModel, directory: str | os.PathLike, adapter_names: list[str] | None = None, overwrite: bool = False) -> None:
-    """Write the adapters to ``directory`` (default at the top, others in sub-folders), atomically."""
+    """Write the adapters to ``directory`` (default at the top, others in sub-folders), atomically.
+
+    With ``overwrite=True`` only the adapter files are replaced: other files and folders in
+    ``directory`` (a trainer's ``optimizer.pt``, ``checkpoint-*/``) stay as they are. A ``directory``
+    that is a symbolic link is written through: the files land in its target, the link stays.
+    """
     names = list(adapter_names) if adapter_names is not None else list(model.adapter_specs)
     for name in names:
         model._spec(name)
@@ -117,7 +124,7 @@ def save_pretrained(model: GraphPeftModel, directory: str | os.PathLike, adapter
             folder.mkdir(exist_ok=True)
             _write_adapter(model, name, folder)
 
-    write_directory(Path(directory), write, overwrite, OWNED_FILES)
+    write_directory(directory, write, overwrite, OWNED_FILES)
 
 
 def _write_adapter(model: GraphPeftModel, name: str, folder: Path) -> None:
@@ -154,16 +161,33 @@ def read_tensors(path: Path) -> dict[str, torch.Tensor]:
 
 
 def is_adapter_folder(folder: Path) -> bool:
-    return (folder / MANIFEST).is_file() or (folder / PEFT_CONFIG).is_file()
+    """Whether ``folder`` holds an adapter's manifest or PEFT config (of any file type: the load checks it)."""
+    return os.path.lexists(folder / MANIFEST) or os.path.lexists(folder / PEFT_CONFIG)
 
 
 def adapter_folders(directory: str | os.PathLike, top_name: str = "default") -> list[tuple[str, Path]]:
-    """``(adapter name, folder)`` for the adapter at the top of ``directory`` and each sub-folder adapter."""
+    """``(adapter name, folder)`` for the adapter at the top of ``directory`` and each sub-folder adapter.
+
+    A sub-folder that is a symbolic link out of ``directory`` (and out of its Hugging Face cache
+    repo) is refused with a LoadError if it holds an adapter, and ignored otherwise.
+    """
     folder = Path(directory)
+    check_folder(folder)
     found = [(top_name, folder)] if is_adapter_folder(folder) else []
     if folder.is_dir():
-        found += [(sub.name, sub) for sub in sorted(folder.iterdir()) if sub.is_dir() and is_adapter_folder(sub)]
+        root = link_root(folder)
+        for sub in sorted(folder.iterdir()):
+            if sub.is_dir() and is_adapter_folder(sub):
+                check_sub_folder(sub, root)
+                found.append((sub.name, sub))
     return found or [(top_name, folder)]  # load_into explains why the folder is not an adapter
+
+
+def prepare_folder(folder: Path) -> None:
+    """Before reading ``folder``: repair a killed save of it, then refuse adapter files that are links
+    out of the folder or not regular files (a FIFO would block the read)."""
+    recover(folder, OWNED_FILES)
+    check_adapter_files(folder, OWNED_FILES)
 
 
 def load_into(model: GraphPeftModel, directory: str | os.PathLike, adapter_name: str = "default", is_trainable: bool = False) -> None:
@@ -174,7 +198,7 @@ def load_into(model: GraphPeftModel, directory: str | os.PathLike, adapter_name:
             f"adapter {adapter_name!r} already exists; pass another adapter_name or delete_adapter({adapter_name!r}) first"
         )
     folder = Path(directory)
-    recover(folder)
+    prepare_folder(folder)
     if not folder.is_dir():
         raise LoadError(f"{folder} is not a directory; pass the folder save_pretrained wrote")
     if (folder / MANIFEST).is_file():
@@ -216,7 +240,7 @@ def restore_weights(model: GraphPeftModel, directory: str | os.PathLike, adapter
     """
     spec = model._spec(adapter_name)
     folder = Path(directory)
-    recover(folder)
+    prepare_folder(folder)
     if (folder / MANIFEST).is_file():
         saved_sites = set(read_json(folder / MANIFEST).get("sites", {}))
         if saved_sites != set(spec.claims):

@@ -9,14 +9,11 @@ manifest), and resumes by copying the saved weights into the live adapter in pla
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 
 from transformers import Trainer
 
-from .atomic_dir import foreign_entries
-from .checkpoint import MANIFEST, OWNED_FILES, restore_weights
+from .checkpoint import restore_weights
 from .runtime import GraphPeftModel
 
 
@@ -39,24 +36,9 @@ class AdapterTrainer(Trainer):
 
 
 def save_into(model: GraphPeftModel, folder: Path) -> None:
-    """Save the adapters into ``folder``, keeping the files other writers put there.
+    """Save the adapters into ``folder`` (a checkpoint or the output folder), atomically.
 
-    An empty or adapter-only folder is replaced atomically. A folder that also holds other files
-    (a checkpoint that a resumed run writes again: ``optimizer.pt``, ``trainer_state.json``) gets the
-    adapter files one by one, each replaced atomically, the manifest last.
+    Only the adapter's files are replaced: the trainer's own files (``optimizer.pt``,
+    ``trainer_state.json``, ``rng_state*.pth``) and other checkpoints in the folder stay as they are.
     """
-    if not foreign_entries(folder, OWNED_FILES):
-        model.save_pretrained(str(folder), overwrite=True)
-        return
-    staging = folder / f".adapter.tmp-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    model.save_pretrained(str(staging))
-    try:
-        entries = sorted(staging.iterdir(), key=lambda entry: entry.name == MANIFEST)
-        for entry in entries:
-            destination = folder / entry.name
-            if entry.is_dir() and destination.is_dir():
-                shutil.rmtree(destination)
-            os.replace(entry, destination)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    model.save_pretrained(str(folder), overwrite=True)

@@ -62,6 +62,19 @@ os.rename = rename_then_pause
 model.save_pretrained(str(target), overwrite=True)
 """
 
+# Pause right after the new folder is in place, before the previous one (now ``.old-``) is emptied.
+PAUSE_AFTER_SWAP = """
+real_rename = os.rename
+
+def rename_then_pause(src, dst):
+    real_rename(src, dst)
+    if ".tmp-" in str(src):
+        pause_here()
+
+os.rename = rename_then_pause
+model.save_pretrained(str(target), overwrite=True)
+"""
+
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
@@ -81,6 +94,19 @@ def saved(reference, tmp_path):
     target = tmp_path / "adapter"
     shutil.copytree(folder, target)
     return target, outputs
+
+
+def with_trainer_files(target: Path) -> dict[str, bytes]:
+    """Put a trainer's files next to the adapter in ``target``; return them by name."""
+    extra = {"optimizer.pt": b"optimizer state" * 50, "trainer_state.json": b'{"global_step": 10}'}
+    for name, data in extra.items():
+        (target / name).write_bytes(data)
+    return extra
+
+
+def assert_keeps(target: Path, extra: dict[str, bytes]) -> None:
+    for name, data in extra.items():
+        assert (target / name).read_bytes() == data, name
 
 
 def kill_while_saving(target: Path, pause_code: str) -> None:
@@ -149,4 +175,24 @@ def test_kill_between_renames_restores_previous_adapter_on_load(reference, saved
     loaded = mlp.load(str(target)).adapter_parameters()
     for name, param in reference[0].adapter_parameters().items():
         assert torch.equal(loaded[name], param), name
+    assert leftovers(target) == []
+
+
+@pytest.mark.parametrize("pause", [PAUSE_MID_WRITE, PAUSE_BETWEEN_RENAMES, PAUSE_AFTER_SWAP], ids=["mid_write", "between_renames", "after_swap"])
+def test_kill_at_any_point_keeps_the_folders_other_files_once_loaded(saved, pause):
+    target, _ = saved
+    extra = with_trainer_files(target)
+    kill_while_saving(target, pause)
+    assert leftovers(target), "the kill did not land inside the save"
+    mlp.load(str(target))
+    assert leftovers(target) == []
+    assert_keeps(target, extra)
+    assert sorted(os.listdir(target)) == sorted(["adapter_config.json", "adapter_model.safetensors", "graphpeft.json", *extra])
+
+
+def test_kill_after_the_swap_leaves_the_new_adapter_in_place(reference, saved):
+    target, outputs = saved
+    kill_while_saving(target, PAUSE_AFTER_SWAP)
+    assert any(".old-" in name for name in leftovers(target))
+    assert not torch.equal(outputs_of(target), outputs), "the child saved another adapter over the reference"
     assert leftovers(target) == []

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
+from folder_state import tree
 from models import tiny_llama
 from transformers import Trainer, TrainingArguments
 
@@ -93,3 +96,12 @@ def test_adapter_trainer_saves_again_into_a_checkpoint_keeping_the_trainer_files
     AdapterTrainer(model=model, args=arguments(out, max_steps=4))._save(str(folder))
     assert set(os.listdir(folder)) == before
     assert read_tensors(folder / "adapter_model.safetensors").keys() == adapter_tensors(model, "default").keys()
+
+
+def test_adapter_trainer_final_save_into_the_output_dir_keeps_its_checkpoints(checkpointed, tmp_path):
+    model, out = checkpointed
+    run = Path(shutil.copytree(out, tmp_path / "run"))
+    before = {name: tree(run / name) for name in ("checkpoint-2", "checkpoint-4")}
+    AdapterTrainer(model=model, args=arguments(run, max_steps=4)).save_model(str(run))
+    assert {name: tree(run / name) for name in before} == before
+    assert read_tensors(run / "adapter_model.safetensors").keys() == adapter_tensors(model, "default").keys()
