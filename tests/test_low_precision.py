@@ -115,3 +115,15 @@ def test_bf16_expert_lora_matches_peft_target_parameters():
     assert (got.float() - truth).abs().max() <= 2 * peft_error
     assert (got.float() - expected).abs().max() <= 3 * peft_error
     assert (base(**inputs).logits.float() - truth).abs().max() > 10 * peft_error
+
+
+def test_bf16_fused_slice_merge_rounds_once_from_the_fp32_sum():
+    model = graphpeft.apply(tiny_gpt2().to(torch.bfloat16), c_attn_lora(slices=["q", "v"]))
+    host = model.adapters.get_submodule("transformer.h.0.attn.c_attn")
+    a, b = host.lora_A["default"], host.lora_B["default"]  # (r, 32), (64, r): q rows then v rows
+    weight = model.base_model.transformer.h[0].attn.c_attn.weight  # Conv1D: (in, out)
+    delta = torch.zeros(96, 32)
+    delta[:32], delta[64:] = (b.detach() @ a.detach() * 2.0).split(32)
+    expected = (weight.detach().float() + delta.T).to(torch.bfloat16)
+    model.merge()
+    assert torch.equal(weight.detach(), expected)

@@ -213,4 +213,5 @@ def merge(site: Site, options: dict[str, Any], model: nn.Module, a: torch.Tensor
                 f"cannot merge into {site.weight}: the op at {site.key} reads a copy of it, not a view; "
                 "keep the adapter unmerged"
             )
-        operand.add_((sign * operand_delta(site, options, a, b, scale)).to(operand.dtype))
+        # the sum is taken in fp32 and rounded once to the weight's dtype, as module sites merge
+        operand.copy_((operand.float() + sign * operand_delta(site, options, a, b, scale)).to(operand.dtype))
