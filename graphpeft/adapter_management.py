@@ -84,9 +84,9 @@ class AdapterManagement:
 
     def delete_adapter_state(self, adapter_name: str) -> None:
         """Drop whatever exists of an adapter (also a half-created one); no error if absent."""
-        for module in list(self.adapters.modules()):
-            if isinstance(module, (nn.ParameterDict, nn.ModuleDict)) and adapter_name in module:
-                del module[adapter_name]
+        for _, slot in list(adapter_slots(self.adapters)):
+            if adapter_name in slot:
+                del slot[adapter_name]
         self.adapter_specs.pop(adapter_name, None)
         self.active_adapters = [a for a in self.active_adapters if a != adapter_name]
         if not self.active_adapters and self.adapter_specs:
@@ -166,13 +166,31 @@ class AdapterManagement:
         print(f"trainable params: {trainable:,d} || all params: {total:,d} || trainable%: {100 * trainable / total:.4f}")
 
     def adapter_parameters(self, adapter_name: str | None = None) -> dict[str, nn.Parameter]:
-        """``name -> parameter`` of one adapter (all adapters when None)."""
+        """``name -> parameter`` of one adapter (all adapters when None).
+
+        An adapter owns exactly the entries under its name in the slots (``<host>.<slot>.<adapter>``):
+        a name that is also a part of some path (``"layers"``, ``"lora_A"``) selects only its own.
+        """
         out = {}
-        for name, param in self.adapters.named_parameters():
-            parts = name.split(".")
-            if adapter_name is None or adapter_name in parts:
-                out[name] = param
+        for path, slot in adapter_slots(self.adapters):
+            for name in [adapter_name] if adapter_name is not None else list(slot.keys()):
+                entry = slot[name] if name in slot else None
+                if isinstance(entry, nn.Parameter):
+                    out[f"{path}.{name}"] = entry
+                elif isinstance(entry, nn.Module):
+                    out.update({f"{path}.{name}.{sub}": p for sub, p in entry.named_parameters()})
         return out
+
+
+def adapter_slots(store: nn.Module, prefix: str = "") -> Iterator[tuple[str, nn.ParameterDict | nn.ModuleDict]]:
+    """``(path, slot)`` for every slot of the adapter tree ``store``, in registration order: the
+    ``ParameterDict``/``ModuleDict`` keyed by adapter name. The walk does not enter an adapter's own modules."""
+    for name, child in store._modules.items():
+        path = f"{prefix}.{name}" if prefix else name
+        if isinstance(child, (nn.ParameterDict, nn.ModuleDict)):
+            yield path, child
+        elif child is not None:
+            yield from adapter_slots(child, path)
 
 
 def check_adapter_name(name: Any) -> None:
