@@ -7,6 +7,7 @@ parameters under ``model.adapters.<base fqn>.<slot>.<adapter>``; this mixin keep
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -70,17 +71,26 @@ class AdapterManagement:
         self._graphs.clear()
 
     def set_adapter(self, adapter_name: str | Sequence[str]) -> None:
-        names = [adapter_name] if isinstance(adapter_name, str) else list(adapter_name)
+        """Make ``adapter_name`` (one name, or several applied in order) the active adapters."""
+        names = adapter_name_list(adapter_name, "set_adapter()")
+        if not names:
+            raise AdapterError(
+                "set_adapter([]) would run the bare base model; use `with model.disable_adapter():` for that, "
+                "or name at least one adapter"
+            )
         for name in names:
             self._spec(name)
         self.active_adapters = names
 
     def delete_adapter(self, adapter_name: str) -> None:
-        """Remove an adapter and its parameters."""
+        """Remove an adapter and its parameters. Deleting an active adapter warns, naming the new active ones."""
         self._spec(adapter_name)
         if adapter_name in self._merged:
             raise AdapterError(f"adapter {adapter_name!r} is merged; call unmerge() before deleting it")
+        was_active = adapter_name in self.active_adapters
         self.delete_adapter_state(adapter_name)
+        if was_active:
+            warnings.warn(f"{adapter_name!r} was the active adapter; {_active_now(self.active_adapters)}", stacklevel=2)
 
     def delete_adapter_state(self, adapter_name: str) -> None:
         """Drop whatever exists of an adapter (also a half-created one); no error if absent."""
@@ -131,6 +141,8 @@ class AdapterManagement:
         load_into(self, directory, adapter_name, is_trainable)
 
     def _spec(self, name: str) -> AdapterSpec:
+        if not isinstance(name, str):
+            raise AdapterError(f"adapter names are strings, got {name!r}; adapters: {', '.join(self.adapter_specs) or '(none)'}")
         if name not in self.adapter_specs:
             raise AdapterError(
                 f"no adapter named {name!r}{did_you_mean(name, self.adapter_specs)}; "
@@ -191,6 +203,28 @@ def adapter_slots(store: nn.Module, prefix: str = "") -> Iterator[tuple[str, nn.
             yield path, child
         elif child is not None:
             yield from adapter_slots(child, path)
+
+
+def adapter_name_list(value: Any, action: str) -> list[str]:
+    """``value`` (one adapter name, or a list or tuple of them) as a list of distinct names."""
+    names = [value] if isinstance(value, str) else value
+    if not isinstance(names, (list, tuple)):
+        raise AdapterError(f"{action} takes an adapter name or a list of adapter names, got {value!r}")
+    for name in names:
+        if not isinstance(name, str):
+            raise AdapterError(f"{action} takes adapter names as strings, got {name!r}")
+    for index, name in enumerate(names):
+        if name in names[:index]:
+            raise AdapterError(f"{action} names {name!r} twice; name each adapter once")
+    return list(names)
+
+
+def _active_now(active: list[str]) -> str:
+    if not active:
+        return "no adapter is active now; add or load one, or the model runs the bare base model"
+    if len(active) == 1:
+        return f"the active adapter is now {active[0]!r}"
+    return f"the active adapters are now {', '.join(map(repr, active))}"
 
 
 def check_adapter_name(name: Any) -> None:

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 from torch import nn
 
+from .adapter_management import adapter_name_list
 from .errors import AdapterError
 from .methods import get_method
 
@@ -20,9 +21,10 @@ class WeightFolding:
     active_adapters: list[str]
     quantization: str | None
 
-    def merge(self, adapter_names: Sequence[str] | None = None) -> None:
-        """Fold the adapters into the base weights; forward then runs the plain base graph."""
-        names = list(adapter_names) if adapter_names is not None else list(self.active_adapters)
+    def merge(self, adapter_names: str | Sequence[str] | None = None) -> None:
+        """Fold the adapters (one name, a list, or the active ones) into the base weights; forward then runs
+        the plain base graph."""
+        names = adapter_name_list(adapter_names, "merge()") if adapter_names is not None else list(self.active_adapters)
         if self.quantization:
             from .quantize import refuse_on_quantized
 

@@ -3,6 +3,8 @@ finished wrappers and replaced base parameters. The errors themselves are in ``t
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 from models import tiny_llama
@@ -33,3 +35,37 @@ def test_adapter_parameters_of_a_path_part_name_are_that_adapters_own(saved, nam
     own = model.adapter_parameters(name)
     assert len(own) == len(model.adapter_parameters("default"))
     assert all(key.endswith(f".{name}") for key in own)
+
+
+def two_adapters() -> graphpeft.GraphPeftModel:
+    model = graphpeft.apply(tiny_llama(layers=1), "lora", r=4, adapter_name="first")
+    model.add_adapter("second", "lora", r=4)
+    return model
+
+
+def test_deleting_the_active_adapter_warns_naming_the_new_active_one():
+    model = two_adapters()
+    with pytest.warns(UserWarning, match="'first' was the active adapter; the active adapter is now 'second'"):
+        model.delete_adapter("first")
+    assert model.active_adapters == ["second"]
+
+
+def test_deleting_the_last_adapter_warns_that_none_is_active():
+    model = graphpeft.apply(tiny_llama(layers=1), "lora", r=4)
+    with pytest.warns(UserWarning, match="no adapter is active now"):
+        model.delete_adapter("default")
+    assert model.active_adapters == []
+
+
+def test_deleting_an_inactive_adapter_does_not_warn():
+    model = two_adapters()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model.delete_adapter("second")
+    assert model.active_adapters == ["first"]
+
+
+def test_merge_takes_one_adapter_name_as_a_string():
+    model = two_adapters()
+    model.merge("second")
+    assert model._merged == ["second"]
