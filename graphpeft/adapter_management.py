@@ -18,6 +18,7 @@ from torch import nn
 from .errors import AdapterError, CallError, did_you_mean
 from .match import ResolvedRule, match
 from .methods import get_method
+from .ownership import hold
 from .rewrite import Claim
 from .sites import Site
 
@@ -53,6 +54,7 @@ class AdapterManagement:
 
         The first adapter becomes active; later ones wait for :meth:`set_adapter`.
         """
+        self._ensure_live("add_adapter()")
         check_adapter_name(adapter_name)
         if adapter_name in self.adapter_specs:
             raise AdapterError(f"adapter {adapter_name!r} already exists; delete it first or pick another name")
@@ -61,6 +63,7 @@ class AdapterManagement:
 
             rules = resolve_rules(self.base_model, rules, overrides)
         claims = match(rules, self.sites(), adapter_name)
+        hold(self.base_model, self)
         for param in self.base_model.parameters():
             param.requires_grad_(False)
         for site, claim in claims.values():
@@ -72,6 +75,7 @@ class AdapterManagement:
 
     def set_adapter(self, adapter_name: str | Sequence[str]) -> None:
         """Make ``adapter_name`` (one name, or several applied in order) the active adapters."""
+        self._ensure_live("set_adapter()")
         names = adapter_name_list(adapter_name, "set_adapter()")
         if not names:
             raise AdapterError(
@@ -84,6 +88,7 @@ class AdapterManagement:
 
     def delete_adapter(self, adapter_name: str) -> None:
         """Remove an adapter and its parameters. Deleting an active adapter warns, naming the new active ones."""
+        self._ensure_live("delete_adapter()")
         self._spec(adapter_name)
         if adapter_name in self._merged:
             raise AdapterError(f"adapter {adapter_name!r} is merged; call unmerge() before deleting it")
@@ -138,6 +143,7 @@ class AdapterManagement:
         """Add an adapter from a graphpeft or PEFT directory (this model is unchanged if it fails)."""
         from .checkpoint import load_into
 
+        self._ensure_live("load_adapter()")
         load_into(self, directory, adapter_name, is_trainable)
 
     def _spec(self, name: str) -> AdapterSpec:
@@ -153,6 +159,7 @@ class AdapterManagement:
     @contextlib.contextmanager
     def disable_adapter(self) -> Iterator[None]:
         """Run the base model inside this block (merged adapters are unmerged meanwhile)."""
+        self._ensure_live("disable_adapter()")
         merged = list(self._merged)
         if merged:
             self.unmerge()

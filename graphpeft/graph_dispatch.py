@@ -40,6 +40,7 @@ class GraphDispatch:
 
     def graph(self, **kwargs: Any) -> fx.GraphModule:
         """The rewritten GraphModule that a call with these kwargs runs (for inspection)."""
+        self._ensure_live("graph()")
         return self._graph(self._bind((), kwargs))
 
     def _graph_adapters(self) -> tuple[str, ...]:
@@ -136,6 +137,7 @@ class GraphDispatch:
 
     def _apply(self, fn: Any, recurse: bool = True) -> Any:
         # Graphs bake devices and dtypes into some ops (arange(..., device=cpu)); retrace after .to().
+        self._ensure_live("moving or casting the model (.to(), .half(), ...)")
         self._graphs.clear()
         self._base_graphs.clear()
         return super()._apply(fn, recurse)

@@ -10,6 +10,7 @@ from torch import nn
 from .adapter_management import adapter_name_list
 from .errors import AdapterError
 from .methods import get_method
+from .ownership import release
 
 
 class WeightFolding:
@@ -24,6 +25,7 @@ class WeightFolding:
     def merge(self, adapter_names: str | Sequence[str] | None = None) -> None:
         """Fold the adapters (one name, a list, or the active ones) into the base weights; forward then runs
         the plain base graph."""
+        self._ensure_live("merge()")
         names = adapter_name_list(adapter_names, "merge()") if adapter_names is not None else list(self.active_adapters)
         if self.quantization:
             from .quantize import refuse_on_quantized
@@ -46,6 +48,7 @@ class WeightFolding:
 
     def unmerge(self) -> None:
         """Undo :meth:`merge` (restores the base weights up to float rounding)."""
+        self._ensure_live("unmerge()")
         while self._merged:
             name = self._merged.pop()
             for site, claim in reversed(list(self._spec(name).claims.values())):
@@ -56,6 +59,7 @@ class WeightFolding:
         returns the quantized weight names."""
         from .quantize import quantize_base
 
+        self._ensure_live("quantize()")
         if self._merged:
             raise AdapterError("unmerge() before quantizing: merged adapters would be rounded into the codes")
         done = quantize_base(self.base_model, scheme)
@@ -74,6 +78,7 @@ class WeightFolding:
         """Give the base full-precision weights again (decoded from the codes); merging is then allowed."""
         from .quantize import dequantize_base
 
+        self._ensure_live("dequantize()")
         dequantize_base(self.base_model)
         self.quantization = None
         self._graphs.clear()
@@ -84,15 +89,23 @@ class WeightFolding:
         return bool(self._merged)
 
     def merge_and_unload(self) -> nn.Module:
-        """Merge the active adapters and return the base model itself (its own forward, generate, ...)."""
+        """Merge the active adapters and return the base model itself (its own forward, generate, ...).
+        This wrapper is finished afterwards (see :meth:`unload`)."""
+        self._ensure_live("merge_and_unload()")
         self.merge([a for a in self.active_adapters if a not in self._merged])
         return self.unload()
 
     def unload(self) -> nn.Module:
-        """Return the base model without adapters (merged ones stay folded in), trainability restored."""
+        """Return the base model without adapters (merged ones stay folded in), trainability restored.
+
+        The base is handed back: it may be adapted again, and this wrapper refuses every call that would
+        touch it (forward, merge, add_adapter, ...; saving its adapters still works)."""
+        self._ensure_live("unload()")
         self._refuse_quantized("unload()")
         for param in self.base_model.parameters():
             param.requires_grad_(self._grad_before.get(id(param), True))
         self._graphs.clear()
         self._base_graphs.clear()
+        self._unloaded = True
+        release(self.base_model, self)
         return self.base_model

@@ -3,7 +3,9 @@ finished wrappers and replaced base parameters. The errors themselves are in ``t
 
 from __future__ import annotations
 
+import gc
 import warnings
+import weakref
 
 import pytest
 import torch
@@ -69,3 +71,35 @@ def test_merge_takes_one_adapter_name_as_a_string():
     model = two_adapters()
     model.merge("second")
     assert model._merged == ["second"]
+
+
+def test_a_base_can_be_wrapped_again_after_unload():
+    base = tiny_llama(layers=1)
+    first = graphpeft.apply(base, "lora", r=4)
+    assert first.unload() is base
+    second = graphpeft.apply(base, "lora", r=4)
+    assert second.base_model is base
+
+
+def test_a_base_can_be_wrapped_again_once_its_wrapper_is_dropped():
+    base = tiny_llama(layers=1)
+    graphpeft.apply(base, "lora", r=4)  # dropped at once; it may linger in a reference cycle
+    assert graphpeft.apply(base, "lora", r=4).base_model is base
+
+
+def test_holding_a_base_writes_nothing_onto_it_and_keeps_neither_alive():
+    base = tiny_llama(layers=1)
+    attributes = set(vars(base))
+    wrapper = graphpeft.apply(base, "lora", r=4)
+    assert set(vars(base)) == attributes
+    refs = weakref.ref(base), weakref.ref(wrapper)
+    del base, wrapper
+    gc.collect()
+    assert [ref() for ref in refs] == [None, None]
+
+
+def test_adapters_of_an_unloaded_wrapper_can_still_be_saved(tmp_path):
+    model = graphpeft.apply(tiny_llama(layers=1), "lora", r=4)
+    model.unload()
+    model.save_pretrained(str(tmp_path / "adapter"))
+    assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()

@@ -5,9 +5,33 @@ graphpeft error naming the cause and leaves every model exactly as it was (see `
 from __future__ import annotations
 
 import pytest
+import torch
 from catalogue import Case, check_case, make_world
+from models import tiny_llama
 
+import graphpeft
 from graphpeft.errors import AdapterError
+
+IDS = torch.tensor([[5, 6, 7, 8]])
+
+
+def unloaded() -> graphpeft.GraphPeftModel:
+    """A wrapper that handed its base back with unload()."""
+    model = graphpeft.apply(tiny_llama(layers=1), "lora", r=4, init="random")
+    model.unload()
+    return model
+
+
+def merged_and_unloaded() -> graphpeft.GraphPeftModel:
+    """A wrapper that merged its adapter into the base and handed it back."""
+    model = graphpeft.apply(tiny_llama(layers=1), "lora", r=4, init="random")
+    model.merge_and_unload()
+    return model
+
+
+def after_unload(action, make=unloaded) -> dict:
+    """Case fields for ``action(wrapper)`` on a wrapper that was unloaded."""
+    return dict(act=lambda w: action(w.custom), error=AdapterError, fragment="GraphPeftModel that was unloaded", make=make)
 
 CASES = [
     # ---------------------------------------------------------------- adapter names and activation
@@ -20,6 +44,25 @@ CASES = [
     Case("merge_the_same_adapter_twice", lambda w: w.wrapped.merge(["default", "default"]), AdapterError, "names 'default' twice"),
     Case("delete_adapter_with_an_int", lambda w: w.wrapped.delete_adapter(3), AdapterError, "got 3"),
     Case("delete_unknown_adapter", lambda w: w.wrapped.delete_adapter("defualt"), AdapterError, "did you mean 'default'"),
+    # ---------------------------------------------------------------- one live wrapper per base
+    Case("apply_to_a_graphpeft_model", lambda w: graphpeft.apply(w.wrapped, "lora"), AdapterError, "it is already adapted; add another adapter to it with model.add_adapter"),
+    Case("load_onto_a_graphpeft_model", lambda w: graphpeft.load(w.wrapped, str(w.saved)), AdapterError, "model.load_adapter(...)"),
+    Case("apply_to_a_base_a_live_wrapper_holds", lambda w: graphpeft.apply(w.wrapped.base_model, "lora"), AdapterError, "already wrapped by a live GraphPeftModel"),
+    Case("load_onto_a_base_a_live_wrapper_holds", lambda w: graphpeft.load(w.wrapped.base_model, str(w.saved)), AdapterError, "use load_adapter() on that GraphPeftModel"),
+    Case("second_wrapper_adds_an_adapter_to_a_held_base", lambda w: graphpeft.GraphPeftModel(w.wrapped.base_model).add_adapter("x", "lora"), AdapterError, "or call its unload() first"),
+    # ---------------------------------------------------------------- a wrapper after unload() / merge_and_unload()
+    Case("forward_after_unload", **after_unload(lambda m: m(input_ids=IDS))),
+    Case("generate_after_unload", **after_unload(lambda m: m.generate(IDS, max_new_tokens=2))),
+    Case("merge_after_unload", **after_unload(lambda m: m.merge())),
+    Case("unmerge_after_merge_and_unload", **after_unload(lambda m: m.unmerge(), merged_and_unloaded)),
+    Case("add_adapter_after_unload", **after_unload(lambda m: m.add_adapter("again", "lora"))),
+    Case("load_adapter_after_unload", lambda w: w.custom.load_adapter(str(w.saved), "again"), AdapterError, "apply graphpeft again to the returned model", make=unloaded),
+    Case("set_adapter_after_unload", **after_unload(lambda m: m.set_adapter("default"))),
+    Case("delete_adapter_after_unload", **after_unload(lambda m: m.delete_adapter("default"))),
+    Case("unload_twice", **after_unload(lambda m: m.unload())),
+    Case("merge_and_unload_after_unload", **after_unload(lambda m: m.merge_and_unload())),
+    Case("to_dtype_after_unload", **after_unload(lambda m: m.to(torch.float64))),
+    Case("train_after_merge_and_unload", **after_unload(lambda m: m.train(), merged_and_unloaded)),
 ]
 
 
