@@ -21,6 +21,7 @@ from .methods import get_method
 from .ownership import hold
 from .rewrite import Claim
 from .sites import Site
+from .tied_weights import tied_parameters, warn_tied
 
 BASE = "__base__"
 
@@ -69,6 +70,7 @@ class AdapterManagement:
         for site, claim in claims.values():
             get_method(claim.method).create(site, claim.options, self.base_model, self.adapters, adapter_name)
         self.adapter_specs[adapter_name] = AdapterSpec(list(rules), claims)
+        warn_tied(adapter_name, claims, tied_parameters(self.base_model))
         if not self.active_adapters:
             self.active_adapters = [adapter_name]
         self._graphs.clear()

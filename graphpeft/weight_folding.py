@@ -11,6 +11,7 @@ from .adapter_management import adapter_name_list
 from .errors import AdapterError
 from .methods import get_method
 from .ownership import release
+from .tied_weights import refuse_tied, tied_parameters
 
 
 class WeightFolding:
@@ -31,8 +32,10 @@ class WeightFolding:
             from .quantize import refuse_on_quantized
 
             refuse_on_quantized(self.base_model, "merge()", "rounding the sum into codes would lose the adapter")
+        tied = tied_parameters(self.base_model)
         for name in names:
             spec = self._spec(name)
+            refuse_tied(name, spec.claims, tied)
             if name in self._merged:
                 raise AdapterError(f"adapter {name!r} is already merged; call unmerge() first")
             blocked = sorted(m for m in spec.methods() if not get_method(m).mergeable)
@@ -109,3 +112,4 @@ class WeightFolding:
         self._unloaded = True
         release(self.base_model, self)
         return self.base_model
+

@@ -9,9 +9,10 @@ import weakref
 
 import pytest
 import torch
-from models import tiny_llama
+from models import tiny_gpt2, tiny_llama
 
 import graphpeft
+from graphpeft import Pattern, Rule
 
 
 @pytest.fixture(scope="module")
@@ -103,3 +104,17 @@ def test_adapters_of_an_unloaded_wrapper_can_still_be_saved(tmp_path):
     model.unload()
     model.save_pretrained(str(tmp_path / "adapter"))
     assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
+
+
+WTE = Rule("wte", "lora", [Pattern(op="embedding", module="transformer.wte")], {"r": 4, "init": "random"})
+
+
+def test_lora_on_a_tied_embedding_warns_naming_both_parameters():
+    with pytest.warns(UserWarning, match="transformer.wte.weight is tied to lm_head.weight"):
+        graphpeft.apply(tiny_gpt2(), WTE)
+
+
+def test_lora_on_an_untied_weight_does_not_warn():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        graphpeft.apply(tiny_llama(layers=1), "lora", r=4)

@@ -7,9 +7,10 @@ from __future__ import annotations
 import pytest
 import torch
 from catalogue import Case, check_case, make_world
-from models import tiny_llama
+from models import tiny_gpt2, tiny_llama
 
 import graphpeft
+from graphpeft import Pattern, Rule
 from graphpeft.errors import AdapterError
 
 IDS = torch.tensor([[5, 6, 7, 8]])
@@ -29,6 +30,12 @@ def merged_and_unloaded() -> graphpeft.GraphPeftModel:
     return model
 
 
+def lora_on_tied_embedding() -> graphpeft.GraphPeftModel:
+    """GPT-2 with LoRA on ``wte``, whose weight is also ``lm_head``'s (tied)."""
+    with pytest.warns(UserWarning, match="tied"):
+        return graphpeft.apply(tiny_gpt2(), Rule("wte", "lora", [Pattern(op="embedding", module="transformer.wte")], {"init": "random"}))
+
+
 def after_unload(action, make=unloaded) -> dict:
     """Case fields for ``action(wrapper)`` on a wrapper that was unloaded."""
     return dict(act=lambda w: action(w.custom), error=AdapterError, fragment="GraphPeftModel that was unloaded", make=make)
@@ -44,6 +51,8 @@ CASES = [
     Case("merge_the_same_adapter_twice", lambda w: w.wrapped.merge(["default", "default"]), AdapterError, "names 'default' twice"),
     Case("delete_adapter_with_an_int", lambda w: w.wrapped.delete_adapter(3), AdapterError, "got 3"),
     Case("delete_unknown_adapter", lambda w: w.wrapped.delete_adapter("defualt"), AdapterError, "did you mean 'default'"),
+    Case("merge_into_a_tied_weight", lambda w: w.custom.merge(), AdapterError, "transformer.wte.weight is tied to lm_head.weight", make=lora_on_tied_embedding),
+    Case("merge_and_unload_into_a_tied_weight", lambda w: w.custom.merge_and_unload(), AdapterError, "keep the adapter unmerged", make=lora_on_tied_embedding),
     # ---------------------------------------------------------------- one live wrapper per base
     Case("apply_to_a_graphpeft_model", lambda w: graphpeft.apply(w.wrapped, "lora"), AdapterError, "it is already adapted; add another adapter to it with model.add_adapter"),
     Case("load_onto_a_graphpeft_model", lambda w: graphpeft.load(w.wrapped, str(w.saved)), AdapterError, "model.load_adapter(...)"),
