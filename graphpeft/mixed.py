@@ -37,6 +37,7 @@ ROWS = "graphpeft_adapter_rows"
 def mixed_call(model: GraphPeftModel, kwargs: dict[str, Any], adapter_names: Sequence[str]) -> Any:
     """Run ``model`` on ``kwargs`` with row i adapted by ``adapter_names[i]``."""
     order, rows = mixed_rows(model, adapter_names, _batch_size(kwargs))
+    model._drop_graphs_of_replaced_tensors()
     signature = model._signature(kwargs)
     key = (signature, ("mixed", *order))
     graph = model._graphs.get(key)

@@ -27,7 +27,7 @@ from torch import fx, nn
 from .adapter_management import BASE, AdapterManagement, AdapterSpec, check_adapter_name
 from .call_inputs import as_kwargs, bind_inputs
 from .errors import AdapterError, TraceError
-from .graph_dispatch import GraphDispatch
+from .graph_dispatch import BaseIdentity, GraphDispatch
 from .sites import Site
 from .trace import forward_parameters, is_transformers_model
 from .weight_folding import WeightFolding
@@ -77,6 +77,7 @@ class GraphPeftModel(AdapterManagement, WeightFolding, GraphDispatch, nn.Module)
         self.reuse_blocks = True  # export a few repeated blocks and copy the rest (graphpeft.block_reuse)
         self.quantization: str | None = None  # "int8" / "nf4" once quantize() ran (graphpeft.quantize)
         self._unloaded = False  # unload() / merge_and_unload() handed the base back (graphpeft.ownership)
+        self._base_identity = BaseIdentity(model)  # the base tensors the cached graphs read
 
     def __getattr__(self, name: str) -> Any:
         try:
@@ -153,6 +154,7 @@ class GraphPeftModel(AdapterManagement, WeightFolding, GraphDispatch, nn.Module)
 
         self._ensure_live("generate()")
         self._refuse_quantized("generate()")
+        self._drop_graphs_of_replaced_tensors()
         options = dict(
             max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p,
             eos_token_id=eos_token_id, pad_token_id=pad_token_id, generator=generator,

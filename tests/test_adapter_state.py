@@ -9,10 +9,12 @@ import weakref
 
 import pytest
 import torch
-from models import tiny_gpt2, tiny_llama
+from models import VOCAB, batch, tiny_gpt2, tiny_llama
 
 import graphpeft
 from graphpeft import Pattern, Rule
+
+INPUTS = batch("llama")
 
 
 @pytest.fixture(scope="module")
@@ -118,3 +120,55 @@ def test_lora_on_an_untied_weight_does_not_warn():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         graphpeft.apply(tiny_llama(layers=1), "lora", r=4)
+
+
+@pytest.fixture
+def cached():
+    """A tiny llama wrapped with a fresh LoRA (B = 0, so it computes the base's function), its graphs traced."""
+    base = tiny_llama(layers=1)
+    model = graphpeft.apply(base, "lora", r=4)
+    with torch.no_grad():
+        model(**INPUTS)
+    return base, model
+
+
+def logits_of(model: torch.nn.Module) -> torch.Tensor:
+    with torch.no_grad():
+        return model(**INPUTS).logits
+
+
+def test_forward_reads_base_parameters_replaced_by_an_assign_load(cached):
+    base, model = cached
+    before = logits_of(model)
+    base.load_state_dict(tiny_llama(layers=1, seed=3).state_dict(), assign=True)
+    assert (logits_of(model) - logits_of(base)).abs().max() <= 1e-5
+    assert (logits_of(model) - before).abs().max() > 1e-2
+
+
+def test_forward_reads_base_parameters_replaced_through_the_wrappers_assign_load(cached):
+    base, model = cached
+    replacement = {f"base_model.{k}": v for k, v in tiny_llama(layers=1, seed=3).state_dict().items()}
+    model.load_state_dict(replacement, strict=False, assign=True)
+    assert (logits_of(model) - logits_of(base)).abs().max() <= 1e-5
+
+
+def test_forward_reads_a_replaced_submodule(cached):
+    base, model = cached
+    base.lm_head = torch.nn.Linear(32, VOCAB, bias=False)
+    assert (logits_of(model) - logits_of(base)).abs().max() <= 1e-5
+
+
+def test_forward_reads_base_weights_changed_in_place(cached):
+    base, model = cached
+    with torch.no_grad():
+        base.model.layers[0].mlp.down_proj.weight.mul_(3)
+    assert (logits_of(model) - logits_of(base)).abs().max() <= 1e-5
+
+
+def test_generate_reads_base_parameters_replaced_by_an_assign_load(cached):
+    base, model = cached
+    prompt = INPUTS["input_ids"][1:]
+    model.generate(prompt, max_new_tokens=4)  # generation graphs traced
+    base.load_state_dict(tiny_llama(layers=1, seed=3).state_dict(), assign=True)
+    expected = base.generate(prompt, max_new_tokens=4, do_sample=False)
+    assert torch.equal(model.generate(prompt, max_new_tokens=4), expected)
