@@ -25,7 +25,7 @@ import torch
 from torch import fx, nn
 
 from .adapter_management import BASE, AdapterManagement, AdapterSpec, check_adapter_name
-from .call_inputs import as_kwargs, bind_inputs
+from .call_inputs import as_kwargs, bind_inputs, explained_failures
 from .errors import AdapterError, TraceError
 from .graph_dispatch import BaseIdentity, GraphDispatch
 from .sites import Site
@@ -116,16 +116,16 @@ class GraphPeftModel(AdapterManagement, WeightFolding, GraphDispatch, nn.Module)
         """
         self._ensure_live("forward()")
         kwargs = self._bind(args, kwargs)
-        if adapter_names is not None:
-            from .mixed import mixed_call
+        with explained_failures(self, kwargs):
+            if adapter_names is not None:
+                from .mixed import mixed_call
 
-            self._refuse_quantized("a mixed-adapter batch")
+                self._refuse_quantized("a mixed-adapter batch")
+                return mixed_call(self, kwargs, adapter_names)
+            from .virtual_inputs import expand
 
-            return mixed_call(self, kwargs, adapter_names)
-        from .virtual_inputs import expand
-
-        kwargs = expand(self, kwargs, self._graph_adapters())
-        return self._graph(kwargs)(**kwargs)
+            expanded = expand(self, kwargs, self._graph_adapters())
+            return self._graph(expanded)(**expanded)
 
     def generate(
         self,
@@ -159,7 +159,8 @@ class GraphPeftModel(AdapterManagement, WeightFolding, GraphDispatch, nn.Module)
             max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p,
             eos_token_id=eos_token_id, pad_token_id=pad_token_id, generator=generator,
         )
-        return generate(self, input_ids, attention_mask, adapter_names, **options, **unsupported)
+        with explained_failures(self, {"input_ids": input_ids}):
+            return generate(self, input_ids, attention_mask, adapter_names, **options, **unsupported)
 
     def _bind(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
         return bind_inputs(self, args, kwargs)

@@ -11,9 +11,23 @@ from models import tiny_gpt2, tiny_llama
 
 import graphpeft
 from graphpeft import Pattern, Rule
-from graphpeft.errors import AdapterError
+from graphpeft.errors import AdapterError, CallError
 
 IDS = torch.tensor([[5, 6, 7, 8]])
+MASK = torch.ones_like(IDS)
+
+
+def call(**inputs):
+    return lambda w: w.wrapped(**inputs)
+
+
+def gpt2() -> graphpeft.GraphPeftModel:
+    """GPT-2 (learned positions: 128 of them) with LoRA."""
+    return graphpeft.apply(tiny_gpt2(), "lora", r=4)
+
+
+def generate(*args, **kwargs):
+    return lambda w: w.wrapped.generate(*args, **kwargs)
 
 
 def unloaded() -> graphpeft.GraphPeftModel:
@@ -53,6 +67,35 @@ CASES = [
     Case("delete_unknown_adapter", lambda w: w.wrapped.delete_adapter("defualt"), AdapterError, "did you mean 'default'"),
     Case("merge_into_a_tied_weight", lambda w: w.custom.merge(), AdapterError, "transformer.wte.weight is tied to lm_head.weight", make=lora_on_tied_embedding),
     Case("merge_and_unload_into_a_tied_weight", lambda w: w.custom.merge_and_unload(), AdapterError, "keep the adapter unmerged", make=lora_on_tied_embedding),
+    # ---------------------------------------------------------------- call inputs
+    Case("float_input_ids", call(input_ids=IDS.float()), CallError, "input_ids must hold integer token ids, got a torch.float32 tensor"),
+    Case("bool_input_ids", call(input_ids=IDS.bool()), CallError, "must hold integer token ids"),
+    Case("input_ids_as_a_list", call(input_ids=[[5, 6, 7]]), CallError, "input_ids must be a torch.Tensor"),
+    Case("input_ids_without_batch_dim", call(input_ids=IDS[0]), CallError, "add the batch dimension"),
+    Case("input_ids_and_inputs_embeds", call(input_ids=IDS, inputs_embeds=torch.randn(1, 4, 32)), CallError, "not both"),
+    Case("inputs_embeds_of_another_width", call(inputs_embeds=torch.randn(1, 4, 16)), CallError, "the model's embedding width 32"),
+    Case("inputs_embeds_of_integers", call(inputs_embeds=torch.ones(1, 4, 32, dtype=torch.long)), CallError, "inputs_embeds must be floating point"),
+    Case("float_labels_for_a_language_model", call(input_ids=IDS, labels=IDS.float()), CallError, "labels of a language model are token ids"),
+    Case("empty_batch", call(input_ids=IDS[:0]), CallError, "empty batch"),
+    Case("empty_sequence", call(input_ids=IDS[:, :0]), CallError, "empty sequence"),
+    Case("attention_mask_shorter_than_input_ids", call(input_ids=IDS, attention_mask=MASK[:, :3]), CallError, "input_ids.size()[1] == attention_mask.size()[1]"),
+    Case("input_id_beyond_the_vocabulary", call(input_ids=IDS + 200), CallError, "input_ids hold 205, outside the vocabulary 0..95"),
+    Case("negative_input_id", call(input_ids=IDS - 9), CallError, "input_ids hold -4"),
+    Case("label_beyond_the_vocabulary", call(input_ids=IDS, labels=IDS + 200), CallError, "labels hold 205"),
+    Case("sequence_longer_than_learned_positions", lambda w: w.custom(input_ids=torch.randint(3, 96, (1, 130))), CallError, "longer than the model's 128 positions", make=gpt2),
+    Case("adapter_names_not_strings", call(input_ids=IDS, adapter_names=[1]), CallError, "adapter_names holds 1"),
+    Case("adapter_names_as_a_string", call(input_ids=IDS, adapter_names="default"), CallError, "one adapter name per row"),
+    Case("adapter_names_of_the_wrong_length", call(input_ids=IDS, adapter_names=["default", "default"]), CallError, "the batch has 1 rows"),
+    Case("adapter_names_unknown", call(input_ids=IDS, adapter_names=["nope"]), AdapterError, "which is no adapter of this model"),
+    # ---------------------------------------------------------------- generate()
+    Case("generate_float_prompt", generate(IDS.float()), CallError, "input_ids must be a 2-d integer tensor"),
+    Case("generate_prompt_beyond_the_vocabulary", generate(IDS + 200, max_new_tokens=2), CallError, "input_ids hold 205, outside the vocabulary"),
+    Case("generate_zero_new_tokens", generate(IDS, max_new_tokens=0), CallError, "max_new_tokens must be an integer >= 1"),
+    Case("generate_beam_search", generate(IDS, num_beams=4), CallError, "takes no option 'num_beams'"),
+    Case("generate_sampling_at_zero_temperature", generate(IDS, do_sample=True, temperature=0.0), CallError, "temperature must be > 0"),
+    Case("generate_past_the_positions", generate(IDS, max_new_tokens=200), CallError, "exceeds the model's 128 positions"),
+    Case("generate_right_padded_prompt", generate(IDS, attention_mask=torch.tensor([[1, 1, 1, 0]])), CallError, "pad prompts on the left"),
+    Case("generate_adapter_names_of_the_wrong_length", generate(IDS, max_new_tokens=2, adapter_names=["default", "default"]), CallError, "give one per row"),
     # ---------------------------------------------------------------- one live wrapper per base
     Case("apply_to_a_graphpeft_model", lambda w: graphpeft.apply(w.wrapped, "lora"), AdapterError, "it is already adapted; add another adapter to it with model.add_adapter"),
     Case("load_onto_a_graphpeft_model", lambda w: graphpeft.load(w.wrapped, str(w.saved)), AdapterError, "model.load_adapter(...)"),
