@@ -112,7 +112,7 @@ def explained_failures(model: Any, kwargs: dict[str, Any]) -> Iterator[None]:
     try:
         yield
     except IndexError as exc:
-        cause = _out_of_range(model.base_model, kwargs)
+        cause = _out_of_range(model.base_model, kwargs) if model._transformers else None
         if cause is None:
             raise
         raise CallError(cause) from exc
@@ -121,7 +121,7 @@ def explained_failures(model: Any, kwargs: dict[str, Any]) -> Iterator[None]:
             raise
         raise CallError(
             f"the inputs' shapes do not fit together ({str(exc).removeprefix('Guard failed: ').strip()}); "
-            "give every per-token input the shape of input_ids"
+            "give the inputs it names matching sizes"
         ) from exc
 
 
@@ -133,13 +133,13 @@ def _out_of_range(base: nn.Module, kwargs: dict[str, Any]) -> str | None:
         if vocab is not None and isinstance(ids, torch.Tensor):
             bad = ids[(ids < 0) | (ids >= vocab)]
             if bad.numel():
-                return f"{name} hold {int(bad[0])}, outside the vocabulary 0..{vocab - 1}; check the tokenizer matches the model"
+                return f"{name} holds id {int(bad[0])}, outside the vocabulary 0..{vocab - 1}; check the tokenizer matches the model"
     labels = kwargs.get("labels")
     classes = vocab if _is_language_model(base) else getattr(base.config, "num_labels", None)
     if classes is not None and isinstance(labels, torch.Tensor) and not labels.dtype.is_floating_point:
         bad = labels[((labels < 0) & (labels != -100)) | (labels >= classes)]
         if bad.numel():
-            return f"labels hold {int(bad[0])}, outside 0..{classes - 1} (or -100 to ignore a position)"
+            return f"labels holds {int(bad[0])}, outside 0..{classes - 1} (or -100 to ignore a position)"
     limit = _max_positions(base.config)
     for name in SEQUENCE_INPUTS:
         value = kwargs.get(name)

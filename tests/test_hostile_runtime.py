@@ -7,7 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 from catalogue import Case, check_case, make_world
-from models import tiny_gpt2, tiny_llama
+from models import tiny_bert, tiny_gpt2, tiny_llama
+from torch import nn
 
 import graphpeft
 from graphpeft import Pattern, Rule
@@ -24,6 +25,11 @@ def call(**inputs):
 def gpt2() -> graphpeft.GraphPeftModel:
     """GPT-2 (learned positions: 128 of them) with LoRA."""
     return graphpeft.apply(tiny_gpt2(), "lora", r=4)
+
+
+def bert() -> graphpeft.GraphPeftModel:
+    """BERT sequence classification (3 classes) with LoRA."""
+    return graphpeft.apply(tiny_bert(), "lora", r=4)
 
 
 def generate(*args, **kwargs):
@@ -79,9 +85,10 @@ CASES = [
     Case("empty_batch", call(input_ids=IDS[:0]), CallError, "empty batch"),
     Case("empty_sequence", call(input_ids=IDS[:, :0]), CallError, "empty sequence"),
     Case("attention_mask_shorter_than_input_ids", call(input_ids=IDS, attention_mask=MASK[:, :3]), CallError, "input_ids.size()[1] == attention_mask.size()[1]"),
-    Case("input_id_beyond_the_vocabulary", call(input_ids=IDS + 200), CallError, "input_ids hold 205, outside the vocabulary 0..95"),
-    Case("negative_input_id", call(input_ids=IDS - 9), CallError, "input_ids hold -4"),
-    Case("label_beyond_the_vocabulary", call(input_ids=IDS, labels=IDS + 200), CallError, "labels hold 205"),
+    Case("input_id_beyond_the_vocabulary", call(input_ids=IDS + 200), CallError, "input_ids holds id 205, outside the vocabulary 0..95"),
+    Case("negative_input_id", call(input_ids=IDS - 9), CallError, "input_ids holds id -4"),
+    Case("label_beyond_the_vocabulary", call(input_ids=IDS, labels=IDS + 200), CallError, "labels holds 205"),
+    Case("label_beyond_the_classes", lambda w: w.custom(input_ids=IDS, labels=torch.tensor([5])), CallError, "labels holds 5, outside 0..2", make=bert),
     Case("sequence_longer_than_learned_positions", lambda w: w.custom(input_ids=torch.randint(3, 96, (1, 130))), CallError, "longer than the model's 128 positions", make=gpt2),
     Case("adapter_names_not_strings", call(input_ids=IDS, adapter_names=[1]), CallError, "adapter_names holds 1"),
     Case("adapter_names_as_a_string", call(input_ids=IDS, adapter_names="default"), CallError, "one adapter name per row"),
@@ -89,7 +96,7 @@ CASES = [
     Case("adapter_names_unknown", call(input_ids=IDS, adapter_names=["nope"]), AdapterError, "which is no adapter of this model"),
     # ---------------------------------------------------------------- generate()
     Case("generate_float_prompt", generate(IDS.float()), CallError, "input_ids must be a 2-d integer tensor"),
-    Case("generate_prompt_beyond_the_vocabulary", generate(IDS + 200, max_new_tokens=2), CallError, "input_ids hold 205, outside the vocabulary"),
+    Case("generate_prompt_beyond_the_vocabulary", generate(IDS + 200, max_new_tokens=2), CallError, "input_ids holds id 205, outside the vocabulary"),
     Case("generate_zero_new_tokens", generate(IDS, max_new_tokens=0), CallError, "max_new_tokens must be an integer >= 1"),
     Case("generate_beam_search", generate(IDS, num_beams=4), CallError, "takes no option 'num_beams'"),
     Case("generate_sampling_at_zero_temperature", generate(IDS, do_sample=True, temperature=0.0), CallError, "temperature must be > 0"),
@@ -126,3 +133,19 @@ def shared(tmp_path_factory):
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_hostile_input_raises_named_error_and_leaves_model_unchanged(case, shared, tmp_path, capfd):
     check_case(case, shared, tmp_path, capfd)
+
+
+class Lookup(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.table = nn.Embedding(10, 4)
+        self.proj = nn.Linear(4, 4)
+
+    def forward(self, ids):
+        return self.proj(self.table(ids))
+
+
+def test_an_index_error_of_a_plain_module_is_raised_as_it_is():
+    model = graphpeft.apply(Lookup(), Rule("proj", "lora", [Pattern(module="proj")]), example_inputs=(torch.tensor([[1, 2]]),))
+    with pytest.raises(IndexError):
+        model(torch.tensor([[1, 12]]))
