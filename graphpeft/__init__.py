@@ -15,6 +15,7 @@ from typing import Any
 from torch import nn
 
 from .errors import GraphPeftError
+from .ownership import refuse_held
 from .rules import Pattern, Rule, RuleSet
 from .runtime import GraphPeftModel
 from .explain import explain  # noqa: E402  (after the submodule import, so the name is the function)
@@ -59,6 +60,7 @@ def apply(
 
     Only adapter parameters are trainable afterwards; the base weights are frozen, not copied.
     """
+    refuse_held(model, "apply", "add_adapter")
     for flag, value in (("checkpointing", checkpointing), ("reuse_blocks", reuse_blocks)):
         if not isinstance(value, bool):
             from .errors import CallError
@@ -100,6 +102,7 @@ def load(
     """
     from .checkpoint import adapter_folders, load_into
 
+    refuse_held(model, "load", "load_adapter")
     wrapped = GraphPeftModel(model, example_inputs=example_inputs, dynamic_shapes=dynamic_shapes)
     try:
         for name, folder in adapter_folders(directory, adapter_name):

@@ -7,6 +7,7 @@ parameters under ``model.adapters.<base fqn>.<slot>.<adapter>``; this mixin keep
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -17,8 +18,10 @@ from torch import nn
 from .errors import AdapterError, CallError, did_you_mean
 from .match import ResolvedRule, match
 from .methods import get_method
+from .ownership import hold
 from .rewrite import Claim
 from .sites import Site
+from .tied_weights import tied_parameters, warn_tied
 
 BASE = "__base__"
 
@@ -52,6 +55,7 @@ class AdapterManagement:
 
         The first adapter becomes active; later ones wait for :meth:`set_adapter`.
         """
+        self._ensure_live("add_adapter()")
         check_adapter_name(adapter_name)
         if adapter_name in self.adapter_specs:
             raise AdapterError(f"adapter {adapter_name!r} already exists; delete it first or pick another name")
@@ -60,33 +64,46 @@ class AdapterManagement:
 
             rules = resolve_rules(self.base_model, rules, overrides)
         claims = match(rules, self.sites(), adapter_name)
+        hold(self.base_model, self)
         for param in self.base_model.parameters():
             param.requires_grad_(False)
         for site, claim in claims.values():
             get_method(claim.method).create(site, claim.options, self.base_model, self.adapters, adapter_name)
         self.adapter_specs[adapter_name] = AdapterSpec(list(rules), claims)
+        warn_tied(adapter_name, claims, tied_parameters(self.base_model))
         if not self.active_adapters:
             self.active_adapters = [adapter_name]
         self._graphs.clear()
 
     def set_adapter(self, adapter_name: str | Sequence[str]) -> None:
-        names = [adapter_name] if isinstance(adapter_name, str) else list(adapter_name)
+        """Make ``adapter_name`` (one name, or several applied in order) the active adapters."""
+        self._ensure_live("set_adapter()")
+        names = adapter_name_list(adapter_name, "set_adapter()")
+        if not names:
+            raise AdapterError(
+                "set_adapter([]) would run the bare base model; use `with model.disable_adapter():` for that, "
+                "or name at least one adapter"
+            )
         for name in names:
             self._spec(name)
         self.active_adapters = names
 
     def delete_adapter(self, adapter_name: str) -> None:
-        """Remove an adapter and its parameters."""
+        """Remove an adapter and its parameters. Deleting an active adapter warns, naming the new active ones."""
+        self._ensure_live("delete_adapter()")
         self._spec(adapter_name)
         if adapter_name in self._merged:
             raise AdapterError(f"adapter {adapter_name!r} is merged; call unmerge() before deleting it")
+        was_active = adapter_name in self.active_adapters
         self.delete_adapter_state(adapter_name)
+        if was_active:
+            warnings.warn(f"{adapter_name!r} was the active adapter; {_active_now(self.active_adapters)}", stacklevel=2)
 
     def delete_adapter_state(self, adapter_name: str) -> None:
         """Drop whatever exists of an adapter (also a half-created one); no error if absent."""
-        for module in list(self.adapters.modules()):
-            if isinstance(module, (nn.ParameterDict, nn.ModuleDict)) and adapter_name in module:
-                del module[adapter_name]
+        for _, slot in list(adapter_slots(self.adapters)):
+            if adapter_name in slot:
+                del slot[adapter_name]
         self.adapter_specs.pop(adapter_name, None)
         self.active_adapters = [a for a in self.active_adapters if a != adapter_name]
         if not self.active_adapters and self.adapter_specs:
@@ -128,9 +145,12 @@ class AdapterManagement:
         """Add an adapter from a graphpeft or PEFT directory (this model is unchanged if it fails)."""
         from .checkpoint import load_into
 
+        self._ensure_live("load_adapter()")
         load_into(self, directory, adapter_name, is_trainable)
 
     def _spec(self, name: str) -> AdapterSpec:
+        if not isinstance(name, str):
+            raise AdapterError(f"adapter names are strings, got {name!r}; adapters: {', '.join(self.adapter_specs) or '(none)'}")
         if name not in self.adapter_specs:
             raise AdapterError(
                 f"no adapter named {name!r}{did_you_mean(name, self.adapter_specs)}; "
@@ -141,6 +161,7 @@ class AdapterManagement:
     @contextlib.contextmanager
     def disable_adapter(self) -> Iterator[None]:
         """Run the base model inside this block (merged adapters are unmerged meanwhile)."""
+        self._ensure_live("disable_adapter()")
         merged = list(self._merged)
         if merged:
             self.unmerge()
@@ -166,13 +187,53 @@ class AdapterManagement:
         print(f"trainable params: {trainable:,d} || all params: {total:,d} || trainable%: {100 * trainable / total:.4f}")
 
     def adapter_parameters(self, adapter_name: str | None = None) -> dict[str, nn.Parameter]:
-        """``name -> parameter`` of one adapter (all adapters when None)."""
+        """``name -> parameter`` of one adapter (all adapters when None).
+
+        An adapter owns exactly the entries under its name in the slots (``<host>.<slot>.<adapter>``):
+        a name that is also a part of some path (``"layers"``, ``"lora_A"``) selects only its own.
+        """
         out = {}
-        for name, param in self.adapters.named_parameters():
-            parts = name.split(".")
-            if adapter_name is None or adapter_name in parts:
-                out[name] = param
+        for path, slot in adapter_slots(self.adapters):
+            for name in [adapter_name] if adapter_name is not None else list(slot.keys()):
+                entry = slot[name] if name in slot else None
+                if isinstance(entry, nn.Parameter):
+                    out[f"{path}.{name}"] = entry
+                elif isinstance(entry, nn.Module):
+                    out.update({f"{path}.{name}.{sub}": p for sub, p in entry.named_parameters()})
         return out
+
+
+def adapter_slots(store: nn.Module, prefix: str = "") -> Iterator[tuple[str, nn.ParameterDict | nn.ModuleDict]]:
+    """``(path, slot)`` for every slot of the adapter tree ``store``, in registration order: the
+    ``ParameterDict``/``ModuleDict`` keyed by adapter name. The walk does not enter an adapter's own modules."""
+    for name, child in store._modules.items():
+        path = f"{prefix}.{name}" if prefix else name
+        if isinstance(child, (nn.ParameterDict, nn.ModuleDict)):
+            yield path, child
+        elif child is not None:
+            yield from adapter_slots(child, path)
+
+
+def adapter_name_list(value: Any, action: str) -> list[str]:
+    """``value`` (one adapter name, or a list or tuple of them) as a list of distinct names."""
+    names = [value] if isinstance(value, str) else value
+    if not isinstance(names, (list, tuple)):
+        raise AdapterError(f"{action} takes an adapter name or a list of adapter names, got {value!r}")
+    for name in names:
+        if not isinstance(name, str):
+            raise AdapterError(f"{action} takes adapter names as strings, got {name!r}")
+    for index, name in enumerate(names):
+        if name in names[:index]:
+            raise AdapterError(f"{action} names {name!r} twice; name each adapter once")
+    return list(names)
+
+
+def _active_now(active: list[str]) -> str:
+    if not active:
+        return "no adapter is active now; add or load one, or the model runs the bare base model"
+    if len(active) == 1:
+        return f"the active adapter is now {active[0]!r}"
+    return f"the active adapters are now {', '.join(map(repr, active))}"
 
 
 def check_adapter_name(name: Any) -> None:

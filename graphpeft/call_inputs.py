@@ -3,13 +3,15 @@ base model's forward parameters and checked, the canonical call used to find sit
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import torch
 from torch import nn
 
 from .errors import CallError, did_you_mean
-from .trace import is_transformers_model
+from .trace import _max_positions, is_transformers_model
 
 
 def bind_inputs(model: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -37,7 +39,116 @@ def bind_inputs(model: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> di
     for name in ("cache", "past_key_values", "encoder_outputs"):
         if name in kwargs:
             raise CallError(f"input {name!r} is not supported by GraphPeftModel.forward(); use generate() for cached decoding")
+    if model._transformers:
+        check_model_inputs(model.base_model, kwargs)
     return kwargs
+
+
+TOKEN_INPUTS = ("input_ids", "decoder_input_ids")
+SEQUENCE_INPUTS = (*TOKEN_INPUTS, "attention_mask", "decoder_attention_mask", "token_type_ids", "position_ids", "inputs_embeds", "labels")
+
+
+def check_model_inputs(base: nn.Module, kwargs: dict[str, Any]) -> None:
+    """What a transformers model's inputs must be, checked on metadata only (dtype, shape: no value is read,
+    so no device sync). Out-of-range values are named when the model fails on them (:func:`explained_failures`)."""
+    for name in SEQUENCE_INPUTS:
+        if name in kwargs and not isinstance(kwargs[name], torch.Tensor):
+            raise CallError(f"{name} must be a torch.Tensor, got {type(kwargs[name]).__name__}; tokenize with return_tensors='pt'")
+    for name in TOKEN_INPUTS:
+        ids = kwargs.get(name)
+        if ids is not None and (ids.dtype.is_floating_point or ids.dtype.is_complex or ids.dtype == torch.bool):
+            raise CallError(f"{name} must hold integer token ids, got a {ids.dtype} tensor; tokenize with return_tensors='pt'")
+        if ids is not None and ids.dim() < 2:
+            raise CallError(f"{name} must be (batch, length), got shape {tuple(ids.shape)}; add the batch dimension ({name}[None])")
+    if "input_ids" in kwargs and "inputs_embeds" in kwargs:
+        raise CallError("pass input_ids or inputs_embeds, not both")
+    if "inputs_embeds" in kwargs:
+        _check_embeds(base, kwargs["inputs_embeds"])
+    labels = kwargs.get("labels")
+    if labels is not None and labels.dtype.is_floating_point and _is_language_model(base):
+        raise CallError(f"labels of a language model are token ids (integers, -100 to ignore), got a {labels.dtype} tensor")
+    for name in SEQUENCE_INPUTS:
+        value = kwargs.get(name)
+        if value is not None and value.dim() and value.shape[0] == 0:
+            raise CallError(f"{name} has an empty batch (shape {tuple(value.shape)}); pass at least one row")
+        if value is not None and name != "labels" and value.dim() >= 2 and value.shape[1] == 0:
+            raise CallError(f"{name} is an empty sequence (shape {tuple(value.shape)}); pass at least one position")
+
+
+def _check_embeds(base: nn.Module, embeds: torch.Tensor) -> None:
+    if not embeds.dtype.is_floating_point:
+        raise CallError(f"inputs_embeds must be floating point (batch, length, width), got a {embeds.dtype} tensor")
+    table = _input_embeddings(base)
+    width = table.weight.shape[1] if table is not None else None
+    if width is not None and (embeds.dim() != 3 or embeds.shape[-1] != width):
+        raise CallError(f"inputs_embeds must be (batch, length, {width}) for the model's embedding width {width}, got {tuple(embeds.shape)}")
+
+
+def _input_embeddings(base: nn.Module) -> nn.Module | None:
+    try:
+        table = base.get_input_embeddings()
+    except (AttributeError, NotImplementedError):
+        return None
+    return table if isinstance(getattr(table, "weight", None), torch.Tensor) and table.weight.dim() == 2 else None
+
+
+def _is_language_model(base: nn.Module) -> bool:
+    try:
+        return base.get_output_embeddings() is not None
+    except (AttributeError, NotImplementedError):
+        return False
+
+
+@contextlib.contextmanager
+def explained_failures(model: Any, kwargs: dict[str, Any]) -> Iterator[None]:
+    """Name the input that made a call fail: an id outside the vocabulary, a label outside the classes, a
+    sequence past a learned position table (the model raises IndexError), or shapes that break a relation the
+    exported graph checks (its guards raise AssertionError).
+
+    Values are read only after a failure, so valid calls pay nothing. On an accelerator, an out-of-range
+    index stops the kernel with a device-side assert that poisons the device context instead of raising
+    IndexError here; checking every call beforehand would cost a device sync per call, so it is not done.
+    """
+    try:
+        yield
+    except IndexError as exc:
+        cause = _out_of_range(model.base_model, kwargs) if model._transformers else None
+        if cause is None:
+            raise
+        raise CallError(cause) from exc
+    except AssertionError as exc:
+        if not str(exc).startswith("Guard failed"):
+            raise
+        raise CallError(
+            f"the inputs' shapes do not fit together ({str(exc).removeprefix('Guard failed: ').strip()}); "
+            "give the inputs it names matching sizes"
+        ) from exc
+
+
+def _out_of_range(base: nn.Module, kwargs: dict[str, Any]) -> str | None:
+    table = _input_embeddings(base)
+    vocab = table.weight.shape[0] if table is not None else None
+    for name in TOKEN_INPUTS:
+        ids = kwargs.get(name)
+        if vocab is not None and isinstance(ids, torch.Tensor):
+            bad = ids[(ids < 0) | (ids >= vocab)]
+            if bad.numel():
+                return f"{name} holds id {int(bad[0])}, outside the vocabulary 0..{vocab - 1}; check the tokenizer matches the model"
+    labels = kwargs.get("labels")
+    classes = vocab if _is_language_model(base) else getattr(base.config, "num_labels", None)
+    if classes is not None and isinstance(labels, torch.Tensor) and not labels.dtype.is_floating_point:
+        bad = labels[((labels < 0) & (labels != -100)) | (labels >= classes)]
+        if bad.numel():
+            return f"labels holds {int(bad[0])}, outside 0..{classes - 1} (or -100 to ignore a position)"
+    limit = _max_positions(base.config)
+    for name in SEQUENCE_INPUTS:
+        value = kwargs.get(name)
+        if limit is not None and isinstance(value, torch.Tensor) and value.dim() >= 2 and value.shape[1] > limit:
+            return (
+                f"{name} has {value.shape[1]} positions, longer than the model's {limit} positions "
+                "(its learned position table); truncate the inputs"
+            )
+    return None
 
 
 def canonical_kwargs(model: Any) -> dict[str, Any]:

@@ -37,6 +37,7 @@ ROWS = "graphpeft_adapter_rows"
 def mixed_call(model: GraphPeftModel, kwargs: dict[str, Any], adapter_names: Sequence[str]) -> Any:
     """Run ``model`` on ``kwargs`` with row i adapted by ``adapter_names[i]``."""
     order, rows = mixed_rows(model, adapter_names, _batch_size(kwargs))
+    model._drop_graphs_of_replaced_tensors()
     signature = model._signature(kwargs)
     key = (signature, ("mixed", *order))
     graph = model._graphs.get(key)
@@ -62,6 +63,8 @@ def slot_order(model: GraphPeftModel, adapter_names: Sequence[str], batch: int |
     if batch is not None and len(adapter_names) != batch:
         raise CallError(f"adapter_names has {len(adapter_names)} entries but the batch has {batch} rows; give one per row")
     for name in adapter_names:
+        if not isinstance(name, str):
+            raise CallError(f"adapter_names holds {name!r}; give one adapter name (a string) per row, or {BASE!r} for the base model")
         if name != BASE and name not in model.adapter_specs:
             raise AdapterError(
                 f"adapter_names names {name!r}, which is no adapter of this model{did_you_mean(str(name), model.adapter_specs)}; "

@@ -25,9 +25,9 @@ import torch
 from torch import fx, nn
 
 from .adapter_management import BASE, AdapterManagement, AdapterSpec, check_adapter_name
-from .call_inputs import as_kwargs, bind_inputs
-from .errors import TraceError
-from .graph_dispatch import GraphDispatch
+from .call_inputs import as_kwargs, bind_inputs, explained_failures
+from .errors import AdapterError, TraceError
+from .graph_dispatch import BaseIdentity, GraphDispatch
 from .sites import Site
 from .trace import forward_parameters, is_transformers_model
 from .weight_folding import WeightFolding
@@ -76,6 +76,8 @@ class GraphPeftModel(AdapterManagement, WeightFolding, GraphDispatch, nn.Module)
         self.checkpointing = False  # training graphs recompute each block in backward (graphpeft.checkpointing)
         self.reuse_blocks = True  # export a few repeated blocks and copy the rest (graphpeft.block_reuse)
         self.quantization: str | None = None  # "int8" / "nf4" once quantize() ran (graphpeft.quantize)
+        self._unloaded = False  # unload() / merge_and_unload() handed the base back (graphpeft.ownership)
+        self._base_identity = BaseIdentity(model)  # the base tensors the cached graphs read
 
     def __getattr__(self, name: str) -> Any:
         try:
@@ -88,6 +90,23 @@ class GraphPeftModel(AdapterManagement, WeightFolding, GraphDispatch, nn.Module)
     def get_base_model(self) -> nn.Module:
         return self.base_model
 
+    def _ensure_live(self, action: str) -> None:
+        """Refuse ``action`` once :meth:`unload` handed the base model back: it would touch a model this
+        wrapper no longer holds (and that may be adapted again, or merged)."""
+        if self._unloaded:
+            raise AdapterError(
+                f"{action} on a GraphPeftModel that was unloaded: unload() / merge_and_unload() handed its base "
+                "model back; apply graphpeft again to the returned model (graphpeft.apply or graphpeft.load)"
+            )
+
+    def train(self, mode: bool = True) -> GraphPeftModel:
+        self._ensure_live("train()" if mode else "eval()")
+        return super().train(mode)
+
+    def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
+        self._ensure_live("load_state_dict()")
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
     def forward(self, *args: Any, adapter_names: Sequence[str] | None = None, **kwargs: Any) -> Any:
         """Run the base model's forward with the active adapters.
 
@@ -95,17 +114,18 @@ class GraphPeftModel(AdapterManagement, WeightFolding, GraphDispatch, nn.Module)
         each row with its own adapter, in one batched graph (see :mod:`graphpeft.mixed`).
         Virtual-token adapters add their tokens to the inputs first (see :mod:`graphpeft.virtual_inputs`).
         """
+        self._ensure_live("forward()")
         kwargs = self._bind(args, kwargs)
-        if adapter_names is not None:
-            from .mixed import mixed_call
+        with explained_failures(self, kwargs):
+            if adapter_names is not None:
+                from .mixed import mixed_call
 
-            self._refuse_quantized("a mixed-adapter batch")
+                self._refuse_quantized("a mixed-adapter batch")
+                return mixed_call(self, kwargs, adapter_names)
+            from .virtual_inputs import expand
 
-            return mixed_call(self, kwargs, adapter_names)
-        from .virtual_inputs import expand
-
-        kwargs = expand(self, kwargs, self._graph_adapters())
-        return self._graph(kwargs)(**kwargs)
+            expanded = expand(self, kwargs, self._graph_adapters())
+            return self._graph(expanded)(**expanded)
 
     def generate(
         self,
@@ -132,12 +152,15 @@ class GraphPeftModel(AdapterManagement, WeightFolding, GraphDispatch, nn.Module)
         """
         from .generation import generate
 
+        self._ensure_live("generate()")
         self._refuse_quantized("generate()")
+        self._drop_graphs_of_replaced_tensors()
         options = dict(
             max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p,
             eos_token_id=eos_token_id, pad_token_id=pad_token_id, generator=generator,
         )
-        return generate(self, input_ids, attention_mask, adapter_names, **options, **unsupported)
+        with explained_failures(self, {"input_ids": input_ids}):
+            return generate(self, input_ids, attention_mask, adapter_names, **options, **unsupported)
 
     def _bind(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
         return bind_inputs(self, args, kwargs)
@@ -151,6 +174,7 @@ class GraphPeftModel(AdapterManagement, WeightFolding, GraphDispatch, nn.Module)
         """
         from .deploy import export_program
 
+        self._ensure_live("export()")
         export_program(self, path, merged, kwargs)
 
     def explain(self, adapter_names: Sequence[str] | None = None, show: bool = False) -> Any:

@@ -4,7 +4,7 @@ A parameter site computes ``y = x @ W`` (``aten.linear``/``addmm``/``mm``/``matm
 or a grouped mm) where ``W`` is a parameter or a view of one; the LoRA update is taken
 in the op's own orientation, whatever the parameter's layout:
 
-    y = x W + scale · (x Aᵀ) Bᵀ          A: (r, in), B: (out, r)
+    y = x W + (scale · x Aᵀ) Bᵀ          A: (r, in), B: (out, r)
 
 Stacked weights (MoE experts, ``W``: (experts, in, out) fed to a grouped mm or bmm) get
 one A/B per expert, A: (E, r, in), B: (E, out, r), applied with the base op itself
@@ -121,9 +121,15 @@ def register_slots(store: nn.Module, site: Site, adapter: str, tensors: dict[str
 
 # ---------------------------------------------------------------------- rewrite
 def rewrite(edit: SiteEditor, scale: float) -> None:
-    """Insert ``y + scale · B(A x)`` (per expert for stacked weights), or its sliced form."""
+    """Insert ``y + B(scale · A x)`` (per expert for stacked weights), or its sliced form.
+
+    As at module sites, the update runs in the adapter's dtype (fp32 adapters on a bf16/fp16 base:
+    x is cast up) and the adapted output is rounded once to the site's dtype.
+    """
+    from .lora import _to_adapter_dtype, _to_site_dtype  # lora imports this module
+
     site, node, options = edit.site, edit.node, edit.options
-    x = edit.site_input
+    x = _to_adapter_dtype(edit, edit.site_input)
     dropout = options["dropout"] if edit.training else 0.0
     if dropout > 0:
         x = edit.call(aten.dropout.default, x, float(dropout), True, role="lora_dropout")
@@ -133,20 +139,35 @@ def rewrite(edit: SiteEditor, scale: float) -> None:
         b_t = edit.call(aten.transpose.int, b, -2, -1, role="lora_B_t")  # (E, r, out)
         if site.op == "grouped_mm":
             offsets = node.args[2] if len(node.args) > 2 else node.kwargs["offs"]
-            down = edit.call(node.target, x, a_t, offsets, role="lora_down")
-            up = edit.call(node.target, down, b_t, offsets, role="lora_up")
+            grouped = _grouped_mm_for(node.target, edit.store.get_parameter(f"{site.host}.lora_A.{edit.claim.adapter}").dtype)
+            down = edit.call(grouped, x, a_t, offsets, role="lora_down")
+            down = edit.call(aten.mul.Tensor, down, scale, role="lora_scale")
+            up = edit.call(grouped, down, b_t, offsets, role="lora_up")
         else:
             down = edit.call(aten.bmm.default, x, a_t, role="lora_down")
+            down = edit.call(aten.mul.Tensor, down, scale, role="lora_scale")
             up = edit.call(aten.bmm.default, down, b_t, role="lora_up")
     else:
         down = edit.call(aten.linear.default, x, a, role="lora_down")
+        # The scale multiplies the rank-r activations, as at module sites: B (s·h) = s·(B h).
+        down = edit.call(aten.mul.Tensor, down, scale, role="lora_scale")
         up = edit.call(aten.linear.default, down, b, role="lora_up")
-    delta = edit.call(aten.mul.Tensor, up, scale, role="lora_scale")
     if options.get("slices"):
-        out = _add_to_slices(edit, delta)
+        out = _add_to_slices(edit, up)
     else:
-        out = edit.call(aten.add.Tensor, edit.output, delta, role="lora_add")
-    edit.redirect(out)
+        out = edit.call(aten.add.Tensor, edit.output, up, role="lora_add")
+    edit.redirect(_to_site_dtype(edit, out))
+
+
+def _grouped_mm_for(target: Any, dtype: torch.dtype) -> Any:
+    """The grouped mm that multiplies ``dtype`` operands with the site's grouping: the site's own op, but
+    ``aten._grouped_mm`` takes bf16 only (its meta and CUDA kernels; fp32 adapters on a bf16 expert stack),
+    so other dtypes go through transformers' grouped-mm fallback, as transformers itself routes them."""
+    if target is not aten._grouped_mm.default or dtype == torch.bfloat16:
+        return target
+    import transformers.integrations.moe  # noqa: F401  (registers torch.ops.transformers.grouped_mm_fallback)
+
+    return torch.ops.transformers.grouped_mm_fallback.default
 
 
 def _add_to_slices(edit: SiteEditor, delta: Any) -> Any:
@@ -192,4 +213,5 @@ def merge(site: Site, options: dict[str, Any], model: nn.Module, a: torch.Tensor
                 f"cannot merge into {site.weight}: the op at {site.key} reads a copy of it, not a view; "
                 "keep the adapter unmerged"
             )
-        operand.add_((sign * operand_delta(site, options, a, b, scale)).to(operand.dtype))
+        # the sum is taken in fp32 and rounded once to the weight's dtype, as module sites merge
+        operand.copy_((operand.float() + sign * operand_delta(site, options, a, b, scale)).to(operand.dtype))
