@@ -47,6 +47,14 @@ def _weight_out_in(site: Site, weight: torch.Tensor) -> torch.Tensor:
     return weight
 
 
+def _matrix_shape(site: Site) -> tuple[int, int]:
+    """(out, in) of the matrix the update B A adds to (one expert's; conv2d: (out_ch, in_ch·kh·kw))."""
+    if site.op == "conv2d" and site.weight_shape is not None:
+        out_ch, in_ch, kh, kw = site.weight_shape
+        return out_ch, in_ch * kh * kw
+    return site.out_features, site.in_features
+
+
 def _distinct_names(value: Any) -> str | None:
     if all(isinstance(v, str) and v for v in value) and len(set(value)) == len(value):
         return None
@@ -80,6 +88,12 @@ class LoRA(Method):
             )
         if site.op == "conv2d" and options["dora"]:
             return "DoRA on conv2d sites is not supported by graphpeft"
+        out_features, in_features = _matrix_shape(site)
+        if options["r"] > min(out_features, in_features):
+            return (
+                f"r={options['r']} is larger than its {out_features}x{in_features} weight allows "
+                f"(rank at most {min(out_features, in_features)}); choose r <= {min(out_features, in_features)}"
+            )
         if lora_params.handles(site, options):
             return lora_params.check(site, options)
         return None
