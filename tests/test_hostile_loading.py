@@ -8,8 +8,10 @@ from __future__ import annotations
 import json
 import pickle
 import struct
+from collections.abc import Callable
 from pathlib import Path
 
+import mlp
 import pytest
 import torch
 from catalogue import Case, apply, check_case, load, make_world, peft_config, without_manifest
@@ -84,7 +86,7 @@ def manifest_site(w, change) -> Path:
     return w.manifest(lambda d: change(d["sites"]["model.layers.0.self_attn.q_proj:linear"]))
 
 
-def restore(folder) -> callable:
+def restore(folder: Callable) -> Callable:
     return lambda w: restore_weights(w.wrapped, folder(w), "default")
 
 
@@ -100,8 +102,81 @@ def both_alphas(alpha: int):
 
 
 CASES = [
+    # ------------------------------------------------ PEFT config keys graphpeft does not model (finding 1)
+    Case("peft_init_pissa", load(lambda w: peft(w, init_lora_weights="pissa")), LoadError, "init_lora_weights='pissa'"),
+    Case("peft_init_olora", load(lambda w: peft(w, init_lora_weights="olora")), LoadError, "init_lora_weights='olora'"),
+    Case("peft_init_corda", load(lambda w: peft(w, init_lora_weights="corda")), LoadError, "init_lora_weights='corda'"),
+    Case("peft_lora_bias", load(lambda w: peft(w, lora_bias=True)), LoadError, "lora_bias=True"),
+    Case("peft_bias_all", load(lambda w: peft(w, bias="all")), LoadError, "bias='all'"),
+    Case("peft_use_qalora", load(lambda w: peft(w, use_qalora=True)), LoadError, "use_qalora=True"),
+    Case("peft_trainable_token_indices", load(lambda w: peft(w, trainable_token_indices=[3, 4])), LoadError, "trainable_token_indices=[3, 4]"),
+    Case("peft_layer_replication", load(lambda w: peft(w, layer_replication=[[0, 1]])), LoadError, "layer_replication=[[0, 1]]"),
+    Case("peft_megatron_config", load(lambda w: peft(w, megatron_config={"tensor_parallel": 2})), LoadError, "megatron_config="),
+    Case("peft_target_parameters", load(lambda w: peft(w, target_parameters=["model.norm.weight"])), LoadError, "target_parameters=['model.norm.weight']"),
+    Case("peft_alora_invocation_tokens", load(lambda w: peft(w, alora_invocation_tokens=[5, 6])), LoadError, "alora_invocation_tokens=[5, 6]"),
+    Case("peft_ensure_weight_tying", load(lambda w: peft(w, ensure_weight_tying=True)), LoadError, "ensure_weight_tying=True"),
+    Case("peft_unknown_key", load(lambda w: peft(w, lora_alfa=16)), LoadError, "unknown key 'lora_alfa' (did you mean 'lora_alpha'"),
+    Case("peft_layers_pattern_regex", load(lambda w: peft(w, layers_to_transform=[0], layers_pattern="lay.rs")), LoadError, "key 'layers_pattern'"),
+    # ------------------------------------------------ PEFT config types and values (findings 13, 15)
+    Case("peft_r_as_word", load(lambda w: peft(w, r="four")), LoadError, "key 'r' must be integer, got 'four'"),
+    Case("peft_r_fractional", load(lambda w: peft(w, r=4.5)), LoadError, "key 'r' must be integer, got 4.5"),
+    Case("peft_use_rslora_as_string", load(lambda w: peft(w, use_rslora="false")), LoadError, "key 'use_rslora' must be boolean, got 'false'"),
+    Case("peft_alpha_infinite", load(lambda w: peft(w, lora_alpha=float("inf"))), LoadError, "key 'lora_alpha' must be number, got inf"),
+    Case("peft_dropout_out_of_range", load(lambda w: peft(w, lora_dropout=1.5)), LoadError, "key 'lora_dropout' = 1.5 must be in [0, 1)"),
+    Case("peft_target_modules_number", load(lambda w: peft(w, target_modules=5)), LoadError, "key 'target_modules' must be string or list of strings or null, got 5"),
+    Case("peft_type_as_list", load(lambda w: peft(w, peft_type=["LORA"])), LoadError, "key 'peft_type' must be string"),
+    Case("peft_type_missing", load(lambda w: dropped(w, "peft_type")), LoadError, "key 'peft_type' is missing"),
+    Case("peft_rank_pattern_fractional", load(lambda w: peft(w, rank_pattern={"q_proj": 2.5})), LoadError, "'q_proj' has 2.5"),
+    Case("peft_modules_to_save_string", load(lambda w: peft(w, modules_to_save="lm_head")), LoadError, "key 'modules_to_save' must be list of strings or null"),
+    # ------------------------------------------------ ranks: mismatched and memory bombs (findings 8, 16)
+    Case("peft_rank_differs_from_tensors", load(lambda w: peft(w, r=8)), LoadError, "(config r=8, tensors r=4)"),
+    Case("peft_rank_memory_bomb", load(lambda w: peft(w, r=2**26)), LoadError, "r=67108864 is larger than its 32x32 weight allows", timeout=30),
+    Case("peft_rank_larger_than_layer", load(lambda w: peft(w, r=200)), LoadError, "r=200 is larger than its 32x32 weight allows"),
     Case("apply_rank_larger_than_layer", apply("lora", r=200), MatchError, "r=200 is larger than its 32x32 weight allows"),
     Case("apply_rank_memory_bomb", apply("lora", r=2**26), MatchError, "r=67108864 is larger", timeout=30),
+    Case("manifest_rank_memory_bomb", load(lambda w: w.manifest(lambda d: d["rules"][0].update(r=2**26))), LoadError, "r=67108864 is larger", timeout=30),
+    Case("prompt_tokens_memory_bomb", load(lambda w: prompt_folder(w, torch.zeros(4, 32), num_virtual_tokens=2**30)), LoadError,
+         "(config num_virtual_tokens=1073741824, tensors num_virtual_tokens=4)", timeout=30),
+    Case("prompt_token_dim_of_other_model", load(lambda w: prompt_folder(w, torch.zeros(4, 32), token_dim=64)), LoadError, "token_dim=64"),
+    # ------------------------------------------------ weights files
+    Case("weights_only_as_pickle", load(lambda w: pickled_only(w, with_config=True)), LoadError, "graphpeft never unpickles"),
+    Case("folder_with_only_a_pickle", load(lambda w: pickled_only(w, with_config=False)), LoadError, "graphpeft never unpickles"),
+    Case("safetensors_header_length_of_a_terabyte", load(lambda w: w.file("adapter_model.safetensors", header_length(2**40))), LoadError,
+         "not a readable safetensors file", timeout=30),
+    Case("safetensors_tensor_declared_huge", load(lambda w: w.file("adapter_model.safetensors", declared_shape([2**20, 2**20]))), LoadError,
+         "not a readable safetensors file", timeout=30),
+    Case("tensor_int64", load(lambda w: with_tensor(w, Q_A, torch.zeros(4, 32, dtype=torch.int64))), LoadError, "has dtype I64"),
+    Case("tensor_bool", load(lambda w: with_tensor(w, Q_A, torch.zeros(4, 32, dtype=torch.bool))), LoadError, "has dtype BOOL"),
+    Case("tensor_complex", load(lambda w: with_tensor(w, Q_A, torch.zeros(4, 32, dtype=torch.complex64))), LoadError, "has dtype C64"),
+    Case("tensor_with_nan", load(lambda w: with_tensor(w, Q_A, torch.full((4, 32), float("nan")))), LoadError, "holds 128 NaN or infinite values"),
+    Case("tensor_with_inf", load(lambda w: w.tensors(lambda t: t[Q_A].__setitem__((0, 0), float("inf")))), LoadError, "holds 1 NaN or infinite values"),
+    # ------------------------------------------------ tensors that would change the base model (finding 6)
+    Case("base_layer_key_of_unadapted_module", load(lambda w: with_tensor(w, "base_model.model.model.norm.base_layer.weight", torch.zeros(32))),
+         LoadError, "would overwrite base weight model.norm.weight, which this adapter does not adapt"),
+    Case("base_layer_key_of_adapted_site_with_other_values", load(lambda w: with_tensor(w, Q_BASE, torch.ones(32, 32))), LoadError,
+         "differs from the base model's own weight"),
+    Case("base_layer_key_in_peft_folder", load(lambda w: without_manifest(with_tensor(w, Q_BASE, torch.ones(32, 32)))), LoadError,
+         "graphpeft never changes base weights"),
+    # ------------------------------------------------ manifests (finding 15)
+    Case("manifest_model_not_an_object", load(lambda w: w.manifest(lambda d: d.update(model="x"))), LoadError, "key 'model' must be object, got 'x'"),
+    Case("manifest_sites_not_an_object", load(lambda w: w.manifest(lambda d: d.update(sites=7))), LoadError, "key 'sites' must be object, got 7"),
+    Case("manifest_site_not_an_object", load(lambda w: w.manifest(lambda d: d["sites"].update({"x": 1}))), LoadError, "'x' has 1"),
+    Case("manifest_rule_name_not_a_string", load(lambda w: w.manifest(lambda d: d["rules"][0].update(name=3))), LoadError, "key 'name' must be string"),
+    Case("manifest_fingerprint_missing", load(lambda w: w.manifest(lambda d: d["model"].pop("fingerprint"))), LoadError, "key 'fingerprint' is missing"),
+    Case("manifest_format_version_as_string", load(lambda w: w.manifest(lambda d: d.update(format_version="1"))), LoadError, "key 'format_version' must be integer"),
+    Case("manifest_names_another_weights_file", load(lambda w: w.manifest(lambda d: d.update(weights="../model.bin"))), LoadError, "must be 'adapter_model.safetensors'"),
+    Case("manifest_unknown_key", load(lambda w: w.manifest(lambda d: d.update(weigths="x"))), LoadError, "unknown key 'weigths'"),
+    Case("manifest_tensor_shape_disagrees_with_weights", load(lambda w: manifest_site(w, lambda s: s["tensors"].update({"lora_A.weight": [5, 32]}))),
+         LoadError, "the two files do not belong together"),
+    Case("manifest_site_options_disagree_with_rules", load(lambda w: manifest_site(w, lambda s: s["options"].update(alpha=99))), LoadError,
+         "records alpha=99 for site model.layers.0.self_attn.q_proj:linear"),
+    Case("manifest_of_other_base_sites", load(lambda w: w.manifest(lambda d: d["sites"].update({"model.layers.7.mlp.up_proj:linear": d["sites"].popitem()[1]}))),
+         LoadError, "the rules select other sites"),
+    # ------------------------------------------------ restoring into a live adapter (finding 3)
+    Case("restore_with_other_alpha", restore(lambda w: w.manifest(both_alphas(16))), LoadError, "saved with alpha=16"),
+    Case("restore_peft_folder_with_other_alpha", restore(lambda w: peft(w, lora_alpha=16)), LoadError, "saved with alpha=16"),
+    Case("restore_peft_folder_with_rslora", restore(lambda w: peft(w, use_rslora=True)), LoadError, "saved with rslora=True"),
+    Case("restore_with_nan_weights", restore(lambda w: with_tensor(w, Q_A, torch.full((4, 32), float("nan")))), LoadError, "NaN or infinite"),
 ]
 
 
@@ -113,3 +188,15 @@ def shared(tmp_path_factory):
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_hostile_input_raises_named_error_and_leaves_model_unchanged(case, shared, tmp_path, capfd):
     check_case(case, shared, tmp_path, capfd)
+
+
+def test_restore_from_a_peft_folder_with_the_same_options_copies_its_weights_into_the_same_parameters(tmp_path):
+    mlp.adapted(seed=0).save_pretrained(str(tmp_path / "saved"))
+    (tmp_path / "saved" / "graphpeft.json").unlink()
+    live = mlp.adapted(seed=1)
+    parameters = live.adapter_parameters()
+    restore_weights(live, tmp_path / "saved")
+    saved = mlp.adapted(seed=0).adapter_parameters()
+    for name, param in live.adapter_parameters().items():
+        assert param is parameters[name]
+        assert torch.equal(param, saved[name]), name
