@@ -269,13 +269,41 @@ def _peft_targets(fqn: str, targets: Any, config: dict[str, Any]) -> bool:
             hit = re.fullmatch(exclude, fqn) is None
         else:
             hit = not any(fqn == e or fqn.endswith("." + e) for e in exclude)
-    layers = config.get("layers_to_transform")
-    if hit and layers is not None:
-        from .rules import layer_index
+    if hit and not isinstance(targets, str) and fqn not in targets:
+        hit = _in_transformed_layers(fqn, config)  # PEFT filters layers only for suffix matches
+    return hit and not _inside_saved_module(fqn, config.get("modules_to_save"))
 
-        wanted = [layers] if isinstance(layers, int) else list(layers)
-        hit = layer_index(fqn) in wanted
-    return hit
+
+def _in_transformed_layers(fqn: str, config: dict[str, Any]) -> bool:
+    layers = config.get("layers_to_transform")
+    if layers is None or layers == []:
+        return True
+    index = _peft_layer_index(fqn, config.get("layers_pattern"))
+    if index is None:
+        return False
+    return index == layers if isinstance(layers, int) else index in layers
+
+
+def _peft_layer_index(fqn: str, patterns: Any) -> int | None:
+    """PEFT's layer index: the first all-digit part of ``fqn`` after a part named in ``patterns`` (after any
+    part but the first when there are none) and before the last part."""
+    parts = fqn.split(".")
+    names = [patterns] if isinstance(patterns, str) else list(patterns or [])
+    for name in [n for n in names if n] or [None]:
+        for i in range(0 if name else 1, len(parts) - 2):
+            if (name is None or parts[i] == name) and parts[i + 1].isdecimal():
+                return int(parts[i + 1])
+    return None
+
+
+def _inside_saved_module(fqn: str, saved: Any) -> bool:
+    """PEFT adapts nothing inside (or named as) a module of ``modules_to_save``: its parts appear in a row in ``fqn``."""
+    parts = fqn.split(".")
+    for name in saved or []:
+        wanted = name.split(".")
+        if any(parts[i:i + len(wanted)] == wanted for i in range(len(parts) - len(wanted) + 1)):
+            return True
+    return False
 
 
 def _pattern_value(fqn: str, patterns: dict[str, Any], default: Any) -> Any:

@@ -79,3 +79,28 @@ def test_inits_that_change_the_base_weights_are_refused_naming_the_init(init, tm
     reference.save_pretrained(tmp_path)
     with pytest.raises(LoadError, match=f"init_lora_weights='{init}'"):
         graphpeft.load(BUILDERS["llama"](), tmp_path)
+
+
+SELECTIONS = {
+    "exclude_modules": {"target_modules": ["q_proj", "v_proj"], "exclude_modules": ["model.layers.1.self_attn.q_proj"]},
+    "layers_to_transform": {"target_modules": ["q_proj", "v_proj"], "layers_to_transform": [1]},
+    "layers_to_transform_with_pattern": {"target_modules": ["q_proj", "up_proj"], "layers_to_transform": 0, "layers_pattern": "layers"},
+    "exact_names_ignore_layers": {"target_modules": ["model.layers.0.self_attn.q_proj", "v_proj"], "layers_to_transform": [1]},
+}
+
+
+@pytest.mark.parametrize("selection", SELECTIONS)
+def test_module_selection_keys_adapt_the_modules_peft_adapts(selection, tmp_path):
+    expected, peft_modules = saved_peft_adapter("llama", LoraConfig(r=4, **SELECTIONS[selection]), tmp_path)
+    got, ours = loaded_logits("llama", tmp_path)
+    assert ours == peft_modules
+    assert (got - expected).abs().max() <= 1e-5
+
+
+def test_a_module_to_save_is_not_also_lora_adapted_like_peft(tmp_path):
+    config = LoraConfig(r=4, target_modules=["query", "value", "classifier"], task_type="SEQ_CLS")
+    expected, peft_modules = saved_peft_adapter("bert", config, tmp_path)
+    got, ours = loaded_logits("bert", tmp_path)
+    assert "classifier" not in ours
+    assert ours == peft_modules
+    assert (got - expected).abs().max() <= 1e-5
