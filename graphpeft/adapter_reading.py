@@ -31,6 +31,7 @@ from .tensor_file import WEIGHTS, Header, pickle_hint, read_header, read_tensors
 
 MANIFEST = "graphpeft.json"
 PEFT_CONFIG = "adapter_config.json"
+MAX_JSON_BYTES = 64 * 2**20  # a manifest of every site of a 70B model is a few MB
 
 Claims = dict[str, tuple[Site, Claim]]
 
@@ -66,11 +67,15 @@ def key_of(claims: Claims, site: Site, method: str, suffix: str) -> str:
 
 def read_json(path: Path) -> dict[str, Any]:
     try:
+        if path.stat().st_size > MAX_JSON_BYTES:
+            raise LoadError(f"{path} is {path.stat().st_size:,} bytes, more than any adapter config or manifest; it is not one")
         data = json.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise LoadError(f"cannot read {path}: {exc.strerror or exc}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise LoadError(f"{path} is not valid JSON ({exc}); the file is corrupted, save the adapter again") from None
+    except RecursionError:
+        raise LoadError(f"{path} nests JSON deeper than Python can read; it is not an adapter config or manifest") from None
     if not isinstance(data, dict):
         raise LoadError(f"{path} must hold a JSON object")
     return data

@@ -81,6 +81,13 @@ def declared_shape(shape: list[int]):
     return change
 
 
+def oversized(folder: Path, name: str) -> Path:
+    """``name`` made a 100 MB file (sparse: no disk space is used)."""
+    with open(folder / name, "r+b") as handle:
+        handle.truncate(100 * 2**20)
+    return folder
+
+
 def manifest_site(w, change) -> Path:
     """The folder with the manifest's record of the q_proj site changed by ``change(site record)``."""
     return w.manifest(lambda d: change(d["sites"]["model.layers.0.self_attn.q_proj:linear"]))
@@ -158,6 +165,8 @@ CASES = [
     Case("base_layer_key_in_peft_folder", load(lambda w: without_manifest(with_tensor(w, Q_BASE, torch.ones(32, 32)))), LoadError,
          "graphpeft never changes base weights"),
     # ------------------------------------------------ manifests (finding 15)
+    Case("manifest_nested_too_deep", load(lambda w: w.file("graphpeft.json", lambda b: b"[" * 200_000 + b"]" * 200_000)), LoadError, "nests JSON deeper"),
+    Case("manifest_of_a_hundred_megabytes", load(lambda w: oversized(w.copy(), "graphpeft.json")), LoadError, "more than any adapter config or manifest"),
     Case("manifest_model_not_an_object", load(lambda w: w.manifest(lambda d: d.update(model="x"))), LoadError, "key 'model' must be object, got 'x'"),
     Case("manifest_sites_not_an_object", load(lambda w: w.manifest(lambda d: d.update(sites=7))), LoadError, "key 'sites' must be object, got 7"),
     Case("manifest_site_not_an_object", load(lambda w: w.manifest(lambda d: d["sites"].update({"x": 1}))), LoadError, "'x' has 1"),
