@@ -74,7 +74,8 @@ class Method:
     def state_shapes(self, site: Site, options: dict[str, Any], model: nn.Module) -> dict[str, tuple[int, ...]]:
         """The shapes :meth:`state` will give once :meth:`create` ran, found without allocating them (a
         loader checks a file's tensors against them before creating anything). By default, a dry run of
-        :meth:`create` on meta copies of the base weights (:mod:`.dry_run`)."""
+        :meth:`create` on meta copies of the base weights (:mod:`.dry_run`); a method whose ``create``
+        reads more of the base model than ``get_parameter``/``get_submodule`` computes them itself."""
         from .dry_run import meta_state_shapes
 
         return meta_state_shapes(self, site, options, model)
