@@ -12,47 +12,34 @@ executed, and no link out of the folder is followed (see :mod:`graphpeft.adapter
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import save_file
 
 from .adapter_paths import check_adapter_files, check_folder, check_sub_folder, link_root
+from .adapter_reading import MANIFEST, PEFT_CONFIG, SavedAdapter, fingerprint, key_of, option_difference, read_saved, read_weights
 from .atomic_dir import recover, write_directory
 from .errors import AdapterError, GraphPeftError, LoadError
+from .manifest_schema import FORMAT, FORMAT_VERSION
 from .match import ResolvedRule
 from .methods import get_method
-from .peft_format import PREFIX, peft_config, rules_from_peft_config
-from .peft_prompt_format import METHOD_BY_PEFT_TYPE, PROMPT_PREFIX, prompt_learning_config, rules_from_prompt_config, virtual_claims
-from .rules import Pattern, Rule
+from .peft_format import peft_config
+from .peft_prompt_format import prompt_learning_config, virtual_claims
 from .runtime import GraphPeftModel, check_adapter_name
 from .sites import Site
+from .tensor_file import WEIGHTS, read_header
+from .tensor_file import read_tensors as _read_checked
 
-MANIFEST = "graphpeft.json"
-WEIGHTS = "adapter_model.safetensors"
-PEFT_CONFIG = "adapter_config.json"
-FORMAT_VERSION = 1
 OWNED_FILES = (MANIFEST, WEIGHTS, PEFT_CONFIG)
 
 
-def fingerprint(model: GraphPeftModel) -> str:
-    """sha256 over the base graph's op sites (key, module class, weight shape)."""
-    rows = [[s.key, s.cls.rsplit(".", 1)[-1], list(s.weight_shape or ())] for s in model.sites() if s.op != "module"]
-    return hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest()
-
-
 def tensor_key(model: GraphPeftModel, adapter: str, site: Site, method: str, suffix: str) -> str:
-    """PEFT's key of one tensor: ``base_model.model.<fqn>.<suffix>``; prompt learning: ``prompt_embeddings``
-    and ``base_model.<fqn>.<param>`` for fully trained modules."""
-    if get_method(method).virtual_tokens:
-        return suffix
-    prompt_learning = bool(virtual_claims(model.adapter_specs[adapter].claims))
-    return f"{PROMPT_PREFIX if prompt_learning else PREFIX}{site.host}.{suffix}"
+    """PEFT's key of one tensor of adapter ``adapter`` (see :func:`graphpeft.adapter_reading.key_of`)."""
+    return key_of(model.adapter_specs[adapter].claims, site, method, suffix)
 
 
 def adapter_tensors(model: GraphPeftModel, adapter: str) -> dict[str, torch.Tensor]:
@@ -73,7 +60,7 @@ def manifest(model: GraphPeftModel, adapter: str, tensors: dict[str, torch.Tenso
     spec = model.adapter_specs[adapter]
     base = model.base_model
     return {
-        "format": "graphpeft-adapter",
+        "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "adapter_name": adapter,
         "versions": {"graphpeft": __version__, "torch": torch.__version__, "transformers": transformers.__version__},
@@ -138,26 +125,10 @@ def _write_adapter(model: GraphPeftModel, name: str, folder: Path) -> None:
 
 
 # ---------------------------------------------------------------------- load
-def read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise LoadError(f"cannot read {path}: {exc.strerror or exc}") from None
-    except json.JSONDecodeError as exc:
-        raise LoadError(f"{path} is not valid JSON ({exc}); the file is corrupted, save the adapter again") from None
-    if not isinstance(data, dict):
-        raise LoadError(f"{path} must hold a JSON object")
-    return data
-
-
 def read_tensors(path: Path) -> dict[str, torch.Tensor]:
-    if not path.is_file():
-        raise LoadError(f"{path} is missing; an adapter directory needs {WEIGHTS}")
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as handle:
-            return {key: handle.get_tensor(key) for key in handle.keys()}
-    except Exception as exc:  # safetensors raises its own error types for truncated or corrupt files
-        raise LoadError(f"{path} is not a readable safetensors file ({type(exc).__name__}: {exc}); it may be truncated or corrupted") from None
+    """Every tensor of a weights file (floating point and finite, else LoadError)."""
+    read_header(path)
+    return _read_checked(path)
 
 
 def is_adapter_folder(folder: Path) -> bool:
@@ -191,35 +162,24 @@ def prepare_folder(folder: Path) -> None:
 
 
 def load_into(model: GraphPeftModel, directory: str | os.PathLike, adapter_name: str = "default", is_trainable: bool = False) -> None:
-    """Add the adapter saved in ``directory`` to ``model``; on any error ``model`` is unchanged."""
+    """Add the adapter saved in ``directory`` to ``model``; on any error ``model`` is unchanged.
+
+    The folder is read and checked in full (every config key, the weights' header against the shapes
+    the adapter needs, finite values, no tensor that would change a base weight) before any parameter
+    is created.
+    """
     check_adapter_name(adapter_name)
     if adapter_name in model.adapter_specs:
         raise AdapterError(
             f"adapter {adapter_name!r} already exists; pass another adapter_name or delete_adapter({adapter_name!r}) first"
         )
-    folder = Path(directory)
-    prepare_folder(folder)
-    if not folder.is_dir():
-        raise LoadError(f"{folder} is not a directory; pass the folder save_pretrained wrote")
-    if (folder / MANIFEST).is_file():
-        record = read_json(folder / MANIFEST)
-        rules = _rules_from_manifest(record, folder)
-    elif (folder / PEFT_CONFIG).is_file():
-        record = None
-        config = read_json(folder / PEFT_CONFIG)
-        if config.get("peft_type") in METHOD_BY_PEFT_TYPE:
-            rules = rules_from_prompt_config(config, model.base_model)
-        else:
-            rules = rules_from_peft_config(config, model.sites())
-    else:
-        raise LoadError(f"{folder} holds neither {MANIFEST} nor {PEFT_CONFIG}; it is not an adapter directory")
-    tensors = read_tensors(folder / WEIGHTS)
+    folder = _adapter_folder(directory)
+    saved = read_saved(model, folder, adapter_name)
+    tensors = read_weights(model, saved)
     grads = {id(p): p.requires_grad for p in model.base_model.parameters()}
     try:
-        model.add_adapter(adapter_name, rules)
-        if record is not None:
-            _check_manifest(model, adapter_name, record, folder)
-        _copy_tensors(model, adapter_name, tensors, folder)
+        model.add_adapter(adapter_name, saved.rules)
+        _copy_tensors(model, adapter_name, tensors)
     except BaseException as exc:
         model.delete_adapter_state(adapter_name)
         for param in model.base_model.parameters():
@@ -236,19 +196,17 @@ def restore_weights(model: GraphPeftModel, directory: str | os.PathLike, adapter
     """Copy the weights saved in ``directory`` into the existing adapter ``adapter_name``, in place.
 
     The parameters stay the same objects, so an optimizer that holds them keeps working (resuming
-    a training run). The folder must have been saved from an adapter with the same sites.
+    a training run). The folder must have been saved from an adapter with the same sites, methods and
+    options (r, alpha, dropout, ...): weights trained under other options would compute other numbers.
     """
     spec = model._spec(adapter_name)
-    folder = Path(directory)
-    prepare_folder(folder)
-    if (folder / MANIFEST).is_file():
-        saved_sites = set(read_json(folder / MANIFEST).get("sites", {}))
-        if saved_sites != set(spec.claims):
-            raise LoadError(f"{folder} holds an adapter for other sites than adapter {adapter_name!r}; load it as a new adapter instead")
-    tensors = read_tensors(folder / WEIGHTS)
+    folder = _adapter_folder(directory)
+    saved = read_saved(model, folder, adapter_name)
+    _check_same_adapter(saved, spec.claims, adapter_name)
+    tensors = read_weights(model, saved)
     backup = {name: param.detach().clone() for name, param in model.adapter_parameters(adapter_name).items()}
     try:
-        _copy_tensors(model, adapter_name, tensors, folder)
+        _copy_tensors(model, adapter_name, tensors)
     except BaseException:
         with torch.no_grad():
             for name, param in model.adapter_parameters(adapter_name).items():
@@ -256,84 +214,35 @@ def restore_weights(model: GraphPeftModel, directory: str | os.PathLike, adapter
         raise
 
 
-def _rules_from_manifest(record: dict[str, Any], folder: Path) -> list[ResolvedRule]:
-    version = record.get("format_version")
-    if record.get("format") != "graphpeft-adapter" or not isinstance(version, int):
-        raise LoadError(f"{folder / MANIFEST} is not a graphpeft manifest")
-    if version > FORMAT_VERSION:
-        raise LoadError(
-            f"{folder / MANIFEST} has format_version {version}, newer than this graphpeft reads ({FORMAT_VERSION}); "
-            "upgrade graphpeft"
-        )
-    resolved = []
-    try:
-        for raw in record["rules"]:
-            patterns = tuple(Pattern.from_dict(t, f"manifest rule {raw['name']!r}") for t in raw["targets"])
-            options = {k: v for k, v in raw.items() if k not in ("name", "method", "targets", "required", "source", "also")}
-            rule = Rule(raw["name"], raw["method"], patterns, options, raw.get("required", True))
-            resolved.append(ResolvedRule(rule, tuple((p.to_dict().__repr__(), p) for p in patterns), raw.get("source", MANIFEST)))
-    except (KeyError, TypeError) as exc:
-        raise LoadError(f"{folder / MANIFEST} is malformed (missing or wrong field {exc}); save the adapter again") from None
-    except GraphPeftError as exc:
-        raise LoadError(f"{folder / MANIFEST} holds an invalid rule: {exc}") from None
-    return resolved
+def _adapter_folder(directory: str | os.PathLike) -> Path:
+    folder = Path(directory)
+    prepare_folder(folder)
+    if not folder.is_dir():
+        raise LoadError(f"{folder} is not a directory; pass the folder save_pretrained wrote")
+    return folder
 
 
-def _check_manifest(model: GraphPeftModel, adapter: str, record: dict[str, Any], folder: Path) -> None:
-    saved = record.get("model", {})
-    if saved.get("fingerprint") != fingerprint(model):
-        raise LoadError(
-            f"{folder} was saved for a different base graph (fingerprint mismatch: saved for "
-            f"{saved.get('class')} / {saved.get('model_type')}, loading onto {type(model.base_model).__name__}); "
-            "load it onto the base model it was trained on"
-        )
-    claimed = set(model.adapter_specs[adapter].claims)
-    expected = set(record.get("sites", {}))
-    if claimed != expected:
-        missing = sorted(expected - claimed)[:3]
-        raise LoadError(f"{folder}: the rules select other sites on this model than when saved (e.g. {missing}); wrong base model?")
+def _check_same_adapter(saved: SavedAdapter, claims: dict[str, tuple[Site, Any]], adapter: str) -> None:
+    """The folder's adapter must be the live one but for its weights: same sites, methods and options."""
+    if set(saved.claims) != set(claims):
+        raise LoadError(f"{saved.folder} holds an adapter for other sites than adapter {adapter!r}; load it as a new adapter instead")
+    for key, (_, live) in claims.items():
+        recorded = {"method": saved.claims[key][1].method, **saved.recorded[key]}
+        difference = option_difference(recorded, {"method": live.method, **live.options})
+        if difference:
+            name, saved_value, value = difference
+            raise LoadError(
+                f"{saved.folder} was saved with {name}={saved_value!r} at {key}, but adapter {adapter!r} has "
+                f"{name}={value!r}; restoring copies weights only: load the folder as a new adapter instead"
+            )
 
 
-def _copy_tensors(model: GraphPeftModel, adapter: str, tensors: dict[str, torch.Tensor], folder: Path) -> None:
-    used = set()
+def _copy_tensors(model: GraphPeftModel, adapter: str, tensors: dict[str, torch.Tensor]) -> None:
+    """Copy checked tensors (by PEFT key) into the adapter's parameters, in their device and dtype."""
     for site, claim in model.adapter_specs[adapter].claims.values():
         method = get_method(claim.method)
         wanted = {}
         for suffix, param in method.state(site, model.adapters, adapter).items():
-            key = tensor_key(model, adapter, site, claim.method, suffix)
-            if key not in tensors:
-                raise LoadError(f"{folder / WEIGHTS} lacks tensor {key!r}; the file does not belong to this adapter config")
-            if tuple(tensors[key].shape) != tuple(param.shape):
-                raise LoadError(
-                    f"{folder / WEIGHTS}: tensor {key!r} has shape {tuple(tensors[key].shape)}, but this model needs "
-                    f"{tuple(param.shape)}; the adapter was made for a base model of another size"
-                )
-            wanted[suffix] = tensors[key].to(device=param.device, dtype=param.dtype)
-            used.add(key)
+            value = tensors[tensor_key(model, adapter, site, claim.method, suffix)]
+            wanted[suffix] = value.to(device=param.device, dtype=param.dtype)
         method.load_state(site, model.adapters, adapter, wanted)
-    base_copies = _base_layer_tensors(model, tensors, used, folder)
-    unused = sorted(set(tensors) - used)
-    if unused:
-        raise LoadError(f"{folder / WEIGHTS} holds tensors no site of this model takes, e.g. {unused[:3]}; wrong base model?")
-    with torch.no_grad():
-        for param, value in base_copies:
-            param.copy_(value)
-
-
-def _base_layer_tensors(model: GraphPeftModel, tensors: dict[str, torch.Tensor], used: set[str], folder: Path) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """PEFT saves adapted embedding layers' own weights (``<fqn>.base_layer.weight``) too; load them as PEFT does."""
-    out = []
-    for key, value in tensors.items():
-        if key in used or ".base_layer." not in key or not key.startswith(PREFIX):
-            continue
-        fqn = key[len(PREFIX):].replace(".base_layer.", ".")
-        try:
-            param = model.base_model.get_parameter(fqn)
-        except AttributeError:
-            continue
-        if tuple(param.shape) != tuple(value.shape):
-            raise LoadError(f"{folder / WEIGHTS}: {key!r} has shape {tuple(value.shape)}, the model's {fqn} is {tuple(param.shape)}")
-        used.add(key)
-        if not torch.equal(param.detach().cpu(), value.to(param.dtype)):
-            out.append((param, value.to(device=param.device, dtype=param.dtype)))
-    return out

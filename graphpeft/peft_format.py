@@ -165,17 +165,28 @@ def lora_config(model: nn.Module, claims: dict[str, tuple[Site, Any]]) -> dict[s
     return config
 
 
-def rules_from_peft_config(config: dict[str, Any], sites: list[Site]) -> list[ResolvedRule]:
-    """Rules that select exactly the modules PEFT would adapt with this LoRA or IA3 config."""
-    peft_type = config.get("peft_type")
-    if peft_type == "IA3":
+# The graphpeft options a PEFT config records, per method, that decide what saved weights compute
+# (what restoring weights into a live adapter compares; a prompt table is the encoder's output).
+PEFT_OPTIONS = {
+    "lora": ("r", "alpha", "dropout", "rslora", "dora"),
+    "ia3": ("feedforward",),
+    "train": (),
+    "prompt_tuning": ("num_virtual_tokens",),
+    "p_tuning": ("num_virtual_tokens",),
+    "prefix_tuning": ("num_virtual_tokens",),
+}
+
+
+def rules_from_peft_config(config: dict[str, Any], sites: list[Site], where: str) -> list[ResolvedRule]:
+    """Rules that select exactly the modules PEFT would adapt with this LoRA or IA3 config.
+
+    ``config`` passed :func:`graphpeft.peft_schema.check_peft_config`; ``where`` names its file.
+    """
+    if config["peft_type"] == "IA3":
         return _ia3_rules(config, sites)
-    if peft_type != "LORA":
-        raise LoadError(f"PEFT adapter type {peft_type!r} is not supported by graphpeft.load yet (LORA and IA3 are)")
-    for key, fine in (("bias", "none"), ("lora_bias", False), ("layer_replication", None), ("target_parameters", None)):
-        if config.get(key, fine) not in (fine, [], {}):
-            raise LoadError(f"PEFT config sets {key}={config[key]!r}, which graphpeft does not support")
     targets = config.get("target_modules")
+    if isinstance(targets, str) and config.get("layers_to_transform") not in (None, []):
+        raise LoadError(f"{where} sets layers_to_transform with target_modules as a regex; PEFT refuses that too")
     candidates = [s for s in sites if s.op in ("linear", "embedding", "conv2d")]
     chosen = [s for s in candidates if _peft_targets(s.fqn, targets, config)]
     if not chosen:
@@ -191,11 +202,11 @@ def rules_from_peft_config(config: dict[str, Any], sites: list[Site]) -> list[Re
     resolved = []
     for i, ((r, alpha), fqns) in enumerate(groups.items()):
         options = {
-            "r": int(r),
+            "r": r,
             "alpha": alpha,
-            "dropout": float(config.get("lora_dropout", 0.0) or 0.0),
-            "rslora": bool(config.get("use_rslora", False)),
-            "dora": bool(config.get("use_dora", False)),
+            "dropout": config.get("lora_dropout", 0.0),
+            "rslora": config.get("use_rslora", False),
+            "dora": config.get("use_dora", False),
         }
         pattern = Pattern(module=tuple(_escape_glob(f) for f in dict.fromkeys(fqns)))
         rule = Rule(f"peft_lora_{i}" if i else "peft_lora", "lora", (pattern,), options)
@@ -259,13 +270,41 @@ def _peft_targets(fqn: str, targets: Any, config: dict[str, Any]) -> bool:
             hit = not compile_regex(exclude, "exclude_modules", LoadError).matches(fqn)
         else:
             hit = not any(fqn == e or fqn.endswith("." + e) for e in exclude)
-    layers = config.get("layers_to_transform")
-    if hit and layers is not None:
-        from .rules import layer_index
+    if hit and not isinstance(targets, str) and fqn not in targets:
+        hit = _in_transformed_layers(fqn, config)  # PEFT filters layers only for suffix matches
+    return hit and not _inside_saved_module(fqn, config.get("modules_to_save"))
 
-        wanted = [layers] if isinstance(layers, int) else list(layers)
-        hit = layer_index(fqn) in wanted
-    return hit
+
+def _in_transformed_layers(fqn: str, config: dict[str, Any]) -> bool:
+    layers = config.get("layers_to_transform")
+    if layers is None or layers == []:
+        return True
+    index = _peft_layer_index(fqn, config.get("layers_pattern"))
+    if index is None:
+        return False
+    return index == layers if isinstance(layers, int) else index in layers
+
+
+def _peft_layer_index(fqn: str, patterns: Any) -> int | None:
+    """PEFT's layer index: the first all-digit part of ``fqn`` after a part named in ``patterns`` (after any
+    part but the first when there are none) and before the last part."""
+    parts = fqn.split(".")
+    names = [patterns] if isinstance(patterns, str) else list(patterns or [])
+    for name in [n for n in names if n] or [None]:
+        for i in range(0 if name else 1, len(parts) - 2):
+            if (name is None or parts[i] == name) and parts[i + 1].isdecimal():
+                return int(parts[i + 1])
+    return None
+
+
+def _inside_saved_module(fqn: str, saved: Any) -> bool:
+    """PEFT adapts nothing inside (or named as) a module of ``modules_to_save``: its parts appear in a row in ``fqn``."""
+    parts = fqn.split(".")
+    for name in saved or []:
+        wanted = name.split(".")
+        if any(parts[i:i + len(wanted)] == wanted for i in range(len(parts) - len(wanted) + 1)):
+            return True
+    return False
 
 
 def _pattern_value(fqn: str, patterns: dict[str, Any], default: Any) -> Any:

@@ -85,29 +85,52 @@ def prompt_learning_config(model: nn.Module, claims: dict[str, tuple[Site, Any]]
     return config
 
 
-def rules_from_prompt_config(config: dict[str, Any], model: nn.Module) -> list[ResolvedRule]:
-    """The built-in rule for the PEFT type (and its ``also`` rules), with the config's options."""
+def rules_from_prompt_config(config: dict[str, Any], model: nn.Module, where: str) -> list[ResolvedRule]:
+    """The built-in rule for the PEFT type (and its ``also`` rules), with the config's options.
+
+    ``config`` passed :func:`graphpeft.peft_schema.check_peft_config`; ``where`` names its file.
+    """
     from .rulebook import resolve_rules
 
-    peft_type = config.get("peft_type")
-    method = METHOD_BY_PEFT_TYPE[peft_type]
-    if config.get("num_virtual_tokens") is None:
-        raise LoadError(f"PEFT config of type {peft_type} lacks num_virtual_tokens")
-    options: dict[str, Any] = {"num_virtual_tokens": int(config["num_virtual_tokens"])}
+    method = METHOD_BY_PEFT_TYPE[config["peft_type"]]
+    _check_geometry(config, model, method, where)
+    options: dict[str, Any] = {"num_virtual_tokens": config["num_virtual_tokens"]}
     if method == "p_tuning":
         options.update(
             {
-                "encoder": str(config.get("encoder_reparameterization_type", "MLP")).lower(),
-                "encoder_hidden_size": int(config.get("encoder_hidden_size") or 0),
-                "encoder_num_layers": int(config.get("encoder_num_layers", 2)),
+                "encoder": config.get("encoder_reparameterization_type", "MLP").lower(),
+                "encoder_hidden_size": config.get("encoder_hidden_size") or 0,
+                "encoder_num_layers": config.get("encoder_num_layers", 2),
                 "encoder_dropout": float(config.get("encoder_dropout", 0.0)),
             }
         )
     elif method == "prefix_tuning":
         options.update(
             {
-                "prefix_projection": bool(config.get("prefix_projection", False)),
-                "encoder_hidden_size": int(config.get("encoder_hidden_size") or 0),
+                "prefix_projection": config.get("prefix_projection", False),
+                "encoder_hidden_size": config.get("encoder_hidden_size") or 0,
             }
         )
     return resolve_rules(model, method, options)
+
+
+def _check_geometry(config: dict[str, Any], model: nn.Module, method: str, where: str) -> None:
+    """The config's sizes that lay out the saved table must be this model's (PEFT writes them from the model)."""
+    for key, value in _layout_keys(model, method).items():
+        if config.get(key) is not None and config[key] != value:
+            raise LoadError(
+                f"{where} sets {key}={config[key]!r}, but this {type(model).__name__} has {key}={value}; "
+                "the adapter was made for another model"
+            )
+
+
+def _layout_keys(model: nn.Module, method: str) -> dict[str, int]:
+    """The config keys that decide how ``prompt_embeddings`` is laid out, as PEFT writes them for ``model``."""
+    geometry = model_geometry(model.config)
+    if method == "prefix_tuning":
+        return {
+            "num_layers": geometry["layers"],
+            "num_attention_heads": geometry["kv_heads"],
+            "token_dim": geometry["kv_heads"] * geometry["head_dim"],
+        }
+    return {"token_dim": geometry["width"], "num_transformer_submodules": 2 if is_encoder_decoder(model) else 1}

@@ -20,10 +20,10 @@ class Tokens(nn.Module):
         super().__init__()
         self.emb = nn.Embedding(10, 8)
         self.fc = nn.Linear(8, 6)
-        self.conv = nn.Conv2d(2, 3, 3, padding=1)
+        self.conv = nn.Conv2d(2, 4, 3, padding=1)  # 4 output channels: room for rank R
 
     def forward(self, ids: torch.Tensor, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """ids: (batch, seq), image: (batch, 2, 5, 5) -> ((batch, seq, 6), (batch, 3, 5, 5))."""
+        """ids: (batch, seq), image: (batch, 2, 5, 5) -> ((batch, seq, 6), (batch, 4, 5, 5))."""
         return self.fc(self.emb(ids)), self.conv(image)
 
 

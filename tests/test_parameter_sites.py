@@ -65,7 +65,7 @@ def test_lora_on_functional_weights_matches_hand_written_reference():
 
 def test_merging_functional_weights_writes_through_their_views():
     module = Functional()
-    model = graphpeft.apply(module, Rule("all", "lora", [Pattern(param="*")], {"init": "random"}), example_inputs=(X,))
+    model = graphpeft.apply(module, Rule("all", "lora", [Pattern(param="*")], {"r": 3, "init": "random"}), example_inputs=(X,))
     before = {name: p.detach().clone() for name, p in module.named_parameters()}
     with torch.no_grad():
         unmerged = model(X)

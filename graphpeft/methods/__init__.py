@@ -71,6 +71,15 @@ class Method:
         """Copy tensors (keys as :meth:`state` returns them) into the parameters."""
         raise NotImplementedError
 
+    def state_shapes(self, site: Site, options: dict[str, Any], model: nn.Module) -> dict[str, tuple[int, ...]]:
+        """The shapes :meth:`state` will give once :meth:`create` ran, found without allocating them (a
+        loader checks a file's tensors against them before creating anything). By default, a dry run of
+        :meth:`create` on meta copies of the base weights (:mod:`.dry_run`); a method whose ``create``
+        reads more of the base model than ``get_parameter``/``get_submodule`` computes them itself."""
+        from .dry_run import meta_state_shapes
+
+        return meta_state_shapes(self, site, options, model)
+
 
 def adapter_dtype(weight: torch.Tensor) -> torch.dtype:
     """The dtype adapter tensors are stored in beside a base ``weight``: fp32 for fp16/bf16 bases, else the weight's."""

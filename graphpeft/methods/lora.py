@@ -47,6 +47,23 @@ def _weight_out_in(site: Site, weight: torch.Tensor) -> torch.Tensor:
     return weight
 
 
+def _rank_problem(site: Site, r: int) -> str | None:
+    """A rank above the layer's adds parameters but no expressiveness, and a huge one exhausts memory: refuse it."""
+    out_features, in_features = _matrix_shape(site)
+    most = min(out_features, in_features)
+    if r <= most:
+        return None
+    return f"r={r} is larger than its {out_features}x{in_features} weight allows (rank at most {most}); choose r <= {most}"
+
+
+def _matrix_shape(site: Site) -> tuple[int, int]:
+    """(out, in) of the matrix the update B A adds to (one expert's; conv2d: (out_ch, in_ch·kh·kw))."""
+    if site.op == "conv2d" and site.weight_shape is not None:
+        out_ch, in_ch, kh, kw = site.weight_shape
+        return out_ch, in_ch * kh * kw
+    return site.out_features, site.in_features
+
+
 def _distinct_names(value: Any) -> str | None:
     if all(isinstance(v, str) and v for v in value) and len(set(value)) == len(value):
         return None
@@ -81,8 +98,10 @@ class LoRA(Method):
         if site.op == "conv2d" and options["dora"]:
             return "DoRA on conv2d sites is not supported by graphpeft"
         if lora_params.handles(site, options):
-            return lora_params.check(site, options)
-        return None
+            problem = lora_params.check(site, options)
+            if problem:
+                return problem
+        return _rank_problem(site, options["r"])
 
     # ------------------------------------------------------------------ parameters
     def create(self, site: Site, options: dict[str, Any], model: nn.Module, store: nn.Module, adapter: str) -> None:

@@ -60,6 +60,13 @@ class VirtualTokenMethod(Method):
     def build(self, site: Site, options: dict[str, Any], model: nn.Module) -> VirtualTokenModule:
         raise NotImplementedError
 
+    def table_shape(self, site: Site, options: dict[str, Any], model: nn.Module) -> tuple[int, int]:
+        """(rows, width) of the table the module's ``output()`` gives (PEFT's ``prompt_embeddings``)."""
+        raise NotImplementedError
+
+    def state_shapes(self, site: Site, options: dict[str, Any], model: nn.Module) -> dict[str, tuple[int, ...]]:
+        return {STATE_KEY: self.table_shape(site, options, model)}
+
     def create(self, site: Site, options: dict[str, Any], model: nn.Module, store: nn.Module, adapter: str) -> None:
         if SLOT not in store._modules:
             store.register_module(SLOT, nn.ModuleDict())
@@ -99,6 +106,9 @@ class EmbeddingTokenMethod(VirtualTokenMethod):
     site_ops = ("embedding",)
     wrong_op = "virtual tokens are prepended to the word embeddings: target the embedding site (op = \"embedding\")"
 
+    def table_shape(self, site: Site, options: dict[str, Any], model: nn.Module) -> tuple[int, int]:
+        return _prompt_rows(options, model), site.out_features
+
 
 class PromptTuning(EmbeddingTokenMethod):
     name = "prompt_tuning"
@@ -116,8 +126,8 @@ class PromptTuning(EmbeddingTokenMethod):
         return super().check_site(site, options)
 
     def build(self, site: Site, options: dict[str, Any], model: nn.Module) -> VirtualTokenModule:
-        rows = _prompt_rows(options, model)
-        table = PromptTable(rows, site.out_features)
+        rows, width = self.table_shape(site, options, model)
+        table = PromptTable(rows, width)
         words = model.get_parameter(site.weight).detach()
         if options["init"] == "sample_vocab":
             ids = torch.randint(0, words.shape[0], (rows,), device=words.device)
@@ -159,11 +169,9 @@ class PTuning(EmbeddingTokenMethod):
     )
 
     def build(self, site: Site, options: dict[str, Any], model: nn.Module) -> VirtualTokenModule:
-        width = site.out_features
+        rows, width = self.table_shape(site, options, model)
         hidden = options["encoder_hidden_size"] or width
-        return PromptEncoder(
-            _prompt_rows(options, model), width, hidden, options["encoder"], options["encoder_num_layers"], options["encoder_dropout"]
-        )
+        return PromptEncoder(rows, width, hidden, options["encoder"], options["encoder_num_layers"], options["encoder_dropout"])
 
 
 def _first_attr(config: Any, names: tuple[str, ...]) -> int:
@@ -206,12 +214,17 @@ class PrefixTuning(VirtualTokenMethod):
                 f"prefix_tuning feeds its keys/values through the KV cache, and {type(model).__name__}.forward takes no "
                 "cache (PEFT cannot prefix-tune it either); use prompt_tuning or p_tuning for this model"
             )
-        layers, kv_heads, head_dim = prefix_geometry(model.config)
+        _, kv_heads, head_dim = prefix_geometry(model.config)
         width = kv_heads * head_dim
-        rows, out = options["num_virtual_tokens"], layers * 2 * width
+        rows, out = self.table_shape(site, options, model)
         if options["prefix_projection"]:
             return PrefixProjection(rows, width, options["encoder_hidden_size"] or width, out)
         return PromptTable(rows, out)
+
+    def table_shape(self, site: Site, options: dict[str, Any], model: nn.Module) -> tuple[int, int]:
+        """(nv, layers · 2 · kv_heads · head_dim): keys and values of every layer per virtual token."""
+        layers, kv_heads, head_dim = prefix_geometry(model.config)
+        return options["num_virtual_tokens"], layers * 2 * kv_heads * head_dim
 
 
 register(PromptTuning())
