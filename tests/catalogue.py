@@ -207,3 +207,14 @@ def check_case(case: Case, shared: tuple[Any, ...], tmp_path: Path, capfd: pytes
     assert len(capfd.readouterr().err.splitlines()) <= 3, "no trace dumped to stderr"
     for model, snap in zip(models, before):
         assert_unchanged(snap, snapshot(model))
+
+
+def case_test(cases: list[Case]) -> Callable[..., None]:
+    """The catalogue's test over ``cases``: assign it to a ``test_*`` name in a test module. The world is
+    built once per session (fixture ``catalogue_world`` in conftest.py); every case leaves it unchanged."""
+
+    @pytest.mark.parametrize("case", cases, ids=[c.name for c in cases])
+    def test(case: Case, catalogue_world: tuple[Any, ...], tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+        check_case(case, catalogue_world, tmp_path, capfd)
+
+    return test

@@ -212,7 +212,7 @@ class WithCustomOp(nn.Module):
 
 
 def test_program_calling_a_custom_op_warns_with_the_import_its_loader_needs(tmp_path):
-    rule = graphpeft.Rule("p", "lora", graphpeft.Pattern(op="linear", module="proj"))
+    rule = graphpeft.Rule("p", "lora", graphpeft.Pattern(op="linear", module="proj"), {"r": 2})
     model = graphpeft.apply(WithCustomOp(), rule, example_inputs=(torch.randn(2, 4),))
     with pytest.warns(UserWarning, match=rf"calls graphpeft_tests::twice, registered outside torch; load it after `import {__name__}`"):
         model.export(tmp_path / "custom.pt2", x=torch.randn(2, 4))

@@ -9,16 +9,34 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 
-import pytest
 import torch
 from catalogue import (
-    RULES, Case, DataDependent, apply, check_case, edited, load, make_world, peft_config, q_rule, touch,
-    unlink, wider_llama, without_manifest,
+    RULES,
+    Case,
+    DataDependent,
+    apply,
+    case_test,
+    edited,
+    load,
+    peft_config,
+    q_rule,
+    touch,
+    unlink,
+    wider_llama,
+    without_manifest,
 )
 
 import graphpeft
 from graphpeft import Pattern, Rule
-from graphpeft.errors import AdapterError, CallError, LoadError, MatchError, RuleError, SaveError, TraceError
+from graphpeft.errors import (
+    AdapterError,
+    CallError,
+    LoadError,
+    MatchError,
+    RuleError,
+    SaveError,
+    TraceError,
+)
 
 CASES = [
     # ---------------------------------------------------------------- rule files
@@ -109,11 +127,6 @@ CASES = [
 
 
 
-@pytest.fixture(scope="module")
-def shared(tmp_path_factory):
-    return make_world(tmp_path_factory)
-
-
 def test_catalogue_has_at_least_a_hundred_and_twenty_cases():
     hostile = sorted(Path(__file__).parent.glob("test_hostile_*.py"))
     names = [c.name for c in CASES]
@@ -123,6 +136,4 @@ def test_catalogue_has_at_least_a_hundred_and_twenty_cases():
     assert len(set(names)) == len(names), "case names are unique across the catalogue"
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
-def test_bad_input_raises_named_error_and_leaves_model_unchanged(case, shared, tmp_path, capfd):
-    check_case(case, shared, tmp_path, capfd)
+test_bad_input_raises_named_error_and_leaves_model_unchanged = case_test(CASES)

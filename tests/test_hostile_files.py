@@ -16,7 +16,7 @@ from pathlib import Path
 import mlp
 import pytest
 import torch
-from catalogue import Case, check_case, load, make_world, mkdir, touch
+from catalogue import Case, case_test, load, mkdir, touch
 
 import graphpeft
 import graphpeft.atomic_dir as atomic_dir
@@ -177,14 +177,7 @@ CASES = [
 ]
 
 
-@pytest.fixture(scope="module")
-def shared(tmp_path_factory):
-    return make_world(tmp_path_factory)
-
-
-@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
-def test_hostile_input_raises_named_error_and_leaves_model_unchanged(case, shared, tmp_path, capfd):
-    check_case(case, shared, tmp_path, capfd)
+test_hostile_input_raises_named_error_and_leaves_model_unchanged = case_test(CASES)
 
 
 # -------------------------------------------------------------------- what the link policy keeps working

@@ -12,9 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import mlp
-import pytest
 import torch
-from catalogue import Case, apply, check_case, load, make_world, peft_config, without_manifest
+from catalogue import Case, apply, case_test, load, peft_config, without_manifest
 from safetensors.torch import save_file
 
 from graphpeft.checkpoint import restore_weights
@@ -189,14 +188,7 @@ CASES = [
 ]
 
 
-@pytest.fixture(scope="module")
-def shared(tmp_path_factory):
-    return make_world(tmp_path_factory)
-
-
-@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
-def test_hostile_input_raises_named_error_and_leaves_model_unchanged(case, shared, tmp_path, capfd):
-    check_case(case, shared, tmp_path, capfd)
+test_hostile_input_raises_named_error_and_leaves_model_unchanged = case_test(CASES)
 
 
 def test_restore_from_a_peft_folder_with_the_same_options_copies_its_weights_into_the_same_parameters(tmp_path):

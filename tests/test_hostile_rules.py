@@ -9,16 +9,25 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
 import torch
-from catalogue import RULES, Case, apply, check_case, edited, load, make_world, peft_config, q_rule, without_manifest
+from catalogue import (
+    RULES,
+    Case,
+    apply,
+    case_test,
+    edited,
+    load,
+    peft_config,
+    q_rule,
+    without_manifest,
+)
+from test_patterns import watchdog
 from torch import nn
 
 import graphpeft
 from graphpeft import Pattern, Rule, RuleSet
 from graphpeft.errors import LoadError, MatchError, RuleError
 from graphpeft.rule_files import MAX_RULE_FILE_BYTES
-from test_patterns import watchdog
 
 Q_SITE = 'module = "*.self_attn.q_proj"'
 HANG = 30.0  # seconds: Python's backtracking would run for hours on these
@@ -89,7 +98,7 @@ CASES = [
     Case("python_pattern_regex_catastrophic_backtracking", apply(lambda w: Rule("x", "lora", Pattern(op="linear", regex=r"(\w+\.?)+!"))), MatchError, "matches no site", timeout=HANG),
     Case("peft_target_modules_regex_catastrophic_backtracking", load(lambda w: peft_folder(w, target_modules="(.+)+!")), LoadError, "selects no linear/embedding/conv2d module", timeout=HANG),
     Case("peft_exclude_modules_regex_catastrophic_backtracking", load(lambda w: peft_folder(w, target_modules=".*_proj", exclude_modules="(.+)+!")), LoadError, "lacks tensor", timeout=HANG),
-    Case("peft_rank_pattern_key_catastrophic_backtracking", load(lambda w: peft_folder(w, rank_pattern={"((.+)+!|q_proj)": 8})), LoadError, "another size", timeout=HANG),
+    Case("peft_rank_pattern_key_catastrophic_backtracking", load(lambda w: peft_folder(w, rank_pattern={"((.+)+!|q_proj)": 8})), LoadError, "(config r=8, tensors r=4)", timeout=HANG),
     Case("manifest_rule_regex_catastrophic_backtracking", load(lambda w: manifest_target(w, regex="(.+)+!")), LoadError, "matches no site", timeout=HANG),
     # ------------------------------------------------ patterns RE2 cannot run, and over-long ones
     Case("rule_file_regex_backreference", edited(Q_SITE, r"regex = '.*(q)\1_proj'"), RuleError, "uses a backreference, which graphpeft does not match"),
@@ -135,14 +144,7 @@ CASES = [
 ]
 
 
-@pytest.fixture(scope="module")
-def shared(tmp_path_factory):
-    return make_world(tmp_path_factory)
-
-
-@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
-def test_hostile_input_raises_named_error_and_leaves_model_unchanged(case, shared, tmp_path, capfd):
-    check_case(case, shared, tmp_path, capfd)
+test_hostile_input_raises_named_error_and_leaves_model_unchanged = case_test(CASES)
 
 
 # ---------------------------------------------------------------------- behaviours that must work (not errors)
@@ -168,9 +170,9 @@ def test_rule_file_of_ten_thousand_chained_rules_resolves_in_linear_time(tmp_pat
     assert len(chain) == 10_000
 
 
-def test_explain_reports_an_optional_rule_that_matches_nothing_instead_of_raising(shared):
+def test_explain_reports_an_optional_rule_that_matches_nothing_instead_of_raising(catalogue_world):
     rule = Rule("x", "lora", Pattern(op="linear", module="*.qq_proj"), required=False)
-    report = graphpeft.explain(shared[0], rule)
+    report = graphpeft.explain(catalogue_world[0], rule)
     assert [item.rule for item in report.unmatched] == ["x"]
     assert not report.sites and not report.ok
     assert "would have no sites" in report.problems[0]

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from catalogue import Case, check_case, make_world
+from catalogue import Case, case_test
 from models import tiny_bert, tiny_gpt2, tiny_llama
 from torch import nn
 
@@ -125,14 +125,7 @@ CASES = [
 ]
 
 
-@pytest.fixture(scope="module")
-def shared(tmp_path_factory):
-    return make_world(tmp_path_factory)
-
-
-@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
-def test_hostile_input_raises_named_error_and_leaves_model_unchanged(case, shared, tmp_path, capfd):
-    check_case(case, shared, tmp_path, capfd)
+test_hostile_input_raises_named_error_and_leaves_model_unchanged = case_test(CASES)
 
 
 class Lookup(nn.Module):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from catalogue import Case, apply, check_case, make_world, mkdir, touch
+from catalogue import Case, apply, case_test, mkdir, touch
 from models import tiny_llama
 from torch import nn
 
@@ -92,14 +92,7 @@ CASES = [
 ]
 
 
-@pytest.fixture(scope="module")
-def shared(tmp_path_factory):
-    return make_world(tmp_path_factory)
-
-
-@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
-def test_hostile_input_raises_named_error_and_leaves_model_unchanged(case, shared, tmp_path, capfd):
-    check_case(case, shared, tmp_path, capfd)
+test_hostile_input_raises_named_error_and_leaves_model_unchanged = case_test(CASES)
 
 
 # ---------------------------------------------------------------------- the graphpeft command
