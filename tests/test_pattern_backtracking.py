@@ -43,8 +43,10 @@ def test_regex_re2_can_run_stays_on_re2_however_python_would_backtrack(regex):
 # literal), and (?=(a+)+b)(a+)+! backtracks only polynomially (slow on a 100,000-character name, not on an FQN).
 CATASTROPHIC = [
     (r"(?=(a+)+b)(a+)+!", "a" * 100_000),
-    (r"(?!.*vision)(.|..)+\d", FQN),
-    (r"(?:(.)|..)+\1\d", FQN),
+    (r"(?!.*vision)(.|..|...)+\d", FQN),
+    (r"(?:(.)|..|...)+\1\d", FQN),
+    (r"((.)|..|...)+(?(2)\d|!)", FQN),
+    (r"(.|..|...)+\d++", FQN),
     (r"(.|..|...)+(?<=!)", FQN),
 ]
 
@@ -59,13 +61,13 @@ def test_catastrophic_backtracking_regex_is_refused_as_too_slow(regex, name):
 
 
 def test_catastrophic_backtracking_rank_pattern_key_is_refused_as_too_slow():
-    matcher = compile_peft_key(r"(.|..)+(?<=!)", "rank_pattern key", LoadError)
-    with watchdog(30), pytest.raises(LoadError, match=r"rank_pattern key '\(\.\|\.\.\)\+\(\?<=!\)' takes more than"):
+    matcher = compile_peft_key(r"(.|..|...)+(?<=!)", "rank_pattern key", LoadError)
+    with watchdog(30), pytest.raises(LoadError, match=r"rank_pattern key '\(\.\|\.\.\|\.\.\.\)\+\(\?<=!\)' takes more"):
         matcher.matches(FQN)
 
 
 def test_too_slow_message_says_how_to_rewrite_the_pattern():
-    matcher = compile_regex(r"(?!.*mlp)(.|..)+\d", "target_modules", LoadError)
+    matcher = compile_regex(r"(?!.*mlp)(.|..|...)+\d", "target_modules", LoadError)
     with watchdog(30), pytest.raises(LoadError) as caught:
         matcher.matches(FQN)
     assert "no repeated piece can match the same text in two ways" in str(caught.value)
