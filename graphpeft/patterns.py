@@ -15,11 +15,13 @@ matches with RE2 (google-re2), whose time is linear in the name, and keeps Pytho
   (so one pass over a model's names costs a pattern about two seconds at most; a sane lookaround takes
   microseconds per name). Over the limit the match is an error saying the pattern backtracks
   catastrophically and how to rewrite it. That engine unrolls counted repeats, so such a regex may spell at
-  most :data:`MAX_UNROLLED_PIECES` pieces; a pattern RE2 can run never goes there, however it backtracks in
-  Python;
+  most :data:`MAX_UNROLLED_PIECES` pieces. A regex without those constructs stays on RE2, however it would
+  backtrack in Python;
+- what only Python's compiler refuses (a look-behind of no fixed width) is refused here too, and so is
+  verbose mode ``(?x)`` (the rewriting does not read its spaces and comments);
 - ``\\d \\w \\s \\b`` and case-insensitive matching mean the same in the engines on printable ASCII
   names only: a name outside that range meets such a pattern with an error instead of a different answer;
-- globs follow :func:`fnmatch.fnmatchcase` exactly (translated here, not through Python's ``re``).
+- globs follow :func:`fnmatch.fnmatchcase` exactly (translated by :mod:`graphpeft.globs`, not through ``re``).
 
 The compile functions take the graphpeft error class to raise (``RuleError`` for rules, ``LoadError`` on
 the load path), so a bad pattern reads as a problem of the input it came from.
