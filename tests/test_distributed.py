@@ -3,6 +3,8 @@ weights as one process on the same global batch, with only adapter parameters in
 
 from __future__ import annotations
 
+import gc
+
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -51,6 +53,9 @@ def worker(rank: int, init_file: str, out_file: str) -> None:
         train(ddp, global_batch()[:, rank * shard:(rank + 1) * shard])
         if rank == 0:
             save_file(adapter_state(model), out_file)
+        # DDP's reducer must go while its process group is alive: destroyed after it, it can hang in C++.
+        del ddp
+        gc.collect()
     finally:
         dist.destroy_process_group()
 
