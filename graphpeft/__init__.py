@@ -15,13 +15,13 @@ from typing import Any
 from torch import nn
 
 from .errors import GraphPeftError
-from .ownership import refuse_held
-from .rules import Pattern, Rule, RuleSet
-from .runtime import GraphPeftModel
-from .explain import explain  # noqa: E402  (after the submodule import, so the name is the function)
-from .viz import to_networkx
+from .runtime.ownership import refuse_held
+from .rules.rule import Pattern, Rule, RuleSet
+from .runtime.model import GraphPeftModel
+from .tools.explain import explain  # noqa: E402  (after the submodule import, so the name is the function)
+from .tools.viz import to_networkx
+from .version import __version__
 
-__version__ = "0.1.0"
 __all__ = [
     "apply", "load", "explain", "to_networkx", "GraphPeftModel", "Rule", "Pattern", "RuleSet", "GraphPeftError",
     "__version__",
@@ -100,7 +100,7 @@ def load(
     With ``is_trainable=False`` the adapters are frozen and the model is put in eval mode.
     If loading fails, ``model`` is left exactly as it was.
     """
-    from .checkpoint import adapter_folders, load_into
+    from .io.adapter_folder import adapter_folders, load_into
 
     refuse_held(model, "load", "load_adapter")
     wrapped = GraphPeftModel(model, example_inputs=example_inputs, dynamic_shapes=dynamic_shapes)

@@ -36,7 +36,7 @@ def pause_here():
 
 # Pause after half of the weights file is on disk: the kill lands in the middle of a write.
 PAUSE_MID_WRITE = """
-import graphpeft.checkpoint as checkpoint
+import graphpeft.io.adapter_folder as checkpoint
 real_save_file = checkpoint.save_file
 
 def half_written(tensors, filename, metadata=None):

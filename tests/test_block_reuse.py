@@ -13,9 +13,9 @@ from transformers.models.llama.modeling_llama import LlamaMLP
 
 import graphpeft
 from graphpeft import GraphPeftModel
-from graphpeft.block_reuse import ENV_SWITCH, REUSED, find_block_list
-from graphpeft.sites import graph_sites
-from graphpeft.trace import export_graph
+from graphpeft.tracing.block_reuse import ENV_SWITCH, REUSED, find_block_list
+from graphpeft.rewrite.sites import graph_sites
+from graphpeft.tracing.export import export_graph
 
 LAYERS = 5
 

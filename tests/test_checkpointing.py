@@ -9,7 +9,7 @@ import torch
 from models import batch, tiny_llama
 
 import graphpeft
-from graphpeft.checkpointing import CheckpointedRegion
+from graphpeft.rewrite.graph_passes.activation_checkpointing import CheckpointedRegion
 from graphpeft.errors import CallError
 
 

@@ -10,7 +10,7 @@ import pytest
 from dot_reader import read_dot
 from models import tiny_llama
 
-from graphpeft.cli import load_model, main, parse_overrides
+from graphpeft.tools.cli import load_model, main, parse_overrides
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +93,7 @@ def test_overrides_parse_as_toml_values():
 
 def test_installed_command_runs_inspect_in_a_subprocess(llama_dir):
     script = Path(sys.executable).with_name("graphpeft")
-    command = [str(script)] if script.exists() else [sys.executable, "-m", "graphpeft.cli"]
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "graphpeft.tools.cli"]
     done = subprocess.run(command + ["inspect", str(llama_dir), "--rules", "lora"], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "model.layers" not in done.stderr and "v_proj linear 32→16" in done.stdout

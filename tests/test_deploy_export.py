@@ -154,7 +154,7 @@ def test_moe_program_runs_in_a_process_that_imports_only_torch(mixtral_program, 
 def test_segment_grouped_mm_equals_transformers_fallback(ends):
     import transformers.integrations.moe  # noqa: F401  (registers the fallback op)
 
-    from graphpeft.deploy import grouped_mm_segments
+    from graphpeft.runtime.export_program import grouped_mm_segments
 
     x, weight = torch.randn(10, 32), torch.randn(4, 32, 16)
     offs = torch.tensor(ends, dtype=torch.int32)

@@ -12,9 +12,9 @@ from torch import fx, nn
 import graphpeft
 from graphpeft import Pattern, Rule
 from graphpeft.errors import MatchError, RuleError
-from graphpeft.rewrite import ADAPTER_NODE
-from graphpeft.rules import RuleSet
-from graphpeft.sites import input_operand
+from graphpeft.rewrite.materialize import ADAPTER_NODE
+from graphpeft.rules.rule import RuleSet
+from graphpeft.rewrite.sites import input_operand
 
 D = 32  # tiny GPT-2 width: c_attn's output is [q | k | v], 32 columns each
 C_ATTN = Pattern(op="linear", module="*.attn.c_attn", split={"q": D, "k": D, "v": D})

@@ -9,7 +9,7 @@ from models import batch, tiny_llama
 import graphpeft
 from graphpeft import Pattern, Rule
 from graphpeft.errors import AdapterError, CallError
-from graphpeft.mixed import ROWS
+from graphpeft.rewrite.mixed import ROWS
 
 NAMES = ["a", "__base__", "b", "c", "a"]
 NEW_TOKENS = 8

@@ -13,9 +13,9 @@ from transformers.generation.logits_process import TemperatureLogitsWarper, TopK
 
 import graphpeft
 from graphpeft.errors import CallError
-from graphpeft.generation import generation_graphs
-from graphpeft.rewrite import adapter_nodes
-from graphpeft.sampling import GenerationSettings, warp
+from graphpeft.generation.generate import generation_graphs
+from graphpeft.rewrite.materialize import adapter_nodes
+from graphpeft.generation.sampling import GenerationSettings, warp
 
 
 

@@ -1,4 +1,4 @@
-"""Grouped-query attention runs on the key/value heads themselves (graphpeft.gqa)."""
+"""Grouped-query attention runs on the key/value heads themselves (graphpeft.rewrite.graph_passes.gqa)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import torch
 from models import batch, tiny_llama, tiny_opt
 
 import graphpeft
-from graphpeft.gqa import use_native_gqa
-from graphpeft.trace import clone_graph
+from graphpeft.rewrite.graph_passes.gqa import use_native_gqa
+from graphpeft.tracing.export import clone_graph
 
 SDPA = torch.ops.aten.scaled_dot_product_attention.default
 
@@ -32,7 +32,7 @@ def test_rewrite_keeps_the_loss_and_adapter_gradients(monkeypatch):
 
     def loss_and_grads(native: bool):
         if not native:
-            monkeypatch.setattr("graphpeft.graph_dispatch.use_native_gqa", lambda gm: 0)
+            monkeypatch.setattr("graphpeft.runtime.graph_dispatch.use_native_gqa", lambda gm: 0)
         model = graphpeft.apply(tiny_llama(), "lora", r=4, init="random").train()
         loss = model(**inputs, labels=inputs["input_ids"]).loss
         loss.backward()

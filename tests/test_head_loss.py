@@ -1,4 +1,4 @@
-"""The fused head cross-entropy of training graphs (graphpeft.head_loss): same loss and gradients as
+"""The fused head cross-entropy of training graphs (graphpeft.rewrite.graph_passes.head_loss): same loss and gradients as
 the unfused graph and as PEFT, and no vocabulary-sized tensor saved for backward besides the logits."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from models import VOCAB, batch, tiny_llama, tiny_t5
 
 import graphpeft
-from graphpeft import head_loss
-from graphpeft.head_loss import head_cross_entropy
+from graphpeft.rewrite.graph_passes import head_loss
+from graphpeft.rewrite.graph_passes.head_loss import head_cross_entropy
 
 
 def labelled(kind: str) -> dict[str, torch.Tensor]:

@@ -19,8 +19,8 @@ import torch
 from catalogue import Case, case_test, load, mkdir, touch
 
 import graphpeft
-import graphpeft.atomic_dir as atomic_dir
-from graphpeft.checkpoint import restore_weights
+import graphpeft.io.atomic_dir as atomic_dir
+from graphpeft.io.adapter_folder import restore_weights
 from graphpeft.errors import LoadError, SaveError
 
 SNAPSHOT = "3f1c0ffee"

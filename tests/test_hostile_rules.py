@@ -27,7 +27,7 @@ from torch import nn
 import graphpeft
 from graphpeft import Pattern, Rule, RuleSet
 from graphpeft.errors import LoadError, MatchError, RuleError
-from graphpeft.rule_files import MAX_RULE_FILE_BYTES
+from graphpeft.rules.rule_files import MAX_RULE_FILE_BYTES
 
 Q_SITE = 'module = "*.self_attn.q_proj"'
 HANG = 30.0  # seconds: Python's backtracking would run for hours on these

@@ -8,8 +8,8 @@ from models import tiny_llama
 import graphpeft
 from graphpeft import Pattern, Rule
 from graphpeft.errors import MatchError
-from graphpeft.match import ResolvedRule, closest_fqns, no_match_message
-from graphpeft.runtime import GraphPeftModel
+from graphpeft.rewrite.match import ResolvedRule, closest_fqns, no_match_message
+from graphpeft.runtime.model import GraphPeftModel
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ def test_wheel_ships_the_rule_files(tmp_path):
     target = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), str(wheel)], check=True, capture_output=True)
     probe = (
-        "import graphpeft.rulebook as r; d = r.passes_dir(); "
+        "import graphpeft.rules.builtin as r; d = r.passes_dir(); "
         "print(d); print(sorted(p.name for p in d.glob('*.toml'))); print(len(r.builtin_rulesets()))"
     )
     env = {**os.environ, "PYTHONPATH": str(target)}

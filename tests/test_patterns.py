@@ -1,4 +1,4 @@
-"""Bounded pattern matching (graphpeft.patterns): Python's meaning (``re.fullmatch``, PEFT's key test,
+"""Bounded pattern matching (graphpeft.rules.bounded_regex): Python's meaning (``re.fullmatch``, PEFT's key test,
 ``fnmatch.fnmatchcase``), in time linear in the name (RE2), and clear refusals for what RE2 cannot run."""
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from peft.utils.other import get_pattern_key
 
 import graphpeft
 from graphpeft.errors import LoadError, RuleError
-from graphpeft.patterns import MAX_PATTERN_LENGTH, compile_glob, compile_peft_key, compile_regex
+from graphpeft.rules.bounded_regex import MAX_PATTERN_LENGTH, compile_glob, compile_peft_key, compile_regex
 
 NAMES = [
     "model.embed_tokens", "model.norm", "lm_head", "model.rotary_emb", "",

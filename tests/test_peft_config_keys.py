@@ -22,7 +22,7 @@ from shared_models import bare_model, temporary_adapters
 
 import graphpeft
 from graphpeft.errors import LoadError
-from graphpeft.peft_schema import SCHEMAS
+from graphpeft.io.peft_schema import SCHEMAS
 
 CONFIG_CLASSES = {
     "LORA": peft.LoraConfig,

@@ -19,8 +19,8 @@ from toml_text import ruleset_toml
 
 import graphpeft
 from graphpeft.errors import GraphPeftError, MatchError
-from graphpeft.match import ResolvedRule, match
-from graphpeft.rules import OP_KINDS, Pattern, Rule, RuleSet
+from graphpeft.rewrite.match import ResolvedRule, match
+from graphpeft.rules.rule import OP_KINDS, Pattern, Rule, RuleSet
 
 # GRAPHPEFT_FUZZ=50 runs fifty times the examples (a deeper search than the fast suite's).
 SCALE = int(os.environ.get("GRAPHPEFT_FUZZ", "1"))

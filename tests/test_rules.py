@@ -6,8 +6,8 @@ from toml_text import qv_lora_file
 
 import graphpeft
 from graphpeft.errors import MatchError, RuleError
-from graphpeft.rulebook import builtin_rulesets, passes_dir
-from graphpeft.rules import Pattern, Rule, RuleSet
+from graphpeft.rules.builtin import builtin_rulesets, passes_dir
+from graphpeft.rules.rule import Pattern, Rule, RuleSet
 
 LLAMA_FILE = qv_lora_file(8, "alpha = 16", "dropout = 0.05", model_types=["llama"])
 

@@ -18,7 +18,7 @@ import pytest
 import torch
 from folder_state import ADAPTER_FILES, files, leftovers
 
-import graphpeft.atomic_dir as atomic_dir
+import graphpeft.io.atomic_dir as atomic_dir
 
 
 @pytest.fixture(scope="module")

@@ -13,8 +13,8 @@ from models import tiny_llama
 from transformers import Trainer, TrainingArguments
 
 import graphpeft
-from graphpeft.checkpoint import adapter_tensors, read_tensors
-from graphpeft.training import AdapterTrainer
+from graphpeft.io.adapter_folder import adapter_tensors, read_tensors
+from graphpeft.integrations.trainer import AdapterTrainer
 
 ROWS, LENGTH = 8, 8
 

@@ -169,7 +169,7 @@ def test_prefix_tuning_a_model_without_cache_input_is_an_error():
 
 
 def test_two_active_virtual_token_adapters_are_an_error():
-    from graphpeft.rulebook import resolve_rules
+    from graphpeft.rules.builtin import resolve_rules
 
     with temporary_adapters(bare_model("llama"), "default", "other") as model:
         model.add_adapter("default", "prompt_tuning", num_virtual_tokens=NV)

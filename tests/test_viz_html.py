@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from shared_models import llama_with_lora
 
-from graphpeft.viz_html import to_html
+from graphpeft.tools.viz_html import to_html
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 needs_chromium = pytest.mark.skipif(
