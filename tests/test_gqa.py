@@ -7,7 +7,7 @@ from models import batch, tiny_llama, tiny_opt
 
 import graphpeft
 from graphpeft.rewrite.graph_passes.gqa import use_native_gqa
-from graphpeft.tracing.export import clone_graph
+from graphpeft.tracing.graph_utils import clone_graph
 
 SDPA = torch.ops.aten.scaled_dot_product_attention.default
 

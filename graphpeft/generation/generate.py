@@ -29,10 +29,11 @@ from .flat_graph import FlatGraph, flat_graph
 from ..rewrite.graph_passes.gqa import use_native_gqa
 from ..tracing.kv_cache import GraphCache, GraphEncoderDecoderCache
 from .sampling import GENERATE_OPTIONS, GenerationSettings, choose_tokens, resolve_settings
-from ..tracing.export import (
-    EXAMPLE_BATCH, EXAMPLE_DECODER_SEQ, EXAMPLE_SEQ, RUNTIME_CHECKS, Signature, _max_positions, clone_graph, drop_checks,
-    export_graph, forward_parameters,
-)
+from ..tracing.example_inputs import EXAMPLE_BATCH, EXAMPLE_DECODER_SEQ, EXAMPLE_SEQ, max_positions
+from ..tracing.graph_utils import RUNTIME_CHECKS, clone_graph, drop_checks
+from ..tracing.signature import Signature
+from ..tracing.export import export_graph
+from ..tracing.model_facts import forward_parameters
 
 if TYPE_CHECKING:
     from ..runtime.model import GraphPeftModel
@@ -162,7 +163,7 @@ def _describe(base: Any, prefill: Any, decode: Any) -> GenerationGraphs:
 
 
 def _dims(base: Any) -> dict[str, Any]:
-    max_len = _max_positions(base.config)
+    max_len = max_positions(base.config)
     return {
         "batch": Dim("batch", min=1),
         "seq": Dim("seq", min=1, max=max_len) if max_len else Dim("seq", min=1),
@@ -255,12 +256,12 @@ def generate(
     device = next(base.parameters()).device
     input_ids, attention_mask = _check_prompt(input_ids, attention_mask, encoder_decoder, device)
     given = {name: options.pop(name) for name in list(options) if name in GENERATE_OPTIONS}
-    max_positions = _max_positions(base.config)
-    settings = resolve_settings(base.generation_config, input_ids.shape[1], encoder_decoder, max_positions, given, options)
-    if max_positions is not None and not encoder_decoder and input_ids.shape[1] + settings.max_new_tokens > max_positions:
+    limit = max_positions(base.config)
+    settings = resolve_settings(base.generation_config, input_ids.shape[1], encoder_decoder, limit, given, options)
+    if limit is not None and not encoder_decoder and input_ids.shape[1] + settings.max_new_tokens > limit:
         raise CallError(
             f"a {input_ids.shape[1]}-token prompt plus max_new_tokens={settings.max_new_tokens} exceeds the "
-            f"model's {max_positions} positions (max_position_embeddings); shorten the prompt or lower max_new_tokens"
+            f"model's {limit} positions (max_position_embeddings); shorten the prompt or lower max_new_tokens"
         )
     if adapter_names is None:
         graphs, extra = generation_graphs(model), {}

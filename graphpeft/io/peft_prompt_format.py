@@ -15,7 +15,7 @@ from torch import nn
 from ..errors import LoadError
 from ..rewrite.match import ResolvedRule
 from ..rewrite.methods import get_method
-from ..rewrite.methods.virtual_tokens import is_encoder_decoder, model_geometry
+from ..tracing.model_facts import is_encoder_decoder, model_geometry
 from .peft_format import PEFT_VERSION, task_type
 from ..rewrite.sites import Site
 

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import fx, nn
 
+from ..tracing.graph_utils import container
 from .sites import Site, input_index
 
 CLAIMS = "graphpeft.claims"
@@ -34,20 +35,6 @@ class Claim:
     rule: str
     method: str
     options: dict[str, Any]
-
-
-def container(root: nn.Module, path: str, create: bool = True) -> nn.Module:
-    """The module at ``path`` under ``root``, creating empty modules along the way."""
-    module = root
-    for part in [p for p in path.split(".") if p]:
-        child = module._modules.get(part)
-        if child is None:
-            if not create:
-                raise AttributeError(path)
-            child = nn.Module()
-            module.register_module(part, child)
-        module = child
-    return module
 
 
 class SiteEditor:

@@ -25,7 +25,7 @@ from ..errors import AdapterError, CallError, TraceError, did_you_mean
 from .methods import get_method
 from .materialize import Claim, SiteEditor
 from .sites import graph_sites
-from ..tracing.export import clone_graph
+from ..tracing.graph_utils import clone_graph
 
 if TYPE_CHECKING:
     from ..runtime.model import GraphPeftModel

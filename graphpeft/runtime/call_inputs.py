@@ -11,7 +11,8 @@ import torch
 from torch import nn
 
 from ..errors import CallError, did_you_mean
-from ..tracing.export import _max_positions, is_transformers_model
+from ..tracing.example_inputs import max_positions
+from ..tracing.model_facts import is_transformers_model
 
 
 def bind_inputs(model: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -140,7 +141,7 @@ def _out_of_range(base: nn.Module, kwargs: dict[str, Any]) -> str | None:
         bad = labels[((labels < 0) & (labels != -100)) | (labels >= classes)]
         if bad.numel():
             return f"labels holds {int(bad[0])}, outside 0..{classes - 1} (or -100 to ignore a position)"
-    limit = _max_positions(base.config)
+    limit = max_positions(base.config)
     for name in SEQUENCE_INPUTS:
         value = kwargs.get(name)
         if limit is not None and isinstance(value, torch.Tensor) and value.dim() >= 2 and value.shape[1] > limit:

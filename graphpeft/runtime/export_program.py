@@ -25,7 +25,10 @@ from torch import fx, nn
 
 from ..errors import CallError, SaveError
 from ..io.output_file import atomic_file
-from ..tracing.export import _quiet, clone_graph, example_inputs, signature_of
+from ..tracing.export import quiet
+from ..tracing.graph_utils import clone_graph
+from ..tracing.example_inputs import example_inputs
+from ..tracing.signature import signature_of
 
 if TYPE_CHECKING:
     from .model import GraphPeftModel
@@ -82,7 +85,7 @@ def export_program(model: GraphPeftModel, path: str | os.PathLike, merged: bool,
         tensors = {k: v for k, v in example.items() if k not in constants}
         dynamic = {k: v for k, v in shapes.items() if k in tensors} if shapes else None
         wrapper = _deployable(graph, constants, list(tensors))
-        with _quiet():
+        with quiet():
             program = torch.export.export(wrapper, (), tensors, dynamic_shapes=dynamic, strict=False)
         try:  # inside the merged state: the program reads the live (merged) weights
             torch.export.save(program, os.fspath(temp))

@@ -20,7 +20,10 @@ from ..rewrite.graph_passes.gqa import use_native_gqa
 from ..rewrite.methods import get_method
 from ..rewrite.materialize import Claim, annotate, materialize
 from ..rewrite.sites import Site, graph_sites, module_sites
-from ..tracing.export import clone_graph, drop_checks, example_inputs, export_graph, fits, signature_of
+from ..tracing.graph_utils import clone_graph, drop_checks
+from ..tracing.example_inputs import example_inputs
+from ..tracing.export import export_graph
+from ..tracing.signature import fits, signature_of
 
 
 class GraphDispatch:

@@ -29,7 +29,7 @@ from .call_inputs import as_kwargs, bind_inputs, explained_failures
 from ..errors import AdapterError, TraceError
 from .graph_dispatch import BaseIdentity, GraphDispatch
 from ..rewrite.sites import Site
-from ..tracing.export import forward_parameters, is_transformers_model
+from ..tracing.model_facts import forward_parameters, is_transformers_model
 from .weight_folding import WeightFolding
 
 __all__ = ["BASE", "AdapterSpec", "GraphPeftModel", "check_adapter_name"]

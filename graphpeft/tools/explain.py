@@ -27,7 +27,8 @@ from torch import nn
 from ..errors import MatchError, UsageError
 from ..rewrite.match import ResolvedRule, claim_sites, closest_fqns, no_match_message, no_sites_message
 from ..rewrite.methods import get_method
-from ..rewrite.materialize import Claim, container
+from ..rewrite.materialize import Claim
+from ..tracing.graph_utils import container
 from ..rewrite.sites import Site
 
 if TYPE_CHECKING:

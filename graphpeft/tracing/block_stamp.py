@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import fx, nn
 
-from ..rewrite.materialize import container
+from .graph_utils import container
 
 REUSED = "graphpeft.reused_blocks"  # GraphModule.meta of a stamped export: (list fqn, traced blocks, all blocks)
 

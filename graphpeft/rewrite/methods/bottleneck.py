@@ -21,7 +21,8 @@ from torch import fx, nn
 
 from ...errors import TraceError
 from ...rules.options import Option, positive
-from ..materialize import SiteEditor, container
+from ..materialize import SiteEditor
+from ...tracing.graph_utils import container
 from ..sites import Site
 from . import Method, adapter_dtype, register
 

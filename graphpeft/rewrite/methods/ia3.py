@@ -19,7 +19,8 @@ import torch
 from torch import nn
 
 from ...rules.options import Option
-from ..materialize import SiteEditor, container
+from ..materialize import SiteEditor
+from ...tracing.graph_utils import container
 from ..sites import Site
 from . import Method, adapter_dtype, register
 

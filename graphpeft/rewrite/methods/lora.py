@@ -23,7 +23,8 @@ from torch import nn
 
 from ...errors import AdapterError
 from ...rules.options import Option, positive, probability
-from ..materialize import SiteEditor, container
+from ..materialize import SiteEditor
+from ...tracing.graph_utils import container
 from ..sites import PARAM_SITE_OPS, Site
 from . import Method, lora_parameter_sites, register
 

@@ -26,7 +26,8 @@ from torch import nn
 
 from ...errors import AdapterError, did_you_mean
 from ..param_views import replay, shares_storage
-from ..materialize import SiteEditor, container
+from ..materialize import SiteEditor
+from ...tracing.graph_utils import container
 from ..sites import PARAM_SITE_OPS, Site
 
 aten = torch.ops.aten

@@ -14,7 +14,8 @@ import torch
 from torch import nn
 
 from ..graph_passes.quantize import dequantize_base
-from ..materialize import SiteEditor, container
+from ..materialize import SiteEditor
+from ...tracing.graph_utils import container
 from ..sites import Site
 from . import Method, register
 

@@ -22,9 +22,9 @@ from torch import nn
 
 from ...errors import RuleError
 from ...rules.options import Option, positive, probability
-from ..materialize import SiteEditor, container
+from ..materialize import SiteEditor
 from ..sites import Site
-from ...tracing.export import forward_parameters
+from ...tracing.model_facts import forward_parameters, is_encoder_decoder, prefix_geometry
 from . import Method, register
 from .prompt_encoders import PrefixProjection, PromptEncoder, PromptTable, VirtualTokenModule
 
@@ -46,10 +46,6 @@ def _non_negative(value: Any) -> str | None:
 def encoder_of(store: nn.Module, adapter: str) -> VirtualTokenModule:
     """The adapter's virtual-token module."""
     return store._modules[SLOT][adapter]
-
-
-def is_encoder_decoder(model: nn.Module) -> bool:
-    return bool(getattr(getattr(model, "config", None), "is_encoder_decoder", False))
 
 
 class VirtualTokenMethod(Method):
@@ -172,29 +168,6 @@ class PTuning(EmbeddingTokenMethod):
         rows, width = self.table_shape(site, options, model)
         hidden = options["encoder_hidden_size"] or width
         return PromptEncoder(rows, width, hidden, options["encoder"], options["encoder_num_layers"], options["encoder_dropout"])
-
-
-def _first_attr(config: Any, names: tuple[str, ...]) -> int:
-    for name in names:
-        if getattr(config, name, None):
-            return int(getattr(config, name))
-    raise RuleError(f"virtual tokens need one of {', '.join(names)} in {type(config).__name__}")
-
-
-def model_geometry(config: Any) -> dict[str, int]:
-    """``layers``, ``width``, ``heads``, ``kv_heads``, ``head_dim`` of a transformers config, read as PEFT reads them."""
-    layers = _first_attr(config, ("num_hidden_layers", "num_layers", "n_layer"))
-    width = _first_attr(config, ("hidden_size", "n_embd", "d_model"))
-    heads = _first_attr(config, ("num_attention_heads", "n_head", "num_heads"))
-    kv_heads = getattr(config, "num_key_value_heads", None) or heads
-    head_dim = getattr(config, "head_dim", None) or width // heads
-    return {"layers": layers, "width": width, "heads": heads, "kv_heads": int(kv_heads), "head_dim": int(head_dim)}
-
-
-def prefix_geometry(config: Any) -> tuple[int, int, int]:
-    """``(layers, kv_heads, head_dim)`` of the cache a prefix fills."""
-    geometry = model_geometry(config)
-    return geometry["layers"], geometry["kv_heads"], geometry["head_dim"]
 
 
 class PrefixTuning(VirtualTokenMethod):
