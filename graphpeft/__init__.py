@@ -15,8 +15,11 @@ from typing import Any
 from torch import nn
 
 from .errors import GraphPeftError
+from .rewrite import methods  # noqa: F401  (importing it registers every built-in method)
 from .runtime.ownership import refuse_held
-from .rules.rule import Pattern, Rule, RuleSet
+from .rules.pattern import Pattern
+from .rules.rule import Rule
+from .rules.rule_set import RuleSet
 from .runtime.model import GraphPeftModel
 from .tools.explain import explain  # noqa: E402  (after the submodule import, so the name is the function)
 from .tools.viz import to_networkx

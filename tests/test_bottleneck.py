@@ -9,7 +9,7 @@ from shared_models import bare_model, temporary_adapters
 
 import graphpeft
 from graphpeft.errors import AdapterError
-from graphpeft.rewrite.materialize import adapter_nodes
+from graphpeft.rewrite.claims import adapter_nodes
 
 
 def _adapted_sites(model, kind: str) -> list[str]:

@@ -12,8 +12,8 @@ from torch import fx, nn
 import graphpeft
 from graphpeft import Pattern, Rule
 from graphpeft.errors import MatchError, RuleError
-from graphpeft.rewrite.materialize import ADAPTER_NODE
-from graphpeft.rules.rule import RuleSet
+from graphpeft.rewrite.claims import ADAPTER_NODE
+from graphpeft.rules.rule_set import RuleSet
 from graphpeft.rewrite.sites import input_operand
 
 D = 32  # tiny GPT-2 width: c_attn's output is [q | k | v], 32 columns each

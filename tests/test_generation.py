@@ -14,7 +14,7 @@ from transformers.generation.logits_process import TemperatureLogitsWarper, TopK
 import graphpeft
 from graphpeft.errors import CallError
 from graphpeft.generation.generate import generation_graphs
-from graphpeft.rewrite.materialize import adapter_nodes
+from graphpeft.rewrite.claims import adapter_nodes
 from graphpeft.generation.sampling import GenerationSettings, warp
 
 

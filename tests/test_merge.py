@@ -7,7 +7,7 @@ import torch
 from models import BUILDERS, batch, tiny_llama
 
 import graphpeft
-from graphpeft.rewrite.materialize import adapter_nodes
+from graphpeft.rewrite.claims import adapter_nodes
 
 
 @pytest.mark.parametrize("dora", [False, True])

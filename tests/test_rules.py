@@ -7,7 +7,9 @@ from toml_text import qv_lora_file
 import graphpeft
 from graphpeft.errors import MatchError, RuleError
 from graphpeft.rules.builtin import builtin_rulesets, passes_dir
-from graphpeft.rules.rule import Pattern, Rule, RuleSet
+from graphpeft.rules.pattern import Pattern
+from graphpeft.rules.rule import Rule
+from graphpeft.rules.rule_set import RuleSet
 
 LLAMA_FILE = qv_lora_file(8, "alpha = 16", "dropout = 0.05", model_types=["llama"])
 

@@ -8,8 +8,9 @@ from peft import LoraConfig, get_peft_model
 from torch import nn
 
 import graphpeft
-from graphpeft.rewrite.materialize import ADAPTER_NODE
-from graphpeft.rules.rule import Pattern, Rule
+from graphpeft.rewrite.claims import ADAPTER_NODE
+from graphpeft.rules.pattern import Pattern
+from graphpeft.rules.rule import Rule
 
 
 def test_output_type_equals_the_base_models():

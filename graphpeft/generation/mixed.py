@@ -16,9 +16,9 @@ import torch
 from torch import fx
 
 from ..rewrite.mixed import ROWS, mixed_rows, rewrite_mixed
+from .graphs import GenerationGraphs, build_generation_graphs, cached_generation_graphs
 
 if TYPE_CHECKING:
-    from .generate import GenerationGraphs
     from ..runtime.model import GraphPeftModel
 
 
@@ -32,8 +32,6 @@ def mixed_generation(
 
 def mixed_generation_graphs(model: GraphPeftModel, order: tuple[str, ...]) -> GenerationGraphs:
     """Prefill and decode graphs carrying the stacked adapters ``order`` (built once per order)."""
-    from .generate import build_generation_graphs, cached_generation_graphs
-
     encoder_decoder = bool(getattr(model.base_model.config, "is_encoder_decoder", False))
 
     def place(gm: fx.GraphModule, phase: str) -> None:

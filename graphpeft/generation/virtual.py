@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..errors import AdapterError
-from .generate import GenerationGraphs, _CausalSteps, _Seq2SeqSteps
+from .graphs import GenerationGraphs
+from .steps import CausalSteps, Seq2SeqSteps
 from ..tracing.kv_cache import GraphCache, GraphEncoderDecoderCache
 from ..rewrite.virtual_inputs import expand, virtual_claim
 
@@ -23,7 +24,7 @@ if TYPE_CHECKING:
     from ..runtime.model import GraphPeftModel
 
 
-def virtual_steps(model: GraphPeftModel, graphs: GenerationGraphs, extra: dict[str, Any]) -> _CausalSteps | _Seq2SeqSteps | None:
+def virtual_steps(model: GraphPeftModel, graphs: GenerationGraphs, extra: dict[str, Any]) -> CausalSteps | Seq2SeqSteps | None:
     """Step runners that prefill through the virtual-token forward graph, or None without such an adapter."""
     if virtual_claim(model, model._graph_adapters()) is None:
         return None
@@ -47,7 +48,7 @@ def _cache_of(out: Any) -> Any:
     return next(v for v in out.values() if isinstance(v, (GraphCache, GraphEncoderDecoderCache)))
 
 
-class _VirtualCausalSteps(_CausalSteps):
+class _VirtualCausalSteps(CausalSteps):
     def __init__(self, graphs: GenerationGraphs, model: GraphPeftModel):
         super().__init__(graphs, {})
         self.model = model
@@ -63,7 +64,7 @@ class _VirtualCausalSteps(_CausalSteps):
         return out["logits"][:, -1, :].float()
 
 
-class _VirtualSeq2SeqSteps(_Seq2SeqSteps):
+class _VirtualSeq2SeqSteps(Seq2SeqSteps):
     def __init__(self, graphs: GenerationGraphs, model: GraphPeftModel):
         super().__init__(graphs, model.base_model, {})
         self.model = model

@@ -25,11 +25,12 @@ from .adapter_reading import MANIFEST, PEFT_CONFIG, SavedAdapter, fingerprint, k
 from .atomic_dir import recover, write_directory
 from ..errors import AdapterError, GraphPeftError, LoadError
 from .manifest_schema import FORMAT, FORMAT_VERSION
-from ..rewrite.match import ResolvedRule
-from ..rewrite.methods import get_method
+from ..rules.rule_set import ResolvedRule
+from ..rules.registry import get_method
 from .peft_format import peft_config
 from .peft_prompt_format import prompt_learning_config, virtual_claims
-from ..runtime.model import GraphPeftModel, check_adapter_name
+from ..runtime.model import GraphPeftModel
+from ..rewrite.adapter_names import check_adapter_name
 from ..rewrite.sites import Site
 from .tensor_file import WEIGHTS, read_header
 from .tensor_file import read_tensors as _read_checked

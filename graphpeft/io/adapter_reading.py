@@ -18,13 +18,15 @@ import torch
 
 from ..errors import GraphPeftError, LoadError
 from .manifest_schema import check_manifest_record
-from ..rewrite.match import ResolvedRule, match
-from ..rewrite.methods import get_method
+from ..rules.rule_set import ResolvedRule
+from ..rewrite.match import match
+from ..rules.registry import get_method
 from .peft_format import PEFT_OPTIONS, PREFIX, rules_from_peft_config
 from .peft_prompt_format import METHOD_BY_PEFT_TYPE, PROMPT_PREFIX, rules_from_prompt_config, virtual_claims
 from .peft_schema import check_peft_config
-from ..rewrite.materialize import Claim
-from ..rules.rule import Pattern, Rule
+from ..rewrite.claims import Claim
+from ..rules.pattern import Pattern
+from ..rules.rule import Rule
 from ..runtime.model import GraphPeftModel
 from ..rewrite.sites import Site
 from .tensor_file import WEIGHTS, Header, pickle_hint, read_header, read_tensors

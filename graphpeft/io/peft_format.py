@@ -15,9 +15,10 @@ from typing import Any
 from torch import nn
 
 from ..errors import LoadError
-from ..rewrite.match import ResolvedRule
+from ..rules.rule_set import ResolvedRule
 from ..rules.bounded_regex import compile_peft_key, compile_regex
-from ..rules.rule import Pattern, Rule
+from ..rules.pattern import Pattern
+from ..rules.rule import Rule
 from ..rewrite.sites import Site
 
 PREFIX = "base_model.model."

@@ -13,8 +13,9 @@ from typing import Any
 from torch import nn
 
 from ..errors import LoadError
-from ..rewrite.match import ResolvedRule
-from ..rewrite.methods import get_method
+from ..rules.builtin import resolve_rules
+from ..rules.rule_set import ResolvedRule
+from ..rules.registry import get_method
 from ..tracing.model_facts import is_encoder_decoder, model_geometry
 from .peft_format import PEFT_VERSION, task_type
 from ..rewrite.sites import Site
@@ -90,8 +91,6 @@ def rules_from_prompt_config(config: dict[str, Any], model: nn.Module, where: st
 
     ``config`` passed :func:`graphpeft.peft_schema.check_peft_config`; ``where`` names its file.
     """
-    from ..rules.builtin import resolve_rules
-
     method = METHOD_BY_PEFT_TYPE[config["peft_type"]]
     _check_geometry(config, model, method, where)
     options: dict[str, Any] = {"num_virtual_tokens": config["num_virtual_tokens"]}

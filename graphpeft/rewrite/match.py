@@ -4,22 +4,15 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 from ..errors import MatchError, closest
-from .methods import get_method
-from .materialize import Claim
-from ..rules.rule import Pattern, Rule, check_unique_names, layer_index
+from ..rules.registry import get_method
+from .claims import Claim
+from ..rules.pattern import Pattern, layer_index
+from ..rules.rule import check_unique_names
+from ..rules.rule_set import ResolvedRule
 from .sites import Site
-
-
-@dataclass(frozen=True)
-class ResolvedRule:
-    """A rule with its targets resolved to patterns (site names looked up)."""
-
-    rule: Rule
-    patterns: tuple[tuple[str, Pattern], ...]
-    source: str = "<python>"
 
 
 def match(

@@ -1,4 +1,4 @@
-"""Mixed-adapter batches: ``model(..., adapter_names=["a", "b", "__base__", ...])``.
+"""Mixed-adapter batches, the graph side: ``model(..., adapter_names=["a", "b", "__base__", ...])``.
 
 Each row of the batch runs with its own adapter in one batched computation. The
 rewritten graph takes one extra input, ``graphpeft_adapter_rows`` (batch,) int64: the
@@ -9,43 +9,32 @@ each row's part with ``index_select`` on the rows input:
   - LoRA concatenates the adapters' A and B along the rank (ranks may differ) and gathers a
     per-row mask that keeps the row adapter's rank columns, times its scale (zeros for base).
 There is no loop over adapters or rows at run time, and gradients reach every adapter's
-own parameters, so mixed batches train as well as they infer.
+own parameters, so mixed batches train as well as they infer. The call side (which graph
+a call runs) is :mod:`graphpeft.runtime.mixed_batches`; generation's is
+:mod:`graphpeft.generation.mixed`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 import torch.utils._pytree as pytree
 from torch import fx
 
+from .adapter_names import BASE
 from ..errors import AdapterError, CallError, TraceError, did_you_mean
-from .methods import get_method
-from .materialize import Claim, SiteEditor
+from ..rules.registry import get_method
+from .claims import Claim
+from .editor import SiteEditor
+from .materialize import finish
 from .sites import graph_sites
-from ..tracing.graph_utils import clone_graph
 
 if TYPE_CHECKING:
     from ..runtime.model import GraphPeftModel
 
-BASE = "__base__"
 ROWS = "graphpeft_adapter_rows"
-
-
-def mixed_call(model: GraphPeftModel, kwargs: dict[str, Any], adapter_names: Sequence[str]) -> Any:
-    """Run ``model`` on ``kwargs`` with row i adapted by ``adapter_names[i]``."""
-    order, rows = mixed_rows(model, adapter_names, _batch_size(kwargs))
-    model._drop_graphs_of_replaced_tensors()
-    signature = model._signature(kwargs)
-    key = (signature, ("mixed", *order))
-    graph = model._graphs.get(key)
-    if graph is None:
-        graph = clone_graph(model._traced(signature, kwargs))
-        rewrite_mixed(model, graph, order, signature.training)
-        model._graphs[key] = graph
-    return graph(**kwargs, **{ROWS: rows})
 
 
 def mixed_rows(model: GraphPeftModel, adapter_names: Sequence[str], batch: int | None) -> tuple[tuple[str, ...], torch.Tensor]:
@@ -74,13 +63,6 @@ def slot_order(model: GraphPeftModel, adapter_names: Sequence[str], batch: int |
         raise AdapterError(f"adapters {', '.join(model._merged)} are merged; call unmerge() before mixed-adapter batches")
     wanted = set(adapter_names)
     return tuple(a for a in model.adapter_specs if a in wanted)
-
-
-def _batch_size(kwargs: dict[str, Any]) -> int | None:
-    for value in kwargs.values():
-        if isinstance(value, torch.Tensor) and value.dim() > 0:
-            return int(value.shape[0])
-    return None
 
 
 def add_rows_input(gm: fx.GraphModule) -> fx.Node:
@@ -132,11 +114,7 @@ def rewrite_mixed(
             edit = SiteEditor(gm, node, site, label, model.adapters, training, output, inner)
             method.rewrite_mixed(edit, claims, order, rows)
             output, inner = edit.output, inner | edit.created
-    for node in list(gm.graph.nodes):
-        if node.op == "get_attr" and not node.users:
-            gm.graph.erase_node(node)
-    gm.graph.lint()
-    gm.recompile()
+    finish(gm)
 
 
 def gather_rows(edit: SiteEditor, slices: list[fx.Node], rows: fx.Node, role: str) -> fx.Node:

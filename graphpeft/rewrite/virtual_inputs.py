@@ -23,14 +23,14 @@ import torch
 
 from ..errors import AdapterError
 from ..tracing.kv_cache import GraphCache, GraphEncoderDecoderCache
-from .methods import get_method
+from ..rules.registry import get_method
 from .methods.virtual_tokens import encoder_of
 from ..tracing.model_facts import is_encoder_decoder, prefix_geometry
 from .sites import Site
 from ..tracing.model_facts import forward_parameters
 
 if TYPE_CHECKING:
-    from .materialize import Claim
+    from .claims import Claim
     from ..runtime.model import GraphPeftModel
 
 IGNORE_INDEX = -100

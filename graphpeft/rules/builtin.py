@@ -11,8 +11,9 @@ from typing import Any
 from torch import nn
 
 from ..errors import RuleError, did_you_mean
-from ..rewrite.match import ResolvedRule
-from .rule import Rule, RuleSet, check_unique_names
+from .registry import get_method
+from .rule import Rule, check_unique_names
+from .rule_set import ResolvedRule, RuleSet
 
 
 def passes_dir() -> Path:
@@ -93,8 +94,6 @@ def resolve_rules(
 
 
 def _override(chosen: list[Rule], overrides: dict[str, Any]) -> list[Rule]:
-    from ..rewrite.methods import get_method
-
     known = {key for r in chosen for key in get_method(r.method).options}
     for key in overrides:
         if key not in known:

@@ -1,4 +1,5 @@
-"""Reading rule files: TOML text -> tables -> :class:`~graphpeft.rules.RuleSet`, with limits on what a file may be.
+"""Reading rule files: TOML text -> tables -> model types, sites and rules (which
+:class:`~.rule_set.RuleSet` assembles), with limits on what a file may be.
 
 A rule file is small (the built-in ones are a few kilobytes), so a file over :data:`MAX_RULE_FILE_BYTES`, or
 one nested deeper than Python's stack allows the TOML parser to go, is refused with a :class:`RuleError`
@@ -14,16 +15,14 @@ from typing import Any
 
 from ..errors import RuleError, did_you_mean
 from .options import shown
-from .rule import PATTERN_KEYS, RULE_KEYS, Pattern, Rule, RuleSet
+from .pattern import Pattern, pattern_from_dict
+from .rule import RULE_KEYS, Rule
 
 MAX_RULE_FILE_BYTES = 1 << 20
-_PATTERN_KINDS = {
-    "op": str, "module": (str, list), "regex": str, "class": str, "layers": (int, list),
-    "exclude": (str, list), "param": (str, list), "split": Mapping,
-}
 
 
-def read_rule_file(path: str | Path) -> RuleSet:
+def read_rule_file(path: str | Path) -> tuple[str, str]:
+    """``(text, source)`` of the rule file at ``path``: at most :data:`MAX_RULE_FILE_BYTES`, UTF-8."""
     path = Path(path)
     try:
         with path.open("rb") as handle:
@@ -35,10 +34,11 @@ def read_rule_file(path: str | Path) -> RuleSet:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise RuleError(f"rule file {path} is not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
-    return ruleset_from_text(text, source=str(path))
+    return text, str(path)
 
 
-def ruleset_from_text(text: str, source: str = "<string>") -> RuleSet:
+def parse_rule_file(text: str, source: str = "<string>") -> dict[str, Any]:
+    """The tables of a rule file's TOML ``text`` (``source`` names it in errors)."""
     if not isinstance(text, str):
         raise RuleError(f"{source}: rule file text must be a string, got {type(text).__name__}")
     _check_size(len(text), source)
@@ -48,7 +48,7 @@ def ruleset_from_text(text: str, source: str = "<string>") -> RuleSet:
         raise RuleError(f"{source} is not valid TOML: {exc}") from None
     except RecursionError:
         raise RuleError(f"{source}: arrays or tables are nested too deeply to read; a rule file needs a few levels") from None
-    return ruleset_from_dict(data, source)
+    return data
 
 
 def _check_size(size: int, source: str) -> None:
@@ -59,7 +59,8 @@ def _check_size(size: int, source: str) -> None:
         )
 
 
-def ruleset_from_dict(data: Mapping[str, Any], source: str = "<dict>") -> RuleSet:
+def rule_file_parts(data: Mapping[str, Any], source: str = "<dict>") -> tuple[list[str], dict[str, Pattern], list[Rule]]:
+    """``(model types, named sites, rules)`` of a rule file's tables, each checked (``source`` names it in errors)."""
     if not isinstance(data, Mapping):
         raise RuleError(f"{source}: a rule file is a table of [model], [sites] and [[rules]], got {shown(data)}")
     for key in data:
@@ -77,10 +78,7 @@ def ruleset_from_dict(data: Mapping[str, Any], source: str = "<dict>") -> RuleSe
     if not isinstance(raw_rules, list):
         raise RuleError(f"{source}: 'rules' must be an array of tables: write [[rules]]")
     rules = [_rule_from_dict(raw, f"{source}: rule #{i + 1}") for i, raw in enumerate(raw_rules)]
-    ruleset = RuleSet(tuple(types), sites, tuple(rules), source)
-    for rule in rules:
-        ruleset.resolve(rule)
-    return ruleset
+    return types, sites, rules
 
 
 def _model_types(model: Any, source: str) -> list[str]:
@@ -93,34 +91,6 @@ def _model_types(model: Any, source: str) -> list[str]:
     if not isinstance(types, list) or not all(isinstance(t, str) for t in types):
         raise RuleError(f"{source}: [model] types must be a list of strings, got {shown(types)}")
     return types
-
-
-def pattern_from_dict(data: Any, where: str) -> Pattern:
-    if not isinstance(data, Mapping):
-        raise RuleError(f"{where}: a pattern must be a table like {{op = \"linear\", module = \"*.q_proj\"}}, got {shown(data)}")
-    for key in data:
-        if key not in PATTERN_KEYS:
-            raise RuleError(
-                f"{where}: unknown pattern key {shown(key)}{did_you_mean(str(key), PATTERN_KEYS)}; "
-                f"valid keys are {', '.join(PATTERN_KEYS)}"
-            )
-    for key, value in data.items():
-        if isinstance(value, bool) or not isinstance(value, _PATTERN_KINDS[key]):
-            raise RuleError(f"{where}: pattern key {key!r} has the wrong type: {shown(value)}")
-    layers = data.get("layers")
-    try:
-        return Pattern(
-            op=data.get("op"),
-            module=data.get("module"),
-            regex=data.get("regex"),
-            cls=data.get("class"),
-            layers=(layers,) if isinstance(layers, int) else layers,
-            exclude=data.get("exclude", ()),
-            param=data.get("param"),
-            split=data.get("split"),
-        )
-    except RuleError as exc:
-        raise RuleError(f"{where}: {exc}") from None
 
 
 def _rule_from_dict(raw: Any, where: str) -> Rule:

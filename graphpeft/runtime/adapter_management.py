@@ -16,14 +16,14 @@ import torch
 from torch import nn
 
 from ..errors import AdapterError, CallError, did_you_mean
-from ..rewrite.match import ResolvedRule, match
-from ..rewrite.methods import get_method
+from ..rewrite.adapter_names import adapter_name_list, check_adapter_name
+from ..rules.rule_set import ResolvedRule
+from ..rewrite.match import match
+from ..rules.registry import get_method
 from .ownership import hold
-from ..rewrite.materialize import Claim
+from ..rewrite.claims import Claim
 from ..rewrite.sites import Site
 from .tied_weights import tied_parameters, warn_tied
-
-BASE = "__base__"
 
 
 @dataclass
@@ -214,20 +214,6 @@ def adapter_slots(store: nn.Module, prefix: str = "") -> Iterator[tuple[str, nn.
             yield from adapter_slots(child, path)
 
 
-def adapter_name_list(value: Any, action: str) -> list[str]:
-    """``value`` (one adapter name, or a list or tuple of them) as a list of distinct names."""
-    names = [value] if isinstance(value, str) else value
-    if not isinstance(names, (list, tuple)):
-        raise AdapterError(f"{action} takes an adapter name or a list of adapter names, got {value!r}")
-    for name in names:
-        if not isinstance(name, str):
-            raise AdapterError(f"{action} takes adapter names as strings, got {name!r}")
-    for index, name in enumerate(names):
-        if name in names[:index]:
-            raise AdapterError(f"{action} names {name!r} twice; name each adapter once")
-    return list(names)
-
-
 def _active_now(active: list[str]) -> str:
     if not active:
         return "no adapter is active now; add or load one, or the model runs the bare base model"
@@ -236,11 +222,3 @@ def _active_now(active: list[str]) -> str:
     return f"the active adapters are now {', '.join(map(repr, active))}"
 
 
-def check_adapter_name(name: Any) -> None:
-    if not isinstance(name, str) or not name:
-        raise AdapterError(f"adapter names must be non-empty strings, got {name!r}")
-    if name == BASE or "/" in name or "\\" in name or "." in name or name.startswith("-") or not name.isprintable():
-        raise AdapterError(
-            f"adapter name {name!r} is not allowed: names are used as parameter names and folder names, so they "
-            f"may not contain '/', '\\\\' or '.', start with '-', or be {BASE!r}; use letters, digits, '_' and '-'"
-        )

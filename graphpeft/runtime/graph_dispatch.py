@@ -17,8 +17,9 @@ from torch import fx, nn
 from .call_inputs import canonical_kwargs
 from ..errors import CallError, TraceError
 from ..rewrite.graph_passes.gqa import use_native_gqa
-from ..rewrite.methods import get_method
-from ..rewrite.materialize import Claim, annotate, materialize
+from ..rules.registry import get_method
+from ..rewrite.claims import Claim
+from ..rewrite.materialize import annotate, materialize
 from ..rewrite.sites import Site, graph_sites, module_sites
 from ..tracing.graph_utils import clone_graph, drop_checks
 from ..tracing.example_inputs import example_inputs

@@ -24,15 +24,13 @@ from typing import Any
 import torch
 from torch import fx, nn
 
-from .adapter_management import BASE, AdapterManagement, AdapterSpec, check_adapter_name
+from .adapter_management import AdapterManagement, AdapterSpec
 from .call_inputs import as_kwargs, bind_inputs, explained_failures
 from ..errors import AdapterError, TraceError
 from .graph_dispatch import BaseIdentity, GraphDispatch
 from ..rewrite.sites import Site
 from ..tracing.model_facts import forward_parameters, is_transformers_model
 from .weight_folding import WeightFolding
-
-__all__ = ["BASE", "AdapterSpec", "GraphPeftModel", "check_adapter_name"]
 
 
 class GraphPeftModel(AdapterManagement, WeightFolding, GraphDispatch, nn.Module):
@@ -118,7 +116,7 @@ class GraphPeftModel(AdapterManagement, WeightFolding, GraphDispatch, nn.Module)
         kwargs = self._bind(args, kwargs)
         with explained_failures(self, kwargs):
             if adapter_names is not None:
-                from ..rewrite.mixed import mixed_call
+                from .mixed_batches import mixed_call
 
                 self._refuse_quantized("a mixed-adapter batch")
                 return mixed_call(self, kwargs, adapter_names)

@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 from ..errors import AdapterError
-from ..rewrite.methods import get_method
-from ..rewrite.materialize import Claim
+from ..rules.registry import get_method
+from ..rewrite.claims import Claim
 from ..rewrite.sites import Site
 
 

@@ -8,9 +8,9 @@ from typing import Any
 
 from torch import nn
 
-from .adapter_management import adapter_name_list
+from ..rewrite.adapter_names import adapter_name_list
 from ..errors import AdapterError
-from ..rewrite.methods import get_method
+from ..rules.registry import get_method
 from .ownership import release
 from .tied_weights import refuse_tied, tied_parameters
 
@@ -30,7 +30,7 @@ class WeightFolding:
         self._ensure_live("merge()")
         names = adapter_name_list(adapter_names, "merge()") if adapter_names is not None else list(self.active_adapters)
         if self.quantization:
-            from ..rewrite.graph_passes.quantize import refuse_on_quantized
+            from ..rewrite.quantized_base import refuse_on_quantized
 
             refuse_on_quantized(self.base_model, "merge()", "rounding the sum into codes would lose the adapter")
         tied = tied_parameters(self.base_model)
@@ -61,7 +61,7 @@ class WeightFolding:
     def quantize(self, scheme: str) -> Any:
         """Store the frozen base linear weights as ``"int8"`` or ``"nf4"`` codes (see :mod:`graphpeft.quantize`);
         returns (and keeps as ``quantization``) the :class:`~graphpeft.quantize.Quantization` report."""
-        from ..rewrite.graph_passes.quantize import quantize_base
+        from ..rewrite.quantized_base import quantize_base
 
         self._ensure_live("quantize()")
         if self._merged:
@@ -73,13 +73,13 @@ class WeightFolding:
 
     def _refuse_quantized(self, action: str) -> None:
         if self.quantization:
-            from ..rewrite.graph_passes.quantize import refuse_on_quantized
+            from ..rewrite.quantized_base import refuse_on_quantized
 
             refuse_on_quantized(self.base_model, action, "its graphs do not decode quantized weights yet")
 
     def dequantize(self) -> None:
         """Give the base full-precision weights again (decoded from the codes); merging is then allowed."""
-        from ..rewrite.graph_passes.quantize import dequantize_base
+        from ..rewrite.quantized_base import dequantize_base
 
         self._ensure_live("dequantize()")
         dequantize_base(self.base_model)

@@ -25,14 +25,16 @@ from rich.tree import Tree
 from torch import nn
 
 from ..errors import MatchError, UsageError
-from ..rewrite.match import ResolvedRule, claim_sites, closest_fqns, no_match_message, no_sites_message
-from ..rewrite.methods import get_method
-from ..rewrite.materialize import Claim
+from ..rules.rule_set import ResolvedRule
+from ..rewrite.match import claim_sites, closest_fqns, no_match_message, no_sites_message
+from ..rules.registry import get_method
+from ..rewrite.claims import Claim
 from ..tracing.graph_utils import container
 from ..rewrite.sites import Site
 
 if TYPE_CHECKING:
-    from ..rules.rule import Rule, RuleSet
+    from ..rules.rule import Rule
+    from ..rules.rule_set import RuleSet
     from ..runtime.model import GraphPeftModel
 
 
@@ -182,7 +184,8 @@ def explain(
     conflicts, so one call shows every problem. ``show=True`` also prints the view.
     """
     from ..rules.builtin import resolve_rules
-    from ..runtime.model import GraphPeftModel, check_adapter_name
+    from ..runtime.model import GraphPeftModel
+    from ..rewrite.adapter_names import check_adapter_name
 
     check_adapter_name(adapter_name)
     resolved = resolve_rules(model, rules, overrides)

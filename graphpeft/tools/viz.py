@@ -19,7 +19,7 @@ from torch import fx, nn
 
 from ..errors import UsageError
 from ..io.output_file import check_output_path, write_text
-from ..rewrite.materialize import ADAPTER_NODE, CLAIMS
+from ..rewrite.claims import ADAPTER_NODE, CLAIMS
 from ..tracing.graph_utils import clone_graph
 
 ROOT = "<root>"

@@ -21,10 +21,11 @@ from torch import fx, nn
 
 from ...errors import TraceError
 from ...rules.options import Option, positive
-from ..materialize import SiteEditor
+from ..editor import SiteEditor
 from ...tracing.graph_utils import container
 from ..sites import Site
-from . import Method, adapter_dtype, register
+from ...rules.registry import register_method
+from .base import Method, adapter_dtype
 
 aten = torch.ops.aten
 
@@ -119,4 +120,4 @@ def block_input(gm: fx.GraphModule, site: Site, name: str) -> fx.Node:
     )
 
 
-register(Bottleneck())
+register_method(Bottleneck())

@@ -17,7 +17,7 @@ from torch import nn
 
 if TYPE_CHECKING:
     from ..sites import Site
-    from . import Method
+    from .base import Method
 
 DRY_RUN = "dry_run"
 

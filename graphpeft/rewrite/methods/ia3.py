@@ -19,10 +19,12 @@ import torch
 from torch import nn
 
 from ...rules.options import Option
-from ..materialize import SiteEditor
+from ..editor import SiteEditor
 from ...tracing.graph_utils import container
 from ..sites import Site
-from . import Method, adapter_dtype, register
+from ...rules.registry import register_method
+from ..mixed import check_mixable_site, gather_rows, row_shape
+from .base import Method, adapter_dtype
 
 aten = torch.ops.aten
 SLOT = "ia3_l"
@@ -38,7 +40,6 @@ class IA3(Method):
     site_ops = ("linear",)
     mergeable = True
     mixable = True
-    peft_type = "IA3"
     wrong_op = "IA3 adapts linear sites, not {op}"
     options = {
         "feedforward": Option(bool, False, "scale the site's input (PEFT's feedforward_modules) instead of its output"),
@@ -69,8 +70,6 @@ class IA3(Method):
 
     def rewrite_mixed(self, edit: SiteEditor, claims: list[Any], order: tuple[str, ...], rows: Any) -> None:
         """Per-row IA3: vectors stacked (slots, d) with ones for slots without a claim, gathered per row."""
-        from ..mixed import check_mixable_site, gather_rows, row_shape
-
         check_mixable_site(edit)
         for feedforward in (False, True):  # output scaling first: it inserts after the site node
             group = [c if c is not None and c.options["feedforward"] == feedforward else None for c in claims]
@@ -126,4 +125,4 @@ class IA3(Method):
             self._vector(site, store, adapter).copy_(tensors[SLOT])
 
 
-register(IA3())
+register_method(IA3())

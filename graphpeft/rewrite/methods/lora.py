@@ -15,7 +15,6 @@ fused projections (option ``slices``) are handled in :mod:`.lora_parameter_sites
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -23,22 +22,16 @@ from torch import nn
 
 from ...errors import AdapterError
 from ...rules.options import Option, positive, probability
-from ..materialize import SiteEditor
+from ..editor import SiteEditor
 from ...tracing.graph_utils import container
 from ..sites import PARAM_SITE_OPS, Site
-from . import Method, lora_parameter_sites, register
+from ...rules.registry import register_method
+from . import lora_parameter_sites
+from ..mixed import check_mixable_site, row_shape
+from .base import Method
+from .lora_common import initialise, register_slots, scale_of, slot_names, to_adapter_dtype, to_site_dtype
 
 aten = torch.ops.aten
-
-
-def scale_of(options: dict[str, Any]) -> float:
-    """alpha / r, or alpha / sqrt(r) with rsLoRA."""
-    r = options["r"]
-    return options["alpha"] / (math.sqrt(r) if options["rslora"] else r)
-
-
-def _slots(site: Site) -> tuple[str, str]:
-    return ("lora_embedding_A", "lora_embedding_B") if site.op == "embedding" else ("lora_A", "lora_B")
 
 
 def _weight_out_in(site: Site, weight: torch.Tensor) -> torch.Tensor:
@@ -76,7 +69,6 @@ class LoRA(Method):
     site_ops = ("linear", "embedding", "conv2d")  # plus the parameter sites (lora_parameter_sites)
     mergeable = True
     mixable = True
-    peft_type = "LORA"
     options = {
         "r": Option(int, 8, "rank of the update", check=positive),
         "alpha": Option((int, float), 8, "scale numerator (PEFT's lora_alpha)", check=positive),
@@ -107,7 +99,7 @@ class LoRA(Method):
     # ------------------------------------------------------------------ parameters
     def create(self, site: Site, options: dict[str, Any], model: nn.Module, store: nn.Module, adapter: str) -> None:
         if lora_parameter_sites.handles(site, options):
-            return lora_parameter_sites.create(site, options, model, store, adapter, _initialise)
+            return lora_parameter_sites.create(site, options, model, store, adapter)
         weight = model.get_parameter(site.weight)
         r, init = options["r"], options["init"]
         kwargs = {"device": weight.device, "dtype": weight.dtype}
@@ -121,14 +113,14 @@ class LoRA(Method):
             a = torch.empty(r, site.in_features, **kwargs)
             b = torch.empty(site.out_features, r, **kwargs)
         if weight.device.type != "meta":
-            _initialise(site, a, b, r, init)
-        slot_a, slot_b = _slots(site)
-        lora_parameter_sites.register_slots(store, site, adapter, {slot_a: a, slot_b: b})
+            initialise(site, a, b, r, init)
+        slot_a, slot_b = slot_names(site)
+        register_slots(store, site, adapter, {slot_a: a, slot_b: b})
         if options["dora"]:
             magnitude = torch.empty(site.out_features, **kwargs)
             if weight.device.type != "meta":
                 magnitude = self._weight_norm(site, weight, a, b, scale_of(options))
-            lora_parameter_sites.register_slots(store, site, adapter, {"lora_magnitude_vector": magnitude})
+            register_slots(store, site, adapter, {"lora_magnitude_vector": magnitude})
 
     def _delta(self, site: Site, a: torch.Tensor, b: torch.Tensor, scale: float) -> torch.Tensor:
         """scale · B A in the base weight's own layout."""
@@ -152,7 +144,7 @@ class LoRA(Method):
             return self._rewrite_embedding(edit, scale)
         if lora_parameter_sites.handles(site, options):
             return lora_parameter_sites.rewrite(edit, scale)
-        x = _to_adapter_dtype(edit, edit.site_input)
+        x = to_adapter_dtype(edit, edit.site_input)
         dropout = options["dropout"] if edit.training else 0.0
         x_in = edit.call(aten.dropout.default, x, float(dropout), True, role="lora_dropout") if dropout > 0 else x
         a, b = edit.param("lora_A"), edit.param("lora_B")
@@ -166,7 +158,7 @@ class LoRA(Method):
             # The scale multiplies the rank-r activations, not the (..., out) ones: B (s·h) = s·(B h).
             up = self._up(edit, edit.call(aten.mul.Tensor, down, scale, role="lora_scale"), b)
             out = edit.call(aten.add.Tensor, edit.output, up, role="lora_add")
-            edit.redirect(_to_site_dtype(edit, out))
+            edit.redirect(to_site_dtype(edit, out))
             return
         up = self._up(edit, down, b)
         # DoRA: delta = (m̂ - 1) ⊙ (W x) + m̂ ⊙ scale · B A x, with m̂ = m / ‖W + scale·BA‖ (detached).
@@ -185,7 +177,7 @@ class LoRA(Method):
         lora_part = edit.call(aten.mul.Tensor, up, mag_scaled, role="dora_lora_mag")
         delta = edit.call(aten.add.Tensor, base_part, lora_part, role="dora_delta")
         out = edit.call(aten.add.Tensor, edit.output, delta, role="lora_add")
-        edit.redirect(_to_site_dtype(edit, out))
+        edit.redirect(to_site_dtype(edit, out))
 
     def _up(self, edit: SiteEditor, down: Any, b: Any) -> Any:
         """B applied to the rank-r activations ``down``."""
@@ -210,7 +202,7 @@ class LoRA(Method):
         scaled = edit.call(aten.matmul.default, down, edit.call(aten.t.default, b, role="lora_embedding_B_t"), role="lora_up")
         if not options["dora"]:
             out = edit.call(aten.add.Tensor, edit.output, scaled, role="lora_add")
-            edit.redirect(_to_site_dtype(edit, out))
+            edit.redirect(to_site_dtype(edit, out))
             return
         # PEFT's DoRA embedding: y = m̂ ⊙ (E[ids] + scale · A^T[ids] B^T), m̂ over the embedding dim.
         w_t = edit.call(aten.t.default, node.args[0], role="dora_weight_t")
@@ -218,7 +210,7 @@ class LoRA(Method):
         mag = edit.call(aten.div.Tensor, edit.param("lora_magnitude_vector"), norm, role="dora_mag_scale")
         total = edit.call(aten.add.Tensor, node, scaled, role="dora_sum")
         out = edit.call(aten.mul.Tensor, total, mag, role="lora_add")
-        edit.redirect(_to_site_dtype(edit, out))
+        edit.redirect(to_site_dtype(edit, out))
 
     def rewrite_mixed(self, edit: SiteEditor, claims: list[Any], order: tuple[str, ...], rows: Any) -> None:
         """Per-row LoRA with the adapters' ranks concatenated: A_cat (Σr, in), B_cat (out, Σr).
@@ -228,8 +220,6 @@ class LoRA(Method):
         slot), then up = masked B_catᵀ. Ranks may differ; no padding is needed. Two plain matmuls
         over Σr columns cost less than per-row batched matmuls for the few adapters a batch mixes.
         """
-        from ..mixed import check_mixable_site, row_shape
-
         check_mixable_site(edit)
         present = [(slot, c) for slot, c in enumerate(claims) if c is not None]
         if any(lora_parameter_sites.handles(edit.site, c.options) for _, c in present):
@@ -243,7 +233,7 @@ class LoRA(Method):
                 "a mixed-adapter training batch needs one dropout per site"
             )
         first = order[present[0][0]]
-        x = _to_adapter_dtype(edit, edit.site_input, first)
+        x = to_adapter_dtype(edit, edit.site_input, first)
         if max(dropouts) > 0:
             x = edit.call(aten.dropout.default, x, max(dropouts), True, role="lora_dropout")
         a_parts, b_parts, masks, width = [], [], [], 0
@@ -262,7 +252,7 @@ class LoRA(Method):
         down = edit.call(aten.linear.default, x, a_cat, role="lora_down")
         masked = edit.call(aten.mul.Tensor, down, row_shape(edit, row_mask), role="lora_mask")
         up = edit.call(aten.linear.default, masked, b_cat, role="lora_up")
-        edit.redirect(_to_site_dtype(edit, edit.call(aten.add.Tensor, edit.output, up, role="lora_add"), first))
+        edit.redirect(to_site_dtype(edit, edit.call(aten.add.Tensor, edit.output, up, role="lora_add"), first))
 
     # ------------------------------------------------------------------ merge
     def merge(self, site: Site, options: dict[str, Any], model: nn.Module, store: nn.Module, adapter: str) -> None:
@@ -296,7 +286,7 @@ class LoRA(Method):
             weight.copy_(restored.to(weight.dtype))
 
     def _ab(self, site: Site, store: nn.Module, adapter: str) -> tuple[torch.Tensor, torch.Tensor]:
-        slot_a, slot_b = _slots(site)
+        slot_a, slot_b = slot_names(site)
         host = container(store, site.host, create=False)
         return host._modules[slot_a][adapter], host._modules[slot_b][adapter]
 
@@ -322,48 +312,6 @@ class LoRA(Method):
                 param.copy_(tensors[key])
 
 
-def _adapter_dtype(edit: SiteEditor, adapter: str | None = None) -> torch.dtype:
-    slot_a, _ = _slots(edit.site)
-    return edit.store.get_parameter(f"{edit.site.host}.{slot_a}.{adapter or edit.claim.adapter}").dtype
-
-
-def _to_adapter_dtype(edit: SiteEditor, x: Any, adapter: str | None = None) -> Any:
-    """``x`` cast to the adapter weights' dtype (fp32 adapters on a bf16/fp16 base), as PEFT casts
-    the LoRA input; unchanged when the dtypes already agree."""
-    dtype = _adapter_dtype(edit, adapter)
-    value = x.meta.get("val") if hasattr(x, "meta") else None
-    if value is None or value.dtype == dtype:
-        return x
-    return edit.call(aten.to.dtype, x, dtype, role="lora_cast_in")
-
-
-def _to_site_dtype(edit: SiteEditor, out: Any, adapter: str | None = None) -> Any:
-    """The adapted result cast back to the site's own output dtype (PEFT adds base and update in the
-    adapter's precision, then rounds once to the base dtype)."""
-    value = edit.node.meta.get("val")
-    if value is None or value.dtype == _adapter_dtype(edit, adapter):
-        return out
-    return edit.call(aten.to.dtype, out, value.dtype, role="lora_cast_out")
-
-
-def _initialise(site: Site, a: torch.Tensor, b: torch.Tensor, r: int, init: str) -> None:
-    if site.op == "embedding":
-        if init == "random":
-            nn.init.normal_(a)
-        else:
-            nn.init.zeros_(a)
-        nn.init.normal_(b)
-        return
-    if init == "gaussian":
-        nn.init.normal_(a, std=1 / r)
-    else:
-        nn.init.kaiming_uniform_(a, a=math.sqrt(5))
-    if init == "random":
-        nn.init.kaiming_uniform_(b, a=math.sqrt(5))
-    else:
-        nn.init.zeros_(b)
-
-
 def _dora_norms(store: nn.Module, site: Site) -> dict[str, torch.Tensor]:
     """Weight norms cached at merge time, so unmerge can invert the DoRA factor."""
     host = container(store, site.host, create=False)
@@ -372,4 +320,4 @@ def _dora_norms(store: nn.Module, site: Site) -> dict[str, torch.Tensor]:
     return host.__dict__["_dora_merge_norms"]
 
 
-register(LoRA())
+register_method(LoRA())

@@ -18,7 +18,6 @@ of a fused ``in_proj_weight`` or a transposed expert stack is updated in place.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -26,13 +25,11 @@ from torch import nn
 
 from ...errors import AdapterError, did_you_mean
 from ..param_views import replay, shares_storage
-from ..materialize import SiteEditor
-from ...tracing.graph_utils import container
+from ..editor import SiteEditor
 from ..sites import PARAM_SITE_OPS, Site
+from .lora_common import initialise, register_slots, to_adapter_dtype, to_site_dtype
 
 aten = torch.ops.aten
-
-Initialiser = Callable[[Site, torch.Tensor, torch.Tensor, int, str], None]
 
 
 def handles(site: Site, options: dict[str, Any]) -> bool:
@@ -95,7 +92,7 @@ def _chosen_width(site: Site, options: dict[str, Any]) -> int:
 
 
 # ---------------------------------------------------------------------- parameters
-def create(site: Site, options: dict[str, Any], model: nn.Module, store: nn.Module, adapter: str, init: Initialiser) -> None:
+def create(site: Site, options: dict[str, Any], model: nn.Module, store: nn.Module, adapter: str) -> None:
     """A: (r, in) and B: (chosen out, r), with a leading experts dim for stacked weights."""
     weight = model.get_parameter(site.weight)
     r = options["r"]
@@ -107,17 +104,8 @@ def create(site: Site, options: dict[str, Any], model: nn.Module, store: nn.Modu
     b = torch.empty(*lead, _chosen_width(site, options), r, **kwargs)
     if weight.device.type != "meta":
         for a_part, b_part in zip(a.view(-1, *a.shape[-2:]), b.view(-1, *b.shape[-2:])):
-            init(site, a_part, b_part, r, options["init"])
+            initialise(site, a_part, b_part, r, options["init"])
     register_slots(store, site, adapter, {"lora_A": a, "lora_B": b})
-
-
-def register_slots(store: nn.Module, site: Site, adapter: str, tensors: dict[str, torch.Tensor]) -> None:
-    """Put ``tensors`` into the adapter tree as ``<site.host>.<slot>.<adapter>``."""
-    host = container(store, site.host)
-    for slot, tensor in tensors.items():
-        if slot not in host._modules:
-            host.register_module(slot, nn.ParameterDict())
-        host._modules[slot][adapter] = nn.Parameter(tensor)
 
 
 # ---------------------------------------------------------------------- rewrite
@@ -127,10 +115,8 @@ def rewrite(edit: SiteEditor, scale: float) -> None:
     As at module sites, the update runs in the adapter's dtype (fp32 adapters on a bf16/fp16 base:
     x is cast up) and the adapted output is rounded once to the site's dtype.
     """
-    from .lora import _to_adapter_dtype, _to_site_dtype  # lora imports this module
-
     site, node, options = edit.site, edit.node, edit.options
-    x = _to_adapter_dtype(edit, edit.site_input)
+    x = to_adapter_dtype(edit, edit.site_input)
     dropout = options["dropout"] if edit.training else 0.0
     if dropout > 0:
         x = edit.call(aten.dropout.default, x, float(dropout), True, role="lora_dropout")
@@ -157,7 +143,7 @@ def rewrite(edit: SiteEditor, scale: float) -> None:
         out = _add_to_slices(edit, up)
     else:
         out = edit.call(aten.add.Tensor, edit.output, up, role="lora_add")
-    edit.redirect(_to_site_dtype(edit, out))
+    edit.redirect(to_site_dtype(edit, out))
 
 
 def _grouped_mm_for(target: Any, dtype: torch.dtype) -> Any:

@@ -13,11 +13,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..graph_passes.quantize import dequantize_base
-from ..materialize import SiteEditor
+from ..quantized_base import dequantize_base
+from ..editor import SiteEditor
 from ...tracing.graph_utils import container
 from ..sites import Site
-from . import Method, register
+from ...rules.registry import register_method
+from .base import Method
 
 SLOT = "modules_to_save"
 
@@ -80,4 +81,4 @@ class Train(Method):
                 param.copy_(tensors[key])
 
 
-register(Train())
+register_method(Train())

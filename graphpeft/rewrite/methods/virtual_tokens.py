@@ -22,10 +22,11 @@ from torch import nn
 
 from ...errors import RuleError
 from ...rules.options import Option, positive, probability
-from ..materialize import SiteEditor
+from ..editor import SiteEditor
 from ..sites import Site
 from ...tracing.model_facts import forward_parameters, is_encoder_decoder, prefix_geometry
-from . import Method, register
+from ...rules.registry import register_method
+from .base import Method
 from .prompt_encoders import PrefixProjection, PromptEncoder, PromptTable, VirtualTokenModule
 
 SLOT = "prompt_encoder"
@@ -200,6 +201,6 @@ class PrefixTuning(VirtualTokenMethod):
         return options["num_virtual_tokens"], layers * 2 * kv_heads * head_dim
 
 
-register(PromptTuning())
-register(PTuning())
-register(PrefixTuning())
+register_method(PromptTuning())
+register_method(PTuning())
+register_method(PrefixTuning())
