@@ -8,7 +8,7 @@ from shared_models import llama_with_lora
 
 import graphpeft
 from graphpeft import Pattern, Rule
-from graphpeft.tools.explain import ExplainReport
+from graphpeft.runtime.explain_report import ExplainReport
 
 Q_AND_V = [f"model.layers.{i}.self_attn.{p}_proj:linear" for i in (0, 1) for p in ("q", "v")]
 

@@ -10,7 +10,8 @@ from shared_models import llama_with_lora
 
 import graphpeft
 from graphpeft.errors import UsageError
-from graphpeft.tools.viz import diff_of, to_dot, write
+from graphpeft.tools.graph_records import diff_of
+from graphpeft.tools.viz import to_dot, write
 
 Q0 = "model.layers.0.self_attn.q_proj"
 

@@ -1,7 +1,7 @@
 """Mixed-adapter generation: ``generate(..., adapter_names=["a", "b", "__base__", ...])``.
 
 Each row generates with its own adapter in one batched computation. The prefill and the
-decode graph are both rewritten with :func:`graphpeft.mixed.rewrite_mixed`, so each takes the
+decode graph are both rewritten with :func:`graphpeft.rewrite.mixed.rewrite_mixed`, so each takes the
 extra input ``graphpeft_adapter_rows`` (batch,) int64; generate feeds it at prefill and at
 every decode step. Rows keep their place for the whole loop (finished rows are padded, not
 dropped), so one rows tensor serves every step.

@@ -1,6 +1,6 @@
 """generate() with a virtual-token adapter: the tokens enter once, at prefill, never at decode steps.
 
-The prefill runs the adapter's forward graph (:mod:`graphpeft.virtual_inputs` expands the inputs)
+The prefill runs the adapter's forward graph (:mod:`graphpeft.rewrite.virtual_inputs` expands the inputs)
 with a cache input: the prefix cache (prefix tuning) or an empty one (prompt/P-tuning), and keeps
 the cache it returns: nv virtual + S prompt positions. Decode steps then run the ordinary decode
 graph on that cache with one new token each, so the virtual tokens are never re-injected.

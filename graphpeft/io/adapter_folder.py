@@ -6,8 +6,8 @@ A saved adapter directory holds
   - ``graphpeft.json``: the manifest: rules, sites, tensor shapes, versions, base-graph fingerprint.
 Adapters other than ``default`` go in sub-folders named after them (PEFT's layout).
 Writes are atomic and replace only these files, keeping anything else in the folder (see
-:mod:`graphpeft.atomic_dir`). Loading reads only JSON and safetensors; nothing is unpickled or
-executed, and no link out of the folder is followed (see :mod:`graphpeft.adapter_paths`).
+:mod:`graphpeft.io.atomic_dir`). Loading reads only JSON and safetensors; nothing is unpickled or
+executed, and no link out of the folder is followed (see :mod:`graphpeft.io.adapter_paths`).
 """
 
 from __future__ import annotations
@@ -15,9 +15,10 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+import transformers
 from safetensors.torch import save_file
 
 from .adapter_paths import check_adapter_files, check_folder, check_sub_folder, link_root
@@ -29,18 +30,20 @@ from ..rules.rule_set import ResolvedRule
 from ..rules.registry import get_method
 from .peft_format import peft_config
 from .peft_prompt_format import prompt_learning_config, virtual_claims
-from ..runtime.model import GraphPeftModel
 from ..rewrite.adapter_names import check_adapter_name
 from ..rewrite.sites import Site
 from .tensor_file import WEIGHTS, read_header
 from .tensor_file import read_tensors as _read_checked
 from ..version import __version__
 
+if TYPE_CHECKING:
+    from ..runtime.model import GraphPeftModel
+
 OWNED_FILES = (MANIFEST, WEIGHTS, PEFT_CONFIG)
 
 
 def tensor_key(model: GraphPeftModel, adapter: str, site: Site, method: str, suffix: str) -> str:
-    """PEFT's key of one tensor of adapter ``adapter`` (see :func:`graphpeft.adapter_reading.key_of`)."""
+    """PEFT's key of one tensor of adapter ``adapter`` (see :func:`graphpeft.io.adapter_reading.key_of`)."""
     return key_of(model.adapter_specs[adapter].claims, site, method, suffix)
 
 
@@ -55,8 +58,6 @@ def adapter_tensors(model: GraphPeftModel, adapter: str) -> dict[str, torch.Tens
 
 
 def manifest(model: GraphPeftModel, adapter: str, tensors: dict[str, torch.Tensor], peft_ok: bool) -> dict[str, Any]:
-    import transformers
-
     spec = model.adapter_specs[adapter]
     base = model.base_model
     return {

@@ -12,7 +12,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -27,9 +27,11 @@ from .peft_schema import check_peft_config
 from ..rewrite.claims import Claim
 from ..rules.pattern import Pattern
 from ..rules.rule import Rule
-from ..runtime.model import GraphPeftModel
 from ..rewrite.sites import Site
 from .tensor_file import WEIGHTS, Header, pickle_hint, read_header, read_tensors
+
+if TYPE_CHECKING:
+    from ..runtime.model import GraphPeftModel
 
 MANIFEST = "graphpeft.json"
 PEFT_CONFIG = "adapter_config.json"

@@ -11,7 +11,7 @@ What a save of ``target`` guarantees:
 * **Only the adapter's files are replaced.** ``owned_files`` (the adapter's file names) at the top,
   in the sub-folders the save writes, and sub-folders holding nothing else are replaced or removed;
   every other entry (``optimizer.pt``, ``checkpoint-10/``, a link) is carried into the staging folder
-  before the swap (:mod:`graphpeft.dir_merge`: hard links to the same files, links as links), so it
+  before the swap (:mod:`graphpeft.io.dir_merge`: hard links to the same files, links as links), so it
   is byte-identical afterwards and present at every moment but the swap. What cannot be carried (a
   FIFO, a mount point, a folder where an adapter file belongs) makes the save refuse, naming it.
   A file another process writes into the folder during the save lands in the new folder (moved in
@@ -26,7 +26,7 @@ What a save of ``target`` guarantees:
   two processes saving into one folder get one complete adapter each in turn; any other failure,
   including a race with a writer that takes no lock, is a SaveError with the previous contents unchanged.
 * **Links are followed, not replaced.** A target reached through a symbolic link is resolved first
-  (:func:`graphpeft.adapter_paths.save_target`); the staging folder sits next to the real folder.
+  (:func:`graphpeft.io.adapter_paths.save_target`); the staging folder sits next to the real folder.
 """
 
 from __future__ import annotations

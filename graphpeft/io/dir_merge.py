@@ -1,4 +1,4 @@
-"""Keeping a folder's other entries across an atomic swap (see :mod:`graphpeft.atomic_dir`).
+"""Keeping a folder's other entries across an atomic swap (see :mod:`graphpeft.io.atomic_dir`).
 
 ``owned`` are the file names a save writes (the adapter's files). Before the swap,
 :func:`carry_foreign` puts every other entry of the previous folder into the staging folder: a

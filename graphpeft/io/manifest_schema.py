@@ -1,6 +1,6 @@
 """The schema of graphpeft's manifest (``graphpeft.json``), checked before any of it is used.
 
-The manifest's rules are checked further by :class:`~graphpeft.rules.Rule` itself (methods, options,
+The manifest's rules are checked further by :class:`~graphpeft.rules.rule.Rule` itself (methods, options,
 patterns); this module checks the record around them: every key's JSON kind, the nested ``model``,
 ``rules`` and ``sites`` records, and the format and its version.
 """

@@ -181,7 +181,7 @@ PEFT_OPTIONS = {
 def rules_from_peft_config(config: dict[str, Any], sites: list[Site], where: str) -> list[ResolvedRule]:
     """Rules that select exactly the modules PEFT would adapt with this LoRA or IA3 config.
 
-    ``config`` passed :func:`graphpeft.peft_schema.check_peft_config`; ``where`` names its file.
+    ``config`` passed :func:`graphpeft.io.peft_schema.check_peft_config`; ``where`` names its file.
     """
     if config["peft_type"] == "IA3":
         return _ia3_rules(config, sites)

@@ -89,7 +89,7 @@ def prompt_learning_config(model: nn.Module, claims: dict[str, tuple[Site, Any]]
 def rules_from_prompt_config(config: dict[str, Any], model: nn.Module, where: str) -> list[ResolvedRule]:
     """The built-in rule for the PEFT type (and its ``also`` rules), with the config's options.
 
-    ``config`` passed :func:`graphpeft.peft_schema.check_peft_config`; ``where`` names its file.
+    ``config`` passed :func:`graphpeft.io.peft_schema.check_peft_config`; ``where`` names its file.
     """
     method = METHOD_BY_PEFT_TYPE[config["peft_type"]]
     _check_geometry(config, model, method, where)

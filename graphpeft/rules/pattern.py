@@ -34,7 +34,7 @@ class Pattern:
             linear/embedding/conv2d.
         module: glob(s) on the module FQN (``"*.self_attn.q_proj"``).
         regex: regular expression (Python syntax) that must match the whole FQN. Globs and regexes
-            run in time linear in the FQN (:mod:`graphpeft.patterns`).
+            run in time linear in the FQN (:mod:`graphpeft.rules.bounded_regex`).
         cls: module class name (``"Linear"``) or its dotted path.
         layers: layer indices (the first integer component of the FQN).
         exclude: globs; a site whose FQN matches any of them is left out.
@@ -56,7 +56,7 @@ class Pattern:
     exclude: tuple[str, ...] = ()
     param: tuple[str, ...] | None = None
     split: tuple[tuple[str, int | float], ...] | None = None
-    # compiled globs and regex (bounded: graphpeft.patterns), made from the fields above
+    # compiled globs and regex (bounded: graphpeft.rules.bounded_regex), made from the fields above
     _matchers: Any = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:

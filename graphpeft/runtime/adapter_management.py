@@ -1,4 +1,4 @@
-"""Adapter bookkeeping of :class:`~graphpeft.runtime.GraphPeftModel`: add, activate, delete, save and load adapters.
+"""Adapter bookkeeping of :class:`~graphpeft.runtime.model.GraphPeftModel`: add, activate, delete, save and load adapters.
 
 An adapter is an :class:`AdapterSpec` (its resolved rules and the sites they claimed) plus its
 parameters under ``model.adapters.<base fqn>.<slot>.<adapter>``; this mixin keeps the two in step.
@@ -24,6 +24,8 @@ from .ownership import hold
 from ..rewrite.claims import Claim
 from ..rewrite.sites import Site
 from .tied_weights import tied_parameters, warn_tied
+from ..io.adapter_folder import load_into, save_pretrained
+from ..rules.builtin import resolve_rules
 
 
 @dataclass
@@ -60,8 +62,6 @@ class AdapterManagement:
         if adapter_name in self.adapter_specs:
             raise AdapterError(f"adapter {adapter_name!r} already exists; delete it first or pick another name")
         if not (isinstance(rules, list) and rules and all(isinstance(r, ResolvedRule) for r in rules)):
-            from ..rules.builtin import resolve_rules
-
             rules = resolve_rules(self.base_model, rules, overrides)
         claims = match(rules, self.sites(), adapter_name)
         hold(self.base_model, self)
@@ -129,8 +129,6 @@ class AdapterManagement:
         only the main process writes; the format is always safetensors (never pickle); the weights
         are read from the adapter parameters themselves, so ``state_dict`` is not consulted.
         """
-        from ..io.adapter_folder import save_pretrained
-
         if unsupported:
             raise CallError(
                 f"save_pretrained() takes no argument {', '.join(map(repr, unsupported))}; it takes save_directory, "
@@ -143,8 +141,6 @@ class AdapterManagement:
 
     def load_adapter(self, directory: str, adapter_name: str, is_trainable: bool = False) -> None:
         """Add an adapter from a graphpeft or PEFT directory (this model is unchanged if it fails)."""
-        from ..io.adapter_folder import load_into
-
         self._ensure_live("load_adapter()")
         load_into(self, directory, adapter_name, is_trainable)
 

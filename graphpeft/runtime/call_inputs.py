@@ -1,4 +1,4 @@
-"""The inputs of a :class:`~graphpeft.runtime.GraphPeftModel` call: positional and keyword arguments bound to the
+"""The inputs of a :class:`~graphpeft.runtime.model.GraphPeftModel` call: positional and keyword arguments bound to the
 base model's forward parameters and checked, the canonical call used to find sites, and ``example_inputs``."""
 
 from __future__ import annotations
@@ -171,7 +171,7 @@ def extra_kwargs(model: nn.Module) -> set[str]:
         return set()
     extra = {"return_dict", "output_attentions", "output_hidden_states"}
     try:
-        from transformers.utils.generic import TransformersKwargs
+        from transformers.utils.generic import TransformersKwargs  # optional: older transformers lack it
 
         extra |= set(TransformersKwargs.__annotations__)
     except ImportError:

@@ -1,4 +1,4 @@
-"""The graphs a :class:`~graphpeft.runtime.GraphPeftModel` runs: one pristine export of the base model per call
+"""The graphs a :class:`~graphpeft.runtime.model.GraphPeftModel` runs: one pristine export of the base model per call
 signature (``_base_graphs``) and one rewritten clone per (signature, active adapters) (``_graphs``), made lazily.
 
 Every rewritten graph reads the same adapter parameters; anything that changes which graph a call needs
@@ -25,6 +25,9 @@ from ..tracing.graph_utils import clone_graph, drop_checks
 from ..tracing.example_inputs import example_inputs
 from ..tracing.export import export_graph
 from ..tracing.signature import fits, signature_of
+from ..rewrite.graph_passes.activation_checkpointing import checkpoint_blocks
+from ..rewrite.graph_passes.head_loss import fuse_head_loss
+from ..rewrite.graph_passes.quantize import quantize_graph
 
 
 class GraphDispatch:
@@ -75,16 +78,10 @@ class GraphDispatch:
             graph = clone_graph(self._traced(signature, kwargs))
             self._rewrite(graph, adapters, signature.training)
             if self.quantization:
-                from ..rewrite.graph_passes.quantize import quantize_graph
-
                 quantize_graph(graph, self.base_model)
             if signature.training:
-                from ..rewrite.graph_passes.head_loss import fuse_head_loss
-
                 fuse_head_loss(graph)
             if self.checkpointing and signature.training:
-                from ..rewrite.graph_passes.activation_checkpointing import checkpoint_blocks
-
                 checkpoint_blocks(graph)
             self._graphs[key] = graph
         return graph

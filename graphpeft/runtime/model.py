@@ -6,10 +6,10 @@ the active adapters), traced lazily; every graph reads the same parameters.
 
 The class is assembled from one module per idea:
 
-- :mod:`graphpeft.adapter_management`: add / set / delete / save / load adapters, parameter counts;
-- :mod:`graphpeft.weight_folding`: merge / unmerge / unload, quantize / dequantize the base weights;
-- :mod:`graphpeft.graph_dispatch`: the export and rewritten-graph caches, sites, tracing;
-- :mod:`graphpeft.call_inputs`: binding and checking a call's inputs.
+- :mod:`graphpeft.runtime.adapter_management`: add / set / delete / save / load adapters, parameter counts;
+- :mod:`graphpeft.runtime.weight_folding`: merge / unmerge / unload, quantize / dequantize the base weights;
+- :mod:`graphpeft.runtime.graph_dispatch`: the export and rewritten-graph caches, sites, tracing;
+- :mod:`graphpeft.runtime.call_inputs`: binding and checking a call's inputs.
 
 This module keeps the calling surface: construction, ``forward``, ``generate``, ``export``, ``explain``.
 """
@@ -31,6 +31,11 @@ from .graph_dispatch import BaseIdentity, GraphDispatch
 from ..rewrite.sites import Site
 from ..tracing.model_facts import forward_parameters, is_transformers_model
 from .weight_folding import WeightFolding
+from ..generation.generate import generate
+from ..rewrite.virtual_inputs import expand
+from .explain_report import explain_model
+from .export_program import export_program
+from .mixed_batches import mixed_call
 
 
 class GraphPeftModel(AdapterManagement, WeightFolding, GraphDispatch, nn.Module):
@@ -71,10 +76,10 @@ class GraphPeftModel(AdapterManagement, WeightFolding, GraphDispatch, nn.Module)
         self.__dict__["forward"] = signed_forward
         self._sites: list[Site] | None = None  # every site, once sites() traced the base graph
         self.training = model.training
-        self.checkpointing = False  # training graphs recompute each block in backward (graphpeft.checkpointing)
-        self.reuse_blocks = True  # export a few repeated blocks and copy the rest (graphpeft.block_reuse)
-        self.quantization: str | None = None  # "int8" / "nf4" once quantize() ran (graphpeft.quantize)
-        self._unloaded = False  # unload() / merge_and_unload() handed the base back (graphpeft.ownership)
+        self.checkpointing = False  # training graphs recompute each block in backward (graphpeft.rewrite.graph_passes.activation_checkpointing)
+        self.reuse_blocks = True  # export a few repeated blocks and copy the rest (graphpeft.tracing.block_reuse)
+        self.quantization: str | None = None  # "int8" / "nf4" once quantize() ran (graphpeft.rewrite.quantized_base)
+        self._unloaded = False  # unload() / merge_and_unload() handed the base back (graphpeft.runtime.ownership)
         self._base_identity = BaseIdentity(model)  # the base tensors the cached graphs read
 
     def __getattr__(self, name: str) -> Any:
@@ -109,19 +114,15 @@ class GraphPeftModel(AdapterManagement, WeightFolding, GraphDispatch, nn.Module)
         """Run the base model's forward with the active adapters.
 
         ``adapter_names`` (one name per row, ``"__base__"`` for none) runs a mixed-adapter batch:
-        each row with its own adapter, in one batched graph (see :mod:`graphpeft.mixed`).
-        Virtual-token adapters add their tokens to the inputs first (see :mod:`graphpeft.virtual_inputs`).
+        each row with its own adapter, in one batched graph (see :mod:`graphpeft.rewrite.mixed`).
+        Virtual-token adapters add their tokens to the inputs first (see :mod:`graphpeft.rewrite.virtual_inputs`).
         """
         self._ensure_live("forward()")
         kwargs = self._bind(args, kwargs)
         with explained_failures(self, kwargs):
             if adapter_names is not None:
-                from .mixed_batches import mixed_call
-
                 self._refuse_quantized("a mixed-adapter batch")
                 return mixed_call(self, kwargs, adapter_names)
-            from ..rewrite.virtual_inputs import expand
-
             expanded = expand(self, kwargs, self._graph_adapters())
             return self._graph(expanded)(**expanded)
 
@@ -148,8 +149,6 @@ class GraphPeftModel(AdapterManagement, WeightFolding, GraphDispatch, nn.Module)
         (encoder-decoder). ``adapter_names`` (one per row, ``"__base__"`` for none) generates each row with its
         own adapter in one batched computation. See :mod:`graphpeft.generation`.
         """
-        from ..generation.generate import generate
-
         self._ensure_live("generate()")
         self._refuse_quantized("generate()")
         self._drop_graphs_of_replaced_tensors()
@@ -170,16 +169,12 @@ class GraphPeftModel(AdapterManagement, WeightFolding, GraphDispatch, nn.Module)
         restored afterwards). ``kwargs`` name the inputs the program takes (default ``input_ids``
         and ``attention_mask``). Load it with ``torch.export.load(path).module()``.
         """
-        from .export_program import export_program
-
         self._ensure_live("export()")
         export_program(self, path, merged, kwargs)
 
     def explain(self, adapter_names: Sequence[str] | None = None, show: bool = False) -> Any:
-        """An :class:`~graphpeft.explain.ExplainReport` of the adapters (sites, rules, shapes, counts);
+        """An :class:`~graphpeft.runtime.explain_report.ExplainReport` of the adapters (sites, rules, shapes, counts);
         ``show=True`` also prints it."""
-        from ..tools.explain import explain_model
-
         report = explain_model(self, adapter_names)
         if show:
             report.print()

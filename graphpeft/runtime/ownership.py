@@ -1,4 +1,4 @@
-"""Which :class:`~graphpeft.runtime.GraphPeftModel` holds a base model.
+"""Which :class:`~graphpeft.runtime.model.GraphPeftModel` holds a base model.
 
 A wrapper freezes its base, merges into its weights and caches graphs that read them, so two live
 wrappers on one base would change each other's results (``g1.merge()`` moves ``g2``'s logits). A base is
@@ -38,26 +38,13 @@ def holder_of(base: nn.Module) -> GraphPeftModel | None:
     return ref()
 
 
-def refuse_held(model: nn.Module, entry: str, add: str) -> None:
-    """Raise unless ``model`` can be wrapped by ``graphpeft.<entry>()`` (``add``: the method to use instead)."""
-    from .model import GraphPeftModel
-
-    if isinstance(model, GraphPeftModel):
-        raise AdapterError(
-            f"graphpeft.{entry}() was given a GraphPeftModel: it is already adapted; "
-            f"add another adapter to it with model.{add}(...) instead"
-        )
-    if holder_of(model) is not None:
-        raise AdapterError(_held_message(model, f"graphpeft.{entry}()", add))
-
-
 def hold(base: nn.Module, wrapper: GraphPeftModel) -> None:
     """Record that ``wrapper`` holds ``base``; refuse if another live wrapper does."""
     ref = _HOLDERS.get(base)
     if ref is not None and ref() is wrapper:
         return
     if holder_of(base) is not None:
-        raise AdapterError(_held_message(base, "a second GraphPeftModel", "add_adapter"))
+        raise AdapterError(held_message(base, "a second GraphPeftModel", "add_adapter"))
     _HOLDERS[base] = weakref.ref(wrapper)
 
 
@@ -68,7 +55,7 @@ def release(base: nn.Module, wrapper: GraphPeftModel) -> None:
         del _HOLDERS[base]
 
 
-def _held_message(base: nn.Module, what: str, add: str) -> str:
+def held_message(base: nn.Module, what: str, add: str) -> str:
     return (
         f"this {type(base).__name__} is already wrapped by a live GraphPeftModel, and {what} on it would share "
         f"its weights (merging in one would change the other); use {add}() on that GraphPeftModel, "

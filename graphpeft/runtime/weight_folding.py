@@ -1,4 +1,4 @@
-"""What :class:`~graphpeft.runtime.GraphPeftModel` does to the base weights themselves: merge adapters into
+"""What :class:`~graphpeft.runtime.model.GraphPeftModel` does to the base weights themselves: merge adapters into
 them and back out, quantize and dequantize them, and hand the base model back (``unload``)."""
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from ..errors import AdapterError
 from ..rules.registry import get_method
 from .ownership import release
 from .tied_weights import refuse_tied, tied_parameters
+from ..rewrite.quantized_base import dequantize_base, quantize_base, refuse_on_quantized
 
 
 class WeightFolding:
@@ -22,7 +23,7 @@ class WeightFolding:
     base_model: nn.Module
     adapters: nn.Module
     active_adapters: list[str]
-    quantization: Any  # graphpeft.quantize.Quantization once quantize() ran, else None
+    quantization: Any  # graphpeft.rewrite.quantized_base.Quantization once quantize() ran, else None
 
     def merge(self, adapter_names: str | Sequence[str] | None = None) -> None:
         """Fold the adapters (one name, a list, or the active ones) into the base weights; forward then runs
@@ -30,8 +31,6 @@ class WeightFolding:
         self._ensure_live("merge()")
         names = adapter_name_list(adapter_names, "merge()") if adapter_names is not None else list(self.active_adapters)
         if self.quantization:
-            from ..rewrite.quantized_base import refuse_on_quantized
-
             refuse_on_quantized(self.base_model, "merge()", "rounding the sum into codes would lose the adapter")
         tied = tied_parameters(self.base_model)
         for name in names:
@@ -59,10 +58,8 @@ class WeightFolding:
                 get_method(claim.method).unmerge(site, claim.options, self.base_model, self.adapters, name)
 
     def quantize(self, scheme: str) -> Any:
-        """Store the frozen base linear weights as ``"int8"`` or ``"nf4"`` codes (see :mod:`graphpeft.quantize`);
-        returns (and keeps as ``quantization``) the :class:`~graphpeft.quantize.Quantization` report."""
-        from ..rewrite.quantized_base import quantize_base
-
+        """Store the frozen base linear weights as ``"int8"`` or ``"nf4"`` codes (see :mod:`graphpeft.rewrite.quantized_base`);
+        returns (and keeps as ``quantization``) the :class:`~graphpeft.rewrite.quantized_base.Quantization` report."""
         self._ensure_live("quantize()")
         if self._merged:
             raise AdapterError("unmerge() before quantizing: merged adapters would be rounded into the codes")
@@ -73,14 +70,10 @@ class WeightFolding:
 
     def _refuse_quantized(self, action: str) -> None:
         if self.quantization:
-            from ..rewrite.quantized_base import refuse_on_quantized
-
             refuse_on_quantized(self.base_model, action, "its graphs do not decode quantized weights yet")
 
     def dequantize(self) -> None:
         """Give the base full-precision weights again (decoded from the codes); merging is then allowed."""
-        from ..rewrite.quantized_base import dequantize_base
-
         self._ensure_live("dequantize()")
         dequantize_base(self.base_model)
         self.quantization = None

@@ -23,7 +23,18 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+import torch
+import transformers
+from rich.console import Console
+from torch import nn
+
 from ..errors import GraphPeftError, UsageError
+from ..io.output_file import check_output_path, write_text
+from ..runtime.wrap import apply
+from .explain import explain
+from .graph_records import diff_of
+from .viz import write
+from .viz_html import to_html
 
 # config.architectures suffix -> transformers auto class
 _AUTO_CLASSES = (
@@ -53,9 +64,6 @@ def load_model(spec: str) -> Any:
 def _from_config_dir(path: Path) -> Any:
     if not (path / "config.json").is_file():
         raise UsageError(f"{path} has no config.json; MODEL must be a transformers model directory")
-    import torch
-    import transformers
-
     # whatever a hostile config.json makes transformers raise is a bad MODEL argument
     try:
         config = transformers.AutoConfig.from_pretrained(str(path), local_files_only=True)
@@ -71,8 +79,6 @@ def _from_config_dir(path: Path) -> Any:
 
 
 def _from_function(spec: str) -> Any:
-    from torch import nn
-
     module_name, _, function_name = spec.rpartition(":")
     if str(Path.cwd()) not in sys.path:
         sys.path.insert(0, str(Path.cwd()))
@@ -114,10 +120,6 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------- commands
 def _inspect(args: argparse.Namespace) -> int:
-    from rich.console import Console
-
-    from .explain import explain
-
     report = explain(load_model(args.model), args.rules, adapter_name=args.adapter_name, **parse_overrides(args.set))
     Console(width=args.width, soft_wrap=False).print(report.renderable())
     if not report.ok:
@@ -127,23 +129,17 @@ def _inspect(args: argparse.Namespace) -> int:
 
 
 def _applied(args: argparse.Namespace) -> Any:
-    from .. import apply
-
     return apply(load_model(args.model), args.rules, adapter_name=args.adapter_name, **parse_overrides(args.set))
 
 
 def _checked_output(path: str, suffixes: tuple[str, ...], formats: str) -> None:
     """Refuse an output name of the wrong format or a path that cannot be written, before any work."""
-    from ..io.output_file import check_output_path
-
     if Path(path).suffix not in suffixes:
         raise UsageError(f"cannot tell the format of {path!r}: name the output {formats}")
     check_output_path(path)
 
 
 def _viz(args: argparse.Namespace) -> int:
-    from .viz import write
-
     _checked_output(args.output, (".html", ".htm", ".dot"), "*.html or *.dot")
     written = write(_applied(args), args.output, level=args.level)
     print(f"wrote {written}")
@@ -151,16 +147,11 @@ def _viz(args: argparse.Namespace) -> int:
 
 
 def _diff(args: argparse.Namespace) -> int:
-    from ..io.output_file import write_text
-    from .viz import diff_of
-
     if args.output:
         _checked_output(args.output, (".html", ".htm"), "*.html (diff writes the HTML viewer)")
     model = _applied(args)
     print(diff_of(model).text())
     if args.output:
-        from .viz_html import to_html
-
         write_text(args.output, to_html(model, open_diff=True))
         print(f"wrote {args.output}")
     return 0

@@ -14,7 +14,7 @@ import json
 from importlib import resources
 from typing import Any
 
-from .viz import _classes, graph_diff, graphs_of, node_records
+from .graph_records import graph_diff, graphs_of, module_classes, node_records
 
 TEMPLATE = "viz_template.html"
 
@@ -32,7 +32,7 @@ def page_data(obj: Any, open_diff: bool = False) -> dict[str, Any]:
     root = getattr(obj, "base_model", gm)
     return {
         "title": type(root).__name__,
-        "classes": _classes(gm),
+        "classes": module_classes(gm),
         "nodes": records,
         "diff": diff.text() if diff else None,
         "openDiff": open_diff,

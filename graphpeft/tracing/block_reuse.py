@@ -4,7 +4,7 @@
 meta device), tracing the same Python code again and again. When a model holds a long ``nn.ModuleList`` of
 identical blocks (``model.layers``), :func:`export_reusing_blocks` exports it with that list cut to its first
 ``TRACED_BLOCKS`` blocks (``config.num_hidden_layers`` and ``config.layer_types`` cut to match, everything
-restored afterwards), then :func:`graphpeft.block_stamp.stamp_blocks` copies the last traced block into the
+restored afterwards), then :func:`graphpeft.tracing.block_stamp.stamp_blocks` copies the last traced block into the
 graph once per missing block, after checking that the copy is exact. ``nn_module_stack``, parameter paths and
 the GraphModule's tensors name each block as a full export does, so sites, checkpointing and visualization
 cannot tell the difference.

@@ -1,6 +1,6 @@
 """KV caches as forward-graph inputs (prefix tuning), for signatures and synthetic example inputs.
 
-A call that passes a cache (:class:`graphpeft.kv_cache.GraphCache`, or its
+A call that passes a cache (:class:`graphpeft.tracing.kv_cache.GraphCache`, or its
 encoder-decoder form) is keyed by the cache's structure, not by its identity:
 :class:`CacheSpec` holds the layer count, dtype and per-layer (kv_heads, length,
 head_dim). ``example`` builds a synthetic cache of that structure with a dynamic

@@ -30,7 +30,7 @@ class Method:
     mergeable: ClassVar[bool] = False
     mixable: ClassVar[bool] = False  # can serve mixed-adapter batches (rewrite_mixed)
     peft_type: ClassVar[str | None] = None
-    virtual_tokens: ClassVar[bool] = False  # tokens enter through the graph's inputs (graphpeft.virtual_inputs)
+    virtual_tokens: ClassVar[bool] = False  # tokens enter through the graph's inputs (graphpeft.rewrite.virtual_inputs)
     # Why a site of another op kind than ``site_ops`` cannot be adapted ("{op}" stands for the site's op);
     # None: the method checks op kinds itself, or takes any.
     wrong_op: ClassVar[str | None] = None

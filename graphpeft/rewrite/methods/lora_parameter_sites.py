@@ -152,7 +152,8 @@ def _grouped_mm_for(target: Any, dtype: torch.dtype) -> Any:
     so other dtypes go through transformers' grouped-mm fallback, as transformers itself routes them."""
     if target is not aten._grouped_mm.default or dtype == torch.bfloat16:
         return target
-    import transformers.integrations.moe  # noqa: F401  (registers torch.ops.transformers.grouped_mm_fallback)
+    # optional dependency, loaded on first use: transformers' MoE integration registers grouped_mm_fallback
+    import transformers.integrations.moe  # noqa: F401
 
     return torch.ops.transformers.grouped_mm_fallback.default
 

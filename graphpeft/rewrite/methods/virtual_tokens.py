@@ -1,7 +1,7 @@
 """Virtual-token methods: prompt tuning, P-tuning and prefix tuning (P-tuning v2).
 
 They add no nodes inside the graph: their tokens enter through the graph's inputs
-(:mod:`graphpeft.virtual_inputs`): prompt and P-tuning tokens as rows prepended to
+(:mod:`graphpeft.rewrite.virtual_inputs`): prompt and P-tuning tokens as rows prepended to
 ``inputs_embeds``, prefix tokens as key/value cache entries at positions 0..nv-1.
 The site a rule selects says where: the word-embedding site (prompt, P-tuning; its
 width is the token width) or the attention sites (prefix tuning; one cache layer each).
@@ -144,7 +144,7 @@ def _text_ids(options: dict[str, Any]) -> list[int]:
         if not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
             raise RuleError(f"prompt_tuning init_token_ids must be integers, got {ids!r}")
         return list(ids)
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # optional dependency, loaded on first use: only init_text tokenizes
 
     tokenizer = AutoTokenizer.from_pretrained(options["tokenizer"])
     return list(tokenizer(options["init_text"])["input_ids"])
