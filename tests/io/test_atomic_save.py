@@ -112,7 +112,7 @@ def assert_keeps(target: Path, extra: dict[str, bytes]) -> None:
 def kill_while_saving(target: Path, pause_code: str) -> None:
     """Run a child that saves over ``target``, wait until it pauses inside the save, SIGKILL it."""
     marker = target.parent / "child-paused"
-    code = CHILD_PRELUDE.format(tests=str(Path(__file__).parent)) + textwrap.dedent(pause_code)
+    code = CHILD_PRELUDE.format(tests=str(Path(__file__).resolve().parents[1])) + textwrap.dedent(pause_code)
     child = subprocess.Popen([sys.executable, "-c", code, str(target), str(marker)], stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 120
