@@ -1,5 +1,6 @@
 """Hostile rule files, patterns and option values (issue #15): catastrophic regexes and globs from every place
-a pattern comes from, patterns RE2 cannot run, over-long patterns, deep and huge TOML, non-finite numbers,
+a pattern comes from (on RE2, and on the backtracking engine that lookarounds and backreferences need), regexes
+refused as written, over-long patterns, deep and huge TOML, non-finite numbers,
 bools where numbers go, duplicate names, ``also`` cycles and chains, optional rules matching nothing.
 Each case must fail fast with a graphpeft error and leave every model as it was (``tests/catalogue.py``).
 """
@@ -7,20 +8,13 @@ Each case must fail fast with a graphpeft error and leave every model as it was 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
+import pytest
 import torch
-from catalogue import (
-    RULES,
-    Case,
-    apply,
-    case_test,
-    edited,
-    load,
-    peft_config,
-    q_rule,
-    without_manifest,
-)
+from catalogue import RULES, Case, apply, case_test, edited, load, peft_config, q_rule, without_manifest
+from models import tiny_llama
 from test_patterns import watchdog
 from torch import nn
 
@@ -100,13 +94,22 @@ CASES = [
     Case("peft_exclude_modules_regex_catastrophic_backtracking", load(lambda w: peft_folder(w, target_modules=".*_proj", exclude_modules="(.+)+!")), LoadError, "lacks tensor", timeout=HANG),
     Case("peft_rank_pattern_key_catastrophic_backtracking", load(lambda w: peft_folder(w, rank_pattern={"((.+)+!|q_proj)": 8})), LoadError, "(config r=8, tensors r=4)", timeout=HANG),
     Case("manifest_rule_regex_catastrophic_backtracking", load(lambda w: manifest_target(w, regex="(.+)+!")), LoadError, "matches no site", timeout=HANG),
-    # ------------------------------------------------ patterns RE2 cannot run, and over-long ones
-    Case("rule_file_regex_backreference", edited(Q_SITE, r"regex = '.*(q)\1_proj'"), RuleError, "uses a backreference, which graphpeft does not match"),
-    Case("rule_file_regex_lookbehind", edited(Q_SITE, "regex = '.*(?<!k)_proj'"), RuleError, "uses a lookaround assertion"),
-    Case("python_pattern_regex_possessive", apply(lambda w: Rule("x", "lora", Pattern(op="linear", regex=".*q_proj++"))), RuleError, "uses a possessive quantifier"),
-    Case("peft_alpha_pattern_key_backreference", load(lambda w: peft_folder(w, alpha_pattern={r"(q)\1": 16})), LoadError, "uses a backreference"),
-    Case("peft_feedforward_modules_backreference", load(lambda w: ia3_folder(w, target_modules=["q_proj"], feedforward_modules=r"(q)\1")), LoadError, "feedforward_modules '(q)\\\\1' uses a backreference"),
-    Case("manifest_rule_regex_lookahead", load(lambda w: manifest_target(w, regex="(?=m).*")), LoadError, "uses a lookaround assertion"),
+    # ------------------------------------------------ regexes that need backtracking (lookarounds, backreferences, ...):
+    # they run on the regex module; a catastrophic one is refused once it spends 0.25 s of CPU time on a name
+    Case("rule_file_regex_backreference_catastrophic_backtracking", edited(Q_SITE, r"regex = '(?:(.)|..|...)+\1\d'"), RuleError, "backtracks catastrophically", timeout=HANG),
+    Case("rule_file_regex_lookbehind_catastrophic_backtracking", edited(Q_SITE, "regex = '(.|..|...)+(?<=!)'"), RuleError, "takes more than 0.25 s of CPU time on name", timeout=HANG),
+    Case("python_pattern_regex_possessive_catastrophic_backtracking", apply(lambda w: Rule("x", "lora", Pattern(op="linear", regex=r"(.|..|...)+\d++"))), RuleError, "it uses a possessive quantifier, so it runs on a backtracking engine", timeout=HANG),
+    Case("python_pattern_regex_conditional_catastrophic_backtracking", apply(lambda w: Rule("x", "lora", Pattern(op="linear", regex=r"((.)|..|...)+(?(2)\d|!)"))), RuleError, "backtracks catastrophically", timeout=HANG),
+    Case("peft_target_modules_lookahead_catastrophic_backtracking", load(lambda w: peft_folder(w, target_modules=r"(?!.*vision)(.|..|...)+\d")), LoadError, "target_modules '(?!.*vision)(.|..|...)+\\\\d' takes more than", timeout=HANG),
+    Case("peft_exclude_modules_lookbehind_catastrophic_backtracking", load(lambda w: peft_folder(w, target_modules=".*_proj", exclude_modules="(.|..|...)+(?<=!)")), LoadError, "backtracks catastrophically", timeout=HANG),
+    Case("peft_alpha_pattern_key_lookbehind_catastrophic_backtracking", load(lambda w: peft_folder(w, alpha_pattern={"(.|..|...)+(?<=!)": 16})), LoadError, "backtracks catastrophically", timeout=HANG),
+    Case("peft_feedforward_modules_backreference_catastrophic_backtracking", load(lambda w: ia3_folder(w, target_modules=["q_proj"], feedforward_modules=r"(?:(.)|..|...)+\1\d")), LoadError, "feedforward_modules '(?:(.)|..|...)+\\\\1\\\\d' takes more than", timeout=HANG),
+    Case("manifest_rule_regex_lookahead_catastrophic_backtracking", load(lambda w: manifest_target(w, regex=r"(?!.*vision)(.|..|...)+(?>\d)")), LoadError, "backtracks catastrophically", timeout=HANG),
+    # ------------------------------------------------ regexes refused as they are written, and over-long ones
+    Case("rule_file_regex_lookbehind_of_no_fixed_width", edited(Q_SITE, r"regex = '.*(?<!vision|audio)\.q_proj'"), RuleError, "look-behind requires fixed-width pattern"),
+    Case("rule_file_regex_verbose_lookahead", edited(Q_SITE, "regex = '(?x) (?!.*mlp) .*q_proj'"), RuleError, "uses verbose mode (?x), which graphpeft does not read"),
+    Case("peft_target_modules_lookahead_with_a_million_unrolled_pieces", load(lambda w: peft_folder(w, target_modules="(?=m)(a{1000}){1000}")), LoadError, "spells counted repeats out: 1000001 pieces", timeout=HANG),
+    Case("python_pattern_regex_repeat_count_over_re2_limit", apply(lambda w: Rule("x", "lora", Pattern(op="linear", regex="q{1001}"))), RuleError, "repeats a piece more than 1000 times"),
     Case("rule_file_regex_too_long", edited(Q_SITE, f"regex = '{'a' * 5000}'"), RuleError, "patterns are limited to 4096 characters"),
     Case("rule_file_glob_too_long", edited("*.self_attn.q_proj", "*" + "a" * 5000), RuleError, "patterns are limited to 4096 characters"),
     Case("peft_target_modules_regex_too_long", load(lambda w: peft_folder(w, target_modules="a" * 5000)), LoadError, "patterns are limited to 4096 characters"),
@@ -176,3 +179,26 @@ def test_explain_reports_an_optional_rule_that_matches_nothing_instead_of_raisin
     assert [item.rule for item in report.unmatched] == ["x"]
     assert not report.sites and not report.ok
     assert "would have no sites" in report.problems[0]
+
+
+# what the catalogue refused before the backtracking engine (issue #15 follow-up): lookarounds and backreferences work
+
+
+@pytest.mark.parametrize("regex", [r".*(?<!self_attn)\.(?!gate)\w+_proj", r"(model)\.layers\.0\.(?!\1)\w+\.(up|down)_proj"])
+def test_rule_regex_with_a_lookaround_or_backreference_selects_the_sites_python_selects(regex, catalogue_world):
+    base = catalogue_world[0]
+    report = graphpeft.explain(base, Rule("x", "lora", Pattern(op="linear", regex=regex)))
+    expected = {name for name, module in base.named_modules() if isinstance(module, nn.Linear) and re.fullmatch(regex, name)}
+    assert {item.site.fqn for item in report.sites} == expected == {"model.layers.0.mlp.up_proj", "model.layers.0.mlp.down_proj"}
+
+
+def test_adapter_of_a_rule_with_a_lookahead_regex_saves_and_loads_its_sites(tmp_path):
+    rule = Rule("lora", "lora", Pattern(op="linear", regex=r"(?!.*mlp).*\.[qv]_proj"), {"r": 4})
+    saved = graphpeft.apply(tiny_llama(layers=1), rule, init="random")
+    saved.save_pretrained(str(tmp_path))
+    loaded = graphpeft.load(tiny_llama(layers=1), str(tmp_path))
+    fqns = sorted(site.fqn for site, _ in loaded.adapter_specs["default"].claims.values())
+    assert fqns == ["model.layers.0.self_attn.q_proj", "model.layers.0.self_attn.v_proj"]
+    adapter_tensors = {k: v for k, v in saved.state_dict().items() if ".lora_" in k}
+    assert len(adapter_tensors) == 4
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in adapter_tensors.items())

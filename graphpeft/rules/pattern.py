@@ -34,7 +34,8 @@ class Pattern:
             linear/embedding/conv2d.
         module: glob(s) on the module FQN (``"*.self_attn.q_proj"``).
         regex: regular expression (Python syntax) that must match the whole FQN. Globs and regexes
-            run in time linear in the FQN (:mod:`graphpeft.rules.bounded_regex`).
+            run in bounded time (:mod:`.bounded_regex`: RE2, or a time budget for lookarounds and
+            backreferences).
         cls: module class name (``"Linear"``) or its dotted path.
         layers: layer indices (the first integer component of the FQN).
         exclude: globs; a site whose FQN matches any of them is left out.
@@ -83,7 +84,7 @@ class Pattern:
                 raise RuleError("pattern globs must be non-empty strings, got ''")
             if glob.count("[") != glob.count("]"):
                 raise RuleError(f"pattern glob {shown(glob)} has unbalanced brackets")
-        # compiled once here (bounded: RE2), so a bad pattern fails when the rule is made, not when it matches
+        # compiled once here (bounded: graphpeft.rules.bounded_regex), so a bad pattern fails when the rule is made, not when it matches
         globs = {key: tuple(compile_glob(g, "pattern glob", RuleError) for g in getattr(self, key) or ())
                  for key in ("module", "exclude", "param")}
         regex = None if self.regex is None else compile_regex(self.regex, "pattern regex", RuleError)
