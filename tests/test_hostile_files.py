@@ -20,8 +20,8 @@ from catalogue import Case, case_test, load, mkdir, touch
 
 import graphpeft
 import graphpeft.io.atomic_dir as atomic_dir
-from graphpeft.io.adapter_folder import restore_weights
 from graphpeft.errors import LoadError, SaveError
+from graphpeft.io.adapter_folder import restore_weights
 
 SNAPSHOT = "3f1c0ffee"
 

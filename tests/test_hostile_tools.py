@@ -18,8 +18,8 @@ from torch import nn
 
 import graphpeft
 from graphpeft import Pattern, Rule
-from graphpeft.tools.cli import main
 from graphpeft.errors import AdapterError, CallError, SaveError, UsageError
+from graphpeft.tools.cli import main
 from graphpeft.tools.viz import to_networkx, write
 from graphpeft.tools.viz_html import to_html
 

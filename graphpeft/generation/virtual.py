@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..errors import AdapterError
+from ..rewrite.virtual_inputs import expand, virtual_claim
+from ..tracing.kv_cache import GraphCache, GraphEncoderDecoderCache
 from .graphs import GenerationGraphs
 from .steps import CausalSteps, Seq2SeqSteps
-from ..tracing.kv_cache import GraphCache, GraphEncoderDecoderCache
-from ..rewrite.virtual_inputs import expand, virtual_claim
 
 if TYPE_CHECKING:
     from ..runtime.model import GraphPeftModel

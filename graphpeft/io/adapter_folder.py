@@ -21,20 +21,20 @@ import torch
 import transformers
 from safetensors.torch import save_file
 
+from ..errors import AdapterError, GraphPeftError, LoadError
+from ..rewrite.adapter_names import check_adapter_name
+from ..rewrite.sites import Site
+from ..rules.registry import get_method
+from ..rules.rule_set import ResolvedRule
+from ..version import __version__
 from .adapter_paths import check_adapter_files, check_folder, check_sub_folder, link_root
 from .adapter_reading import MANIFEST, PEFT_CONFIG, SavedAdapter, fingerprint, key_of, option_difference, read_saved, read_weights
 from .atomic_dir import recover, write_directory
-from ..errors import AdapterError, GraphPeftError, LoadError
 from .manifest_schema import FORMAT, FORMAT_VERSION
-from ..rules.rule_set import ResolvedRule
-from ..rules.registry import get_method
 from .peft_format import peft_config
 from .peft_prompt_format import prompt_learning_config, virtual_claims
-from ..rewrite.adapter_names import check_adapter_name
-from ..rewrite.sites import Site
 from .tensor_file import WEIGHTS, read_header
 from .tensor_file import read_tensors as _read_checked
-from ..version import __version__
 
 if TYPE_CHECKING:
     from ..runtime.model import GraphPeftModel

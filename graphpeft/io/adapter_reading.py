@@ -17,17 +17,17 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..errors import GraphPeftError, LoadError
-from .manifest_schema import check_manifest_record
-from ..rules.rule_set import ResolvedRule
+from ..rewrite.claims import Claim
 from ..rewrite.match import match
+from ..rewrite.sites import Site
+from ..rules.pattern import Pattern
 from ..rules.registry import get_method
+from ..rules.rule import Rule
+from ..rules.rule_set import ResolvedRule
+from .manifest_schema import check_manifest_record
 from .peft_format import PEFT_OPTIONS, PREFIX, rules_from_peft_config
 from .peft_prompt_format import METHOD_BY_PEFT_TYPE, PROMPT_PREFIX, rules_from_prompt_config, virtual_claims
 from .peft_schema import check_peft_config
-from ..rewrite.claims import Claim
-from ..rules.pattern import Pattern
-from ..rules.rule import Rule
-from ..rewrite.sites import Site
 from .tensor_file import WEIGHTS, Header, pickle_hint, read_header, read_tensors
 
 if TYPE_CHECKING:

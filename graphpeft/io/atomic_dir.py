@@ -48,9 +48,9 @@ try:
 except ImportError:  # Windows: saves do not take turns there
     fcntl = None
 
+from ..errors import GraphPeftError, SaveError
 from .adapter_paths import save_target
 from .dir_merge import carry_foreign, retire
-from ..errors import GraphPeftError, SaveError
 
 LOCK_TIMEOUT_S = 600.0
 LEFTOVER = re.compile(r"(tmp|old)-(\d+)-[0-9a-z_]+")

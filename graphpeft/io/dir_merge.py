@@ -16,8 +16,8 @@ import stat
 from collections.abc import Collection
 from pathlib import Path
 
-from .adapter_paths import kind_of
 from ..errors import SaveError
+from .adapter_paths import kind_of
 
 
 def adapter_only(folder: Path, owned: Collection[str]) -> bool:

@@ -15,11 +15,11 @@ from typing import Any
 from torch import nn
 
 from ..errors import LoadError
-from ..rules.rule_set import ResolvedRule
+from ..rewrite.sites import Site
 from ..rules.bounded_regex import compile_peft_key, compile_regex
 from ..rules.pattern import Pattern
 from ..rules.rule import Rule
-from ..rewrite.sites import Site
+from ..rules.rule_set import ResolvedRule
 
 PREFIX = "base_model.model."
 PEFT_VERSION = "0.21.2"

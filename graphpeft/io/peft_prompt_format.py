@@ -13,12 +13,12 @@ from typing import Any
 from torch import nn
 
 from ..errors import LoadError
+from ..rewrite.sites import Site
 from ..rules.builtin import resolve_rules
-from ..rules.rule_set import ResolvedRule
 from ..rules.registry import get_method
+from ..rules.rule_set import ResolvedRule
 from ..tracing.model_facts import is_encoder_decoder, model_geometry
 from .peft_format import PEFT_VERSION, task_type
-from ..rewrite.sites import Site
 
 PROMPT_PREFIX = "base_model."
 METHOD_BY_PEFT_TYPE = {"PROMPT_TUNING": "prompt_tuning", "P_TUNING": "p_tuning", "PREFIX_TUNING": "prefix_tuning"}

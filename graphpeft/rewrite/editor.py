@@ -16,7 +16,6 @@ from ..tracing.graph_utils import container
 from .claims import ADAPTER_NODE, ORIGINAL_ARGS, Claim
 from .sites import Site, input_index
 
-
 # Adapters of sites whose host is not their module (parameter sites) hang here in a graph, so
 # their paths cannot collide with the base parameters (``experts.gate_up_proj`` is one).
 GRAPH_ADAPTERS = "graphpeft_adapters"

@@ -7,11 +7,11 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 from ..errors import MatchError, closest
-from ..rules.registry import get_method
-from .claims import Claim
 from ..rules.pattern import Pattern, layer_index
+from ..rules.registry import get_method
 from ..rules.rule import check_unique_names
 from ..rules.rule_set import ResolvedRule
+from .claims import Claim
 from .sites import Site
 
 

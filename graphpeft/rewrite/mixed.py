@@ -23,9 +23,9 @@ import torch
 import torch.utils._pytree as pytree
 from torch import fx
 
-from .adapter_names import BASE
 from ..errors import AdapterError, CallError, TraceError, did_you_mean
 from ..rules.registry import get_method
+from .adapter_names import BASE
 from .claims import Claim
 from .editor import SiteEditor
 from .materialize import finish

@@ -22,16 +22,15 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..errors import AdapterError
-from ..tracing.kv_cache import GraphCache, GraphEncoderDecoderCache
 from ..rules.registry import get_method
+from ..tracing.kv_cache import GraphCache, GraphEncoderDecoderCache
+from ..tracing.model_facts import forward_parameters, is_encoder_decoder, prefix_geometry
 from .methods.virtual_tokens import encoder_of
-from ..tracing.model_facts import is_encoder_decoder, prefix_geometry
 from .sites import Site
-from ..tracing.model_facts import forward_parameters
 
 if TYPE_CHECKING:
-    from .claims import Claim
     from ..runtime.model import GraphPeftModel
+    from .claims import Claim
 
 IGNORE_INDEX = -100
 

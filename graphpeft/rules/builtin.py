@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
 import importlib.util
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 

@@ -16,7 +16,6 @@ from ..errors import RuleError, did_you_mean
 from .bounded_regex import compile_glob, compile_regex
 from .options import shown
 
-
 OP_KINDS = ("linear", "embedding", "conv2d", "attention", "module", "matmul", "grouped_mm")
 
 

@@ -16,16 +16,16 @@ import torch
 from torch import nn
 
 from ..errors import AdapterError, CallError, did_you_mean
-from ..rewrite.adapter_names import adapter_name_list, check_adapter_name
-from ..rules.rule_set import ResolvedRule
-from ..rewrite.match import match
-from ..rules.registry import get_method
-from .ownership import hold
-from ..rewrite.claims import Claim
-from ..rewrite.sites import Site
-from .tied_weights import tied_parameters, warn_tied
 from ..io.adapter_folder import load_into, save_pretrained
+from ..rewrite.adapter_names import adapter_name_list, check_adapter_name
+from ..rewrite.claims import Claim
+from ..rewrite.match import match
+from ..rewrite.sites import Site
 from ..rules.builtin import resolve_rules
+from ..rules.registry import get_method
+from ..rules.rule_set import ResolvedRule
+from .ownership import hold
+from .tied_weights import tied_parameters, warn_tied
 
 
 @dataclass

@@ -25,9 +25,9 @@ from torch import fx, nn
 
 from ..errors import CallError, SaveError
 from ..io.output_file import atomic_file
+from ..tracing.example_inputs import example_inputs
 from ..tracing.export import quiet
 from ..tracing.graph_utils import clone_graph
-from ..tracing.example_inputs import example_inputs
 from ..tracing.signature import signature_of
 
 if TYPE_CHECKING:

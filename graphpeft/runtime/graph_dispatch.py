@@ -14,20 +14,20 @@ from typing import Any
 import torch
 from torch import fx, nn
 
-from .call_inputs import canonical_kwargs
 from ..errors import CallError, TraceError
-from ..rewrite.graph_passes.gqa import use_native_gqa
-from ..rules.registry import get_method
 from ..rewrite.claims import Claim
-from ..rewrite.materialize import annotate, materialize
-from ..rewrite.sites import Site, graph_sites, module_sites
-from ..tracing.graph_utils import clone_graph, drop_checks
-from ..tracing.example_inputs import example_inputs
-from ..tracing.export import export_graph
-from ..tracing.signature import fits, signature_of
 from ..rewrite.graph_passes.activation_checkpointing import checkpoint_blocks
+from ..rewrite.graph_passes.gqa import use_native_gqa
 from ..rewrite.graph_passes.head_loss import fuse_head_loss
 from ..rewrite.graph_passes.quantize import quantize_graph
+from ..rewrite.materialize import annotate, materialize
+from ..rewrite.sites import Site, graph_sites, module_sites
+from ..rules.registry import get_method
+from ..tracing.example_inputs import example_inputs
+from ..tracing.export import export_graph
+from ..tracing.graph_utils import clone_graph, drop_checks
+from ..tracing.signature import fits, signature_of
+from .call_inputs import canonical_kwargs
 
 
 class GraphDispatch:

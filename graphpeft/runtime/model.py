@@ -24,18 +24,18 @@ from typing import Any
 import torch
 from torch import fx, nn
 
+from ..errors import AdapterError, TraceError
+from ..generation.generate import generate
+from ..rewrite.sites import Site
+from ..rewrite.virtual_inputs import expand
+from ..tracing.model_facts import forward_parameters, is_transformers_model
 from .adapter_management import AdapterManagement, AdapterSpec
 from .call_inputs import as_kwargs, bind_inputs, explained_failures
-from ..errors import AdapterError, TraceError
-from .graph_dispatch import BaseIdentity, GraphDispatch
-from ..rewrite.sites import Site
-from ..tracing.model_facts import forward_parameters, is_transformers_model
-from .weight_folding import WeightFolding
-from ..generation.generate import generate
-from ..rewrite.virtual_inputs import expand
 from .explain_report import explain_model
 from .export_program import export_program
+from .graph_dispatch import BaseIdentity, GraphDispatch
 from .mixed_batches import mixed_call
+from .weight_folding import WeightFolding
 
 
 class GraphPeftModel(AdapterManagement, WeightFolding, GraphDispatch, nn.Module):

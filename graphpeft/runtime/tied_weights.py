@@ -10,9 +10,9 @@ import torch
 from torch import nn
 
 from ..errors import AdapterError
-from ..rules.registry import get_method
 from ..rewrite.claims import Claim
 from ..rewrite.sites import Site
+from ..rules.registry import get_method
 
 
 def tied_parameters(model: nn.Module) -> dict[str, list[str]]:

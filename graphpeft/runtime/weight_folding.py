@@ -8,12 +8,12 @@ from typing import Any
 
 from torch import nn
 
-from ..rewrite.adapter_names import adapter_name_list
 from ..errors import AdapterError
+from ..rewrite.adapter_names import adapter_name_list
+from ..rewrite.quantized_base import dequantize_base, quantize_base, refuse_on_quantized
 from ..rules.registry import get_method
 from .ownership import release
 from .tied_weights import refuse_tied, tied_parameters
-from ..rewrite.quantized_base import dequantize_base, quantize_base, refuse_on_quantized
 
 
 class WeightFolding:

@@ -14,10 +14,8 @@ from transformers.generation.logits_process import TemperatureLogitsWarper, TopK
 import graphpeft
 from graphpeft.errors import CallError
 from graphpeft.generation.generate import generation_graphs
-from graphpeft.rewrite.claims import adapter_nodes
 from graphpeft.generation.sampling import GenerationSettings, warp
-
-
+from graphpeft.rewrite.claims import adapter_nodes
 
 TARGETS = {"llama": ["q_proj", "v_proj"], "gpt2": ["c_attn"], "opt": ["q_proj", "v_proj"], "t5": ["q", "v"]}
 _PAIRS: dict[str, tuple] = {}

@@ -13,8 +13,8 @@ from models import tiny_llama
 from transformers import Trainer, TrainingArguments
 
 import graphpeft
-from graphpeft.io.adapter_folder import adapter_tensors, read_tensors
 from graphpeft.integrations.trainer import AdapterTrainer
+from graphpeft.io.adapter_folder import adapter_tensors, read_tensors
 
 ROWS, LENGTH = 8, 8
 

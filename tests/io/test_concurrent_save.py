@@ -21,8 +21,8 @@ import torch
 from folder_state import ADAPTER_FILES, files, leftovers, tree
 from safetensors import SafetensorError
 
-import graphpeft.io.atomic_dir as atomic_dir
 import graphpeft.io.adapter_folder as checkpoint
+import graphpeft.io.atomic_dir as atomic_dir
 from graphpeft.errors import SaveError
 
 ROUNDS = 60

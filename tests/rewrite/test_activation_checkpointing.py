@@ -9,8 +9,8 @@ import torch
 from models import batch, tiny_llama
 
 import graphpeft
-from graphpeft.rewrite.graph_passes.activation_checkpointing import CheckpointedRegion
 from graphpeft.errors import CallError
+from graphpeft.rewrite.graph_passes.activation_checkpointing import CheckpointedRegion
 
 
 def lora_gradients(base, checkpointing):

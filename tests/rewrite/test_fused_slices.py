@@ -13,8 +13,8 @@ import graphpeft
 from graphpeft import Pattern, Rule
 from graphpeft.errors import MatchError, RuleError
 from graphpeft.rewrite.claims import ADAPTER_NODE
-from graphpeft.rules.rule_set import RuleSet
 from graphpeft.rewrite.sites import input_operand
+from graphpeft.rules.rule_set import RuleSet
 
 D = 32  # tiny GPT-2 width: c_attn's output is [q | k | v], 32 columns each
 C_ATTN = Pattern(op="linear", module="*.attn.c_attn", split={"q": D, "k": D, "v": D})

@@ -8,8 +8,8 @@ from models import tiny_llama
 import graphpeft
 from graphpeft import Pattern, Rule
 from graphpeft.errors import MatchError
-from graphpeft.rules.rule_set import ResolvedRule
 from graphpeft.rewrite.match import closest_fqns, no_match_message
+from graphpeft.rules.rule_set import ResolvedRule
 from graphpeft.runtime.model import GraphPeftModel
 
 

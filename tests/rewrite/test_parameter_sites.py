@@ -11,8 +11,8 @@ from torch import nn
 import graphpeft
 from graphpeft import Pattern, Rule
 from graphpeft.errors import MatchError, RuleError
-from graphpeft.runtime.model import GraphPeftModel
 from graphpeft.rewrite.sites import graph_sites
+from graphpeft.runtime.model import GraphPeftModel
 
 X = torch.randn(3, 6, generator=torch.Generator().manual_seed(0))
 

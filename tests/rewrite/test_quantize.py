@@ -10,8 +10,8 @@ from torch import nn
 import graphpeft
 from graphpeft import Pattern, Rule
 from graphpeft.errors import AdapterError, CallError
-from graphpeft.rewrite.quantized_base import NF4_LEVELS, dequantize_weight, quantize_weight
 from graphpeft.rewrite.graph_passes.quantize import quantized_linear
+from graphpeft.rewrite.quantized_base import NF4_LEVELS, dequantize_weight, quantize_weight
 
 # Measured on the one-layer tiny llama (|logits| <= 0.41): int8 0.0036, nf4 0.035.
 LOGIT_TOLERANCE = {"int8": 1e-2, "nf4": 1e-1}

@@ -15,8 +15,8 @@ from peft import LoraConfig, get_peft_model
 from test_patterns import watchdog
 
 import graphpeft
-from graphpeft.rules import bounded_regex as patterns
 from graphpeft.errors import LoadError, RuleError
+from graphpeft.rules import bounded_regex as patterns
 from graphpeft.rules.bounded_regex import compile_peft_key, compile_regex
 
 FQN = "model.layers.0.self_attn.q_proj"

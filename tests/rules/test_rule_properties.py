@@ -19,11 +19,10 @@ from toml_text import ruleset_toml
 
 import graphpeft
 from graphpeft.errors import GraphPeftError, MatchError
-from graphpeft.rules.rule_set import ResolvedRule
 from graphpeft.rewrite.match import match
 from graphpeft.rules.pattern import OP_KINDS, Pattern
 from graphpeft.rules.rule import Rule
-from graphpeft.rules.rule_set import RuleSet
+from graphpeft.rules.rule_set import ResolvedRule, RuleSet
 
 # GRAPHPEFT_FUZZ=50 runs fifty times the examples (a deeper search than the fast suite's).
 SCALE = int(os.environ.get("GRAPHPEFT_FUZZ", "1"))

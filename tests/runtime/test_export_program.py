@@ -9,8 +9,8 @@ import textwrap
 
 import pytest
 import torch
-from torch import nn
 from models import batch, tiny_llama
+from torch import nn
 
 import graphpeft
 

@@ -13,8 +13,8 @@ from transformers.models.llama.modeling_llama import LlamaMLP
 
 import graphpeft
 from graphpeft import GraphPeftModel
-from graphpeft.tracing.block_reuse import ENV_SWITCH, REUSED, find_block_list
 from graphpeft.rewrite.sites import graph_sites
+from graphpeft.tracing.block_reuse import ENV_SWITCH, REUSED, find_block_list
 from graphpeft.tracing.export import export_graph
 
 LAYERS = 5

@@ -21,10 +21,10 @@ from torch import fx, nn
 
 from ...errors import TraceError
 from ...rules.options import Option, positive
-from ..editor import SiteEditor
-from ...tracing.graph_utils import container
-from ..sites import Site
 from ...rules.registry import register_method
+from ...tracing.graph_utils import container
+from ..editor import SiteEditor
+from ..sites import Site
 from .base import Method, adapter_dtype
 
 aten = torch.ops.aten

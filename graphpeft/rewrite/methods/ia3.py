@@ -19,11 +19,11 @@ import torch
 from torch import nn
 
 from ...rules.options import Option
-from ..editor import SiteEditor
-from ...tracing.graph_utils import container
-from ..sites import Site
 from ...rules.registry import register_method
+from ...tracing.graph_utils import container
+from ..editor import SiteEditor
 from ..mixed import check_mixable_site, gather_rows, row_shape
+from ..sites import Site
 from .base import Method, adapter_dtype
 
 aten = torch.ops.aten

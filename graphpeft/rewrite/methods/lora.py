@@ -22,12 +22,12 @@ from torch import nn
 
 from ...errors import AdapterError
 from ...rules.options import Option, positive, probability
-from ..editor import SiteEditor
-from ...tracing.graph_utils import container
-from ..sites import PARAM_SITE_OPS, Site
 from ...rules.registry import register_method
-from . import lora_parameter_sites
+from ...tracing.graph_utils import container
+from ..editor import SiteEditor
 from ..mixed import check_mixable_site, row_shape
+from ..sites import PARAM_SITE_OPS, Site
+from . import lora_parameter_sites
 from .base import Method
 from .lora_common import initialise, register_slots, scale_of, slot_names, to_adapter_dtype, to_site_dtype
 

@@ -24,8 +24,8 @@ import torch
 from torch import nn
 
 from ...errors import AdapterError, did_you_mean
-from ..param_views import replay, shares_storage
 from ..editor import SiteEditor
+from ..param_views import replay, shares_storage
 from ..sites import PARAM_SITE_OPS, Site
 from .lora_common import initialise, register_slots, to_adapter_dtype, to_site_dtype
 

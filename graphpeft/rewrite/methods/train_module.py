@@ -13,11 +13,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..quantized_base import dequantize_base
-from ..editor import SiteEditor
-from ...tracing.graph_utils import container
-from ..sites import Site
 from ...rules.registry import register_method
+from ...tracing.graph_utils import container
+from ..editor import SiteEditor
+from ..quantized_base import dequantize_base
+from ..sites import Site
 from .base import Method
 
 SLOT = "modules_to_save"

@@ -22,10 +22,10 @@ from torch import nn
 
 from ...errors import RuleError
 from ...rules.options import Option, positive, probability
+from ...rules.registry import register_method
+from ...tracing.model_facts import forward_parameters, is_encoder_decoder, prefix_geometry
 from ..editor import SiteEditor
 from ..sites import Site
-from ...tracing.model_facts import forward_parameters, is_encoder_decoder, prefix_geometry
-from ...rules.registry import register_method
 from .base import Method
 from .prompt_encoders import PrefixProjection, PromptEncoder, PromptTable, VirtualTokenModule
 
