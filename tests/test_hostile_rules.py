@@ -15,7 +15,7 @@ import pytest
 import torch
 from catalogue import RULES, Case, apply, case_test, edited, load, peft_config, q_rule, without_manifest
 from models import tiny_llama
-from test_patterns import watchdog
+from time_limits import watchdog
 from torch import nn
 
 import graphpeft

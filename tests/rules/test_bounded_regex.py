@@ -4,12 +4,9 @@ what needs backtracking (lookarounds, backreferences, ...), and clear refusals f
 
 from __future__ import annotations
 
-import contextlib
-import faulthandler
 import fnmatch
 import re
 import string
-from collections.abc import Iterator
 
 import pytest
 from hypothesis import given, settings
@@ -17,6 +14,7 @@ from hypothesis import strategies as st
 from models import tiny_llama
 from peft import LoraConfig, get_peft_model
 from peft.utils.other import get_pattern_key
+from time_limits import watchdog
 
 import graphpeft
 from graphpeft.errors import LoadError, RuleError
@@ -55,16 +53,6 @@ GLOBS = [
     "[a-]*", "*a*a*a*", "model.layers.0.self_attn.q_proj", "*.mlp.*_proj", "*[[]name[]]*", "*[*]*", "[!]]*", "*",
     "", "?", "*.layers.1[0-2].*", "[!-x]*", "*[a-c-e]*", "odd[name]*?", "*\\*",
 ]
-
-
-@contextlib.contextmanager
-def watchdog(seconds: float) -> Iterator[None]:
-    """End the test process (with a traceback) if the block runs longer than ``seconds``."""
-    faulthandler.dump_traceback_later(seconds, exit=True)
-    try:
-        yield
-    finally:
-        faulthandler.cancel_dump_traceback_later()
 
 
 @pytest.mark.parametrize("regex", PEFT_REGEXES + BACKTRACKING_REGEXES)

@@ -12,7 +12,7 @@ import pytest
 import regex as regex_module
 from models import batch, tiny_llama
 from peft import LoraConfig, get_peft_model
-from test_patterns import watchdog
+from time_limits import watchdog
 
 import graphpeft
 from graphpeft.errors import LoadError, RuleError
