@@ -17,8 +17,6 @@ from .bounded_regex import compile_glob, compile_regex
 from .options import shown
 
 OP_KINDS = ("linear", "embedding", "conv2d", "attention", "module", "matmul", "grouped_mm")
-
-
 PATTERN_KEYS = ("op", "module", "regex", "class", "layers", "exclude", "param", "split")
 
 

@@ -11,7 +11,10 @@ The class is assembled from one module per idea:
 - :mod:`graphpeft.runtime.graph_dispatch`: the export and rewritten-graph caches, sites, tracing;
 - :mod:`graphpeft.runtime.call_inputs`: binding and checking a call's inputs.
 
-This module keeps the calling surface: construction, ``forward``, ``generate``, ``export``, ``explain``.
+This module keeps the calling surface: construction, ``forward``, ``generate``, ``export``, ``explain``,
+delegating to :mod:`.mixed_batches` (mixed-adapter batches), :mod:`graphpeft.generation`,
+:mod:`.export_program` and :mod:`.explain_report`. ``graphpeft.apply`` and ``graphpeft.load`` make one
+(:mod:`.wrap`).
 """
 
 from __future__ import annotations
