@@ -175,7 +175,7 @@ class OddShapes(nn.Module):
 def test_nf4_quantizes_a_weight_that_is_not_a_whole_number_of_blocks():
     plain = OddShapes()
     inputs = torch.randn(4, 7)
-    rule = Rule("out", "lora", Pattern(op="linear", module="out"))
+    rule = Rule("out", "lora", Pattern(op="linear", module="out"), {"r": 2})
     model = graphpeft.apply(copy.deepcopy(plain), rule, example_inputs=(inputs,), quantize="nf4")
     assert sorted(model.quantization.weights) == ["out.weight", "proj.weight"]
     codes, scales = quantize_weight(plain.proj.weight, "nf4")
