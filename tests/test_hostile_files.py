@@ -19,9 +19,9 @@ import torch
 from catalogue import Case, case_test, load, mkdir, touch
 
 import graphpeft
-import graphpeft.atomic_dir as atomic_dir
-from graphpeft.checkpoint import restore_weights
+import graphpeft.io.atomic_dir as atomic_dir
 from graphpeft.errors import LoadError, SaveError
+from graphpeft.io.adapter_folder import restore_weights
 
 SNAPSHOT = "3f1c0ffee"
 

@@ -16,8 +16,8 @@ import torch
 from catalogue import Case, apply, case_test, load, peft_config, without_manifest
 from safetensors.torch import save_file
 
-from graphpeft.checkpoint import restore_weights
 from graphpeft.errors import LoadError, MatchError
+from graphpeft.io.adapter_folder import restore_weights
 
 Q_A = "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"
 Q_BASE = "base_model.model.model.layers.0.self_attn.q_proj.base_layer.weight"

@@ -15,13 +15,13 @@ import pytest
 import torch
 from catalogue import RULES, Case, apply, case_test, edited, load, peft_config, q_rule, without_manifest
 from models import tiny_llama
-from test_patterns import watchdog
+from time_limits import watchdog
 from torch import nn
 
 import graphpeft
 from graphpeft import Pattern, Rule, RuleSet
 from graphpeft.errors import LoadError, MatchError, RuleError
-from graphpeft.rule_files import MAX_RULE_FILE_BYTES
+from graphpeft.rules.rule_files import MAX_RULE_FILE_BYTES
 
 Q_SITE = 'module = "*.self_attn.q_proj"'
 HANG = 30.0  # seconds: Python's backtracking would run for hours on these

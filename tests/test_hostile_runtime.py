@@ -139,6 +139,6 @@ class Lookup(nn.Module):
 
 
 def test_an_index_error_of_a_plain_module_is_raised_as_it_is():
-    model = graphpeft.apply(Lookup(), Rule("proj", "lora", [Pattern(module="proj")]), example_inputs=(torch.tensor([[1, 2]]),))
+    model = graphpeft.apply(Lookup(), Rule("proj", "lora", [Pattern(module="proj")], {"r": 2}), example_inputs=(torch.tensor([[1, 2]]),))
     with pytest.raises(IndexError):
         model(torch.tensor([[1, 12]]))

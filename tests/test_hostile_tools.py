@@ -1,6 +1,6 @@
 """Hostile inputs to the tools: quantization, the .pt2 export, graph views, explain and the ``graphpeft``
 command. Catalogue cases (``tests/catalogue.py``) for the Python API; the command's misuse is driven through
-``graphpeft.cli.main`` (and once through a subprocess): each misuse exits with its code (2 usage, 1
+``graphpeft.tools.cli.main`` (and once through a subprocess): each misuse exits with its code (2 usage, 1
 graphpeft error, 3 internal error) and one line on stderr, never a traceback.
 """
 
@@ -18,10 +18,10 @@ from torch import nn
 
 import graphpeft
 from graphpeft import Pattern, Rule
-from graphpeft.cli import main
 from graphpeft.errors import AdapterError, CallError, SaveError, UsageError
-from graphpeft.viz import to_networkx, write
-from graphpeft.viz_html import to_html
+from graphpeft.tools.cli import main
+from graphpeft.tools.viz import to_networkx, write
+from graphpeft.tools.viz_html import to_html
 
 
 class HeadOnly(nn.Module):
@@ -161,7 +161,7 @@ def test_cli_output_path_is_checked_before_the_model_is_built(dirs, capsys, monk
     def never(spec):
         raise AssertionError("the model was built")
 
-    monkeypatch.setattr("graphpeft.cli.load_model", never)
+    monkeypatch.setattr("graphpeft.tools.cli.load_model", never)
     assert main(["diff", str(dirs / "llama"), "--rules", "lora", "-o", str(dirs / "missing" / "d.html")]) == 1
     assert capsys.readouterr().out == ""
 
@@ -170,7 +170,7 @@ def test_cli_unexpected_error_exits_3_with_one_line_pointing_to_debug(dirs, caps
     def broken(spec):
         raise RuntimeError("internal bug")
 
-    monkeypatch.setattr("graphpeft.cli.load_model", broken)
+    monkeypatch.setattr("graphpeft.tools.cli.load_model", broken)
     assert main(["inspect", str(dirs / "llama"), "--rules", "lora"]) == 3
     line = one_stderr_line(capsys)
     assert "internal error: RuntimeError: internal bug" in line and "--debug" in line
@@ -189,7 +189,7 @@ def test_cli_debug_lets_the_traceback_through(how, dirs, monkeypatch):
 
 def test_cli_in_a_subprocess_prints_one_line_and_exits_1(dirs):
     script = Path(sys.executable).with_name("graphpeft")
-    command = [str(script)] if script.exists() else [sys.executable, "-m", "graphpeft.cli"]
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "graphpeft.tools.cli"]
     argv = ["viz", str(dirs / "llama"), "--rules", "lora", "-o", "/missing-graphpeft-folder/g.html"]
     done = subprocess.run(command + argv, capture_output=True, text=True, timeout=300)
     assert done.returncode == 1

@@ -1,14 +1,19 @@
-"""A wheel install finds the built-in rule files."""
+"""A wheel install finds the built-in rule files, and holds every module and data file of the package."""
 
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_wheel_ships_the_rule_files(tmp_path):
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory):
+    """A folder with graphpeft installed into it from a wheel built from this tree (no editable install)."""
+    tmp_path = tmp_path_factory.mktemp("wheel")
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(tmp_path / "dist"), str(ROOT)],
         check=True, capture_output=True,
@@ -16,8 +21,13 @@ def test_wheel_ships_the_rule_files(tmp_path):
     wheel = next((tmp_path / "dist").glob("graphpeft-*.whl"))
     target = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), str(wheel)], check=True, capture_output=True)
+    return target
+
+
+def test_wheel_ships_the_rule_files(installed, tmp_path):
+    target = installed
     probe = (
-        "import graphpeft.rulebook as r; d = r.passes_dir(); "
+        "import graphpeft.rules.builtin as r; d = r.passes_dir(); "
         "print(d); print(sorted(p.name for p in d.glob('*.toml'))); print(len(r.builtin_rulesets()))"
     )
     env = {**os.environ, "PYTHONPATH": str(target)}
@@ -25,3 +35,10 @@ def test_wheel_ships_the_rule_files(tmp_path):
     assert out[0].startswith(str(target))
     assert out[1] == "['bert.toml', 'gpt2.toml', 'llama.toml', 'opt.toml', 't5.toml']"
     assert out[2] == "5"
+
+
+def test_wheel_ships_every_module_and_the_viewer_template(installed):
+    source = ROOT / "graphpeft"
+    wanted = {str(p.relative_to(source)) for p in source.rglob("*") if p.suffix in (".py", ".html")}
+    shipped = {str(p.relative_to(installed / "graphpeft")) for p in (installed / "graphpeft").rglob("*") if p.suffix in (".py", ".html")}
+    assert sorted(wanted - shipped) == []

@@ -7,7 +7,7 @@ import math
 import re
 from typing import Any
 
-from graphpeft.rules import RuleSet
+from graphpeft.rules.rule_set import RuleSet
 
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 

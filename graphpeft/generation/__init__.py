@@ -1,0 +1,1 @@
+"""Generation: prefill and decode graphs with a KV cache, and the decoding loop over them."""

@@ -1,0 +1,1 @@
+"""Adapter folders on disk: graphpeft's manifest, PEFT's format both ways, atomic directory writes."""

@@ -1,0 +1,1 @@
+"""Graph passes run on exported or rewritten graphs: quantized linears, fused head loss, checkpointing, native GQA."""

@@ -1,0 +1,1 @@
+"""Runtime: GraphPeftModel, the nn.Module that runs adapter-rewritten graphs of a base model."""
