@@ -12,6 +12,7 @@ import re
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
+from types import CodeType
 
 import pytest
 import torch
@@ -53,7 +54,7 @@ def fenced_blocks(page: Path) -> list[Block]:
         end = index + 1
         while end < len(lines) and not lines[end].strip().startswith(fence):
             end += 1
-        body = [line[len(indent) :] if line.startswith(indent) else line for line in lines[index + 1 : end]]
+        body = [line.removeprefix(indent) for line in lines[index + 1 : end]]
         marker = NOT_RUN.match(lines[index - 1].strip()) if index > 0 else None
         reason = marker.group(1) if marker else None
         blocks.append(Block(language, index + 2, "\n".join(body) + "\n", reason))
@@ -65,7 +66,7 @@ def python_blocks(page: Path) -> list[Block]:
     return [block for block in fenced_blocks(page) if block.language == "python"]
 
 
-def compiled(page: Path, block: Block):
+def compiled(page: Path, block: Block) -> CodeType:
     """The block compiled so that a traceback names the page and the line of the page that failed."""
     padded = "\n" * (block.line - 1) + block.source
     return compile(padded, str(page), "exec")
@@ -120,7 +121,8 @@ def test_page_has_a_snippet_that_runs(page):
 
 @pytest.mark.parametrize("page", PAGES, ids=PAGE_IDS)
 def test_page_snippets_run_in_order(page, tmp_path, monkeypatch):
-    """Each runnable block executes in the page's own namespace, in a scratch working directory."""
+    """Each runnable block executes in the page's own namespace, in a scratch working directory; a not-run block is
+    compiled only."""
     monkeypatch.chdir(tmp_path)
     torch.manual_seed(0)
     namespace: dict[str, object] = {"__name__": "__docs__"}
