@@ -27,10 +27,10 @@ class FlatGraph:
 
     def __init__(self, gm: fx.GraphModule):
         kwargs_spec = gm._in_spec.child(1)
-        self.inputs = list(zip(kwargs_spec.context, (c.num_leaves for c in kwargs_spec.children())))
+        self.inputs = list(zip(kwargs_spec.context, (c.num_leaves for c in kwargs_spec.children()), strict=True))
         self.outputs: dict[str, slice] = {}
         start = 0
-        for name, child in zip(gm._out_spec.context, gm._out_spec.children()):
+        for name, child in zip(gm._out_spec.context, gm._out_spec.children(), strict=True):
             self.outputs[name] = slice(start, start + child.num_leaves)
             start += child.num_leaves
         graph = fx.Graph()

@@ -98,7 +98,7 @@ def build_generation_graphs(
     check_generative(base)
     layout = _describe(base, None, None)
     graphs = []
-    for phase, export in zip(PHASES, base_generation_graphs(model, layout)):
+    for phase, export in zip(PHASES, base_generation_graphs(model, layout), strict=True):
         gm = clone_graph(export)
         if rewrite is not None:
             rewrite(gm, phase)
@@ -234,5 +234,5 @@ def _decode_example(
 
 def _with_static(example: dict[str, Any], shapes: dict[str, Any], graphs: GenerationGraphs) -> tuple[dict, dict]:
     example.update(graphs.static_inputs)
-    shapes.update({name: None for name in graphs.static_inputs})
+    shapes.update(dict.fromkeys(graphs.static_inputs))
     return example, shapes

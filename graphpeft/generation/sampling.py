@@ -76,7 +76,7 @@ def resolve_settings(
         temperature=_check_float("temperature", pick("temperature", 1.0)),
         top_k=_check_int("top_k", pick("top_k", 0), 0, "pass top_k=0 to disable top-k filtering"),
         top_p=_check_float("top_p", pick("top_p", 1.0)),
-        eos_token_ids=_token_ids("eos_token_id", given.get("eos_token_id", None), getattr(config, "eos_token_id", None)),
+        eos_token_ids=_token_ids("eos_token_id", given.get("eos_token_id"), getattr(config, "eos_token_id", None)),
         pad_token_id=0,
         generator=_check_generator(given.get("generator")),
     )

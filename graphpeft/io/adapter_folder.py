@@ -28,7 +28,16 @@ from ..rules.registry import get_method
 from ..rules.rule_set import ResolvedRule
 from ..version import __version__
 from .adapter_paths import check_adapter_files, check_folder, check_sub_folder, link_root
-from .adapter_reading import MANIFEST, PEFT_CONFIG, SavedAdapter, fingerprint, key_of, option_difference, read_saved, read_weights
+from .adapter_reading import (
+    MANIFEST,
+    PEFT_CONFIG,
+    SavedAdapter,
+    fingerprint,
+    key_of,
+    option_difference,
+    read_saved,
+    read_weights,
+)
 from .atomic_dir import recover, write_directory
 from .manifest_schema import FORMAT, FORMAT_VERSION
 from .peft_format import peft_config

@@ -227,13 +227,13 @@ def _option_behind(model: GraphPeftModel, site: Site, claim: Claim, suffix: str,
     """
     if len(got) != len(want):
         return None
-    differ = {i for i, (g, w) in enumerate(zip(got, want)) if g != w}
+    differ = {i for i, (g, w) in enumerate(zip(got, want, strict=True)) if g != w}
     method = get_method(claim.method)
     for name, value in claim.options.items():
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             continue
         moved = method.state_shapes(site, {**claim.options, name: value + 1}, model.base_model).get(suffix, want)
-        if {i for i, (m, w) in enumerate(zip(moved, want)) if m != w} == differ:
+        if {i for i, (m, w) in enumerate(zip(moved, want, strict=False)) if m != w} == differ:
             return name, value, min(differ)
     return None
 

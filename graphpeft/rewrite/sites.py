@@ -228,8 +228,9 @@ def _with_hosts(found: list[tuple[Site, fx.Node]]) -> list[tuple[Site, fx.Node]]
             path = site.weight.removesuffix(".weight")
             n = uses[path]
             uses[path] += 1
-            site = replace(site, adapter_path=path if n == 0 else f"{path}_{n}")
-        out.append((site, node))
+            out.append((replace(site, adapter_path=path if n == 0 else f"{path}_{n}"), node))
+        else:
+            out.append((site, node))
     return out
 
 

@@ -28,7 +28,7 @@ def passes_dir() -> Path:
     return Path(__file__).resolve().parents[2] / "passes"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def builtin_rulesets() -> tuple[RuleSet, ...]:
     return tuple(RuleSet.from_toml(p) for p in sorted(passes_dir().glob("*.toml")))
 

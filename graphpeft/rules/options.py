@@ -89,9 +89,8 @@ def validate_options(
             problem = opt.check(value)
             if problem:
                 raise RuleError(f"{where}: key {key!r} = {shown(value)} {problem}")
-        if isinstance(value, list) and tuple in kinds:
-            value = tuple(value)  # TOML gives lists; one canonical form keeps rules comparable
-        out[key] = value
+        # TOML gives lists; one canonical form keeps rules comparable
+        out[key] = tuple(value) if isinstance(value, list) and tuple in kinds else value
     return out
 
 

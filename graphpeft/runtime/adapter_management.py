@@ -180,7 +180,8 @@ class AdapterManagement:
 
     def print_trainable_parameters(self) -> None:
         trainable, total = self.get_nb_trainable_parameters()
-        print(f"trainable params: {trainable:,d} || all params: {total:,d} || trainable%: {100 * trainable / total:.4f}")
+        counts = f"trainable params: {trainable:,d} || all params: {total:,d} || trainable%: {100 * trainable / total:.4f}"
+        print(counts)  # noqa: T201 - PEFT's method of this name prints
 
     def adapter_parameters(self, adapter_name: str | None = None) -> dict[str, nn.Parameter]:
         """``name -> parameter`` of one adapter (all adapters when None).
@@ -191,7 +192,9 @@ class AdapterManagement:
         out = {}
         for path, slot in adapter_slots(self.adapters):
             for name in [adapter_name] if adapter_name is not None else list(slot.keys()):
-                entry = slot[name] if name in slot else None
+                if name not in slot:
+                    continue
+                entry = slot[name]
                 if isinstance(entry, nn.Parameter):
                     out[f"{path}.{name}"] = entry
                 elif isinstance(entry, nn.Module):

@@ -21,7 +21,7 @@ def bind_inputs(model: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> di
     names = [p for p in model._params if p not in ("self", "args", "kwargs")]
     if len(args) > len(names):
         raise CallError(f"{type(model.base_model).__name__} takes at most {len(names)} positional inputs, got {len(args)}")
-    for name, value in zip(names, args):
+    for name, value in zip(names, args, strict=False):
         if name in kwargs:
             raise CallError(f"input {name!r} given both positionally and by keyword")
         kwargs[name] = value
@@ -171,7 +171,7 @@ def extra_kwargs(model: nn.Module) -> set[str]:
         return set()
     extra = {"return_dict", "output_attentions", "output_hidden_states"}
     try:
-        from transformers.utils.generic import TransformersKwargs  # optional: older transformers lack it
+        from transformers.utils.generic import TransformersKwargs  # noqa: PLC0415 - older transformers lack it
 
         extra |= set(TransformersKwargs.__annotations__)
     except ImportError:
@@ -190,4 +190,4 @@ def as_kwargs(model: nn.Module, params: list[str], example: Any) -> dict[str, An
     names = [p for p in params if p not in ("self", "args", "kwargs")]
     if len(example) > len(names):
         raise CallError(f"example_inputs has {len(example)} entries but {type(model).__name__}.forward takes {len(names)}")
-    return dict(zip(names, example))
+    return dict(zip(names, example, strict=False))

@@ -170,7 +170,7 @@ class BaseIdentity:
 
     def __init__(self, model: nn.Module):
         slots = [(d, k, v) for m in model.modules() for d in (m._parameters, m._buffers, m._modules) for k, v in d.items()]
-        self._dicts, self._keys, self._values = (list(column) for column in zip(*slots)) if slots else ([], [], [])
+        self._dicts, self._keys, self._values = (list(column) for column in zip(*slots, strict=True)) if slots else ([], [], [])
 
     def unchanged(self) -> bool:
         return all(map(operator.is_, map(dict.get, self._dicts, self._keys), self._values))

@@ -71,7 +71,7 @@ def _dry_match(
     """Claims as ``match`` makes them, with misses and conflicts collected instead of raised."""
     optional = [replace(item, rule=replace(item.rule, required=False)) for item in resolved]
     unmatched, problems, per_rule = [], [], []
-    for original, item in zip(resolved, optional):
+    for original, item in zip(resolved, optional, strict=True):
         try:
             found = claim_sites([item], sites, adapter)
         except MatchError as exc:

@@ -122,12 +122,11 @@ class GraphDiff:
                 role = record["adapter"]["role"] if record["adapter"] else ""
                 lines.append(f"    + {record['id']}  {record['target']}  ({role})  <- {', '.join(record['inputs'])}")
         for name, before, after in self.rewired:
-            changed = [f"{b} -> {a}" for b, a in zip(before, after) if a != b] or [f"{before} -> {after}"]
+            changed = [f"{b} -> {a}" for b, a in zip(before, after, strict=False) if a != b] or [f"{before} -> {after}"]
             lines.append(f"~ {name}: input {'; '.join(changed)}")
-        for name in self.removed:
-            lines.append(f"- {name}")
+        lines.extend(f"- {name}" for name in self.removed)
         counts = f"{len(self.added)} added, {len(self.rewired)} rewired, {len(self.removed)} removed"
-        return "\n".join([f"rewrite diff: {counts}"] + lines)
+        return "\n".join([f"rewrite diff: {counts}", *lines])
 
 
 def graph_diff(base: fx.GraphModule, rewritten: fx.GraphModule) -> GraphDiff:

@@ -64,7 +64,7 @@ def export_reusing_blocks(model: nn.Module, kwargs: Mapping[str, Any], export: C
     try:
         with _truncated(model, found):
             graph = export()
-    except Exception:  # the cut model may not export where the whole one does; correctness first
+    except Exception:  # noqa: BLE001 - the cut model may not export where the whole one does; correctness first
         return None
     return stamp_blocks(graph, Blocks(found.fqn, found.blocks, TRACED_BLOCKS))
 
@@ -109,7 +109,7 @@ def _uniform(blocks: nn.ModuleList, shared: set[int]) -> bool:
             if all(type(value) is int and value - index == first for index, value in enumerate(values)):
                 continue  # a block counter (layer_idx, layer_number): read by caches, not by a training graph
             return False
-    except Exception:  # an attribute that does not compare (an array): not provably identical
+    except Exception:  # noqa: BLE001 - an attribute that does not compare (an array): not provably identical
         return False
     return True
 

@@ -49,7 +49,7 @@ def stamp_blocks(gm: fx.GraphModule, blocks: Blocks) -> fx.GraphModule | None:
         stamp.expand()
         gm.graph.lint()
         gm.recompile()
-    except Exception:  # e.g. a block reads a tensor constant of its own: not ours to copy
+    except Exception:  # noqa: BLE001 - e.g. a block reads a tensor constant of its own: not ours to copy
         return None
     gm.meta[REUSED] = (blocks.fqn, blocks.traced, len(blocks.modules))
     return gm
@@ -96,7 +96,9 @@ class _Stamp:
             rename = _Renamer(source, self.blocks.path(index))
             copies: dict[fx.Node, fx.Node] = {}
 
-            def lookup(arg: fx.Node) -> fx.Node:
+            def lookup(
+                arg: fx.Node, copies: dict[fx.Node, fx.Node] = copies, previous: dict[fx.Node, fx.Node] = previous
+            ) -> fx.Node:
                 if arg in copies:
                     return copies[arg]
                 if arg in self.position:  # the block before: its copy
@@ -176,7 +178,7 @@ def _recurrent(traced: list[list[fx.Node]], blocks: Blocks) -> bool:
     """
     first, before, last = traced[-3], traced[-2], traced[-1]
     here = _Renamer(blocks.path(blocks.traced - 2), blocks.path(blocks.traced - 1))
-    if len(before) != len(last) or any(_key(a, here) != _key(b, None) for a, b in zip(before, last)):
+    if len(before) != len(last) or any(_key(a, here) != _key(b, None) for a, b in zip(before, last, strict=True)):
         return False
     chain = _align(first, before, _Renamer(blocks.path(blocks.traced - 3), blocks.path(blocks.traced - 2)))
     if chain is None:
@@ -194,12 +196,12 @@ def _recurrent(traced: list[list[fx.Node]], blocks: Blocks) -> bool:
                 return chain.get(a) == rank_before[b]
             return a is b  # shared: from outside, or computed once in block 0 (a symbolic size)
         if isinstance(a, (list, tuple)) or isinstance(b, (list, tuple)):
-            return type(a) is type(b) and len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
+            return type(a) is type(b) and len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
         if isinstance(a, Mapping) or isinstance(b, Mapping):
             return type(a) is type(b) and a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
         return type(a) is type(b) and a == b
 
-    return all(same(a.args, b.args) and same(a.kwargs, b.kwargs) for a, b in zip(before, last))
+    return all(same(a.args, b.args) and same(a.kwargs, b.kwargs) for a, b in zip(before, last, strict=True))
 
 
 def _key(node: fx.Node, rename: _Renamer | None) -> tuple:
@@ -250,8 +252,7 @@ class _Renamer:
             renamed = {}
             for name, (path, cls) in stack.items():
                 new_path = self.path(path)
-                if new_path != path and name.endswith(path):
-                    name = name[: len(name) - len(path)] + new_path
-                renamed[name] = (new_path, cls)
+                moved = new_path != path and name.endswith(path)
+                renamed[name[: len(name) - len(path)] + new_path if moved else name] = (new_path, cls)
             self._stacks[key] = renamed
         return dict(renamed)

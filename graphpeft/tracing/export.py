@@ -49,7 +49,7 @@ def quiet():
             warnings.simplefilter("ignore")
             yield
     finally:
-        for lg, level in zip(loggers, levels):
+        for lg, level in zip(loggers, levels, strict=True):
             lg.setLevel(level)
 
 
@@ -154,12 +154,14 @@ def _apply_suggested_fixes(dynamic_shapes: Any, message: str) -> Any:
     out = {}
     for key, spec in dynamic_shapes.items():
         if isinstance(spec, dict):
-            spec = dict(spec)
+            fixed = dict(spec)
             for axis, dim in spec.items():
                 if getattr(dim, "__name__", None) in fixes:
-                    spec[axis] = fixes[dim.__name__]
+                    fixed[axis] = fixes[dim.__name__]
                     changed = True
-        out[key] = spec
+            out[key] = fixed
+        else:
+            out[key] = spec
     return out if changed else None
 
 

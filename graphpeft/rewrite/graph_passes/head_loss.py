@@ -106,13 +106,13 @@ def fuse_head_loss(gm: fx.GraphModule) -> int:
         if node.op != "call_function" or node.target is not torch.ops.aten.cross_entropy_loss.default:
             continue
         logits, labels, *rest = node.args
-        options = dict(zip(("weight", "reduction", "ignore_index", "label_smoothing"), rest))
+        options = dict(zip(("weight", "reduction", "ignore_index", "label_smoothing"), rest, strict=False))
         options.update(node.kwargs)
         linear = _head_linear(logits)
         if (linear is None or options.get("weight") is not None or options.get("label_smoothing", 0.0)
                 or options.get("reduction", _MEAN) not in (_MEAN, _SUM)):
             continue
-        hidden, weight, bias = (list(linear.args) + [None])[:3]
+        hidden, weight, bias = [*linear.args, None][:3]
         with gm.graph.inserting_before(node):
             detached = gm.graph.call_function(torch.ops.aten.detach.default, (logits,))
             loss = gm.graph.call_function(

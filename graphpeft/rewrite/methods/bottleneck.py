@@ -14,7 +14,7 @@ The non-linearity makes the adapter impossible to fold into a weight: it is not 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import fx, nn
@@ -50,7 +50,7 @@ class Bottleneck(Method):
     site_ops = ("linear",)
     mergeable = False
     wrong_op = "bottleneck adapters attach to linear sites (block outputs), not {op}"
-    options = {
+    options: ClassVar[dict[str, Option]] = {
         "reduction_factor": Option(int, 16, "bottleneck = d // reduction_factor", check=positive),
         "bottleneck_size": Option(int, 0, "bottleneck width (0: use reduction_factor)", check=lambda v: None if v >= 0 else "must be >= 0"),
         "non_linearity": Option(str, "relu", "activation between down and up", choices=tuple(ACTIVATIONS)),
@@ -68,7 +68,7 @@ class Bottleneck(Method):
             nn.init.kaiming_uniform_(down, a=math.sqrt(5))
         tensors = (down, torch.zeros(width, **kwargs), up, torch.zeros(d, **kwargs))
         host = container(store, site.host)
-        for slot, tensor in zip(SLOTS, tensors):
+        for slot, tensor in zip(SLOTS, tensors, strict=True):
             if slot not in host._modules:
                 host.register_module(slot, nn.ParameterDict())
             host._modules[slot][adapter] = nn.Parameter(tensor)

@@ -13,7 +13,7 @@ Merging multiplies the weight's output rows (and the bias) or input columns by l
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -41,7 +41,7 @@ class IA3(Method):
     mergeable = True
     mixable = True
     wrong_op = "IA3 adapts linear sites, not {op}"
-    options = {
+    options: ClassVar[dict[str, Option]] = {
         "feedforward": Option(bool, False, "scale the site's input (PEFT's feedforward_modules) instead of its output"),
         "init": Option(str, "ones", "initialisation: ones (identity, as PEFT) or random (normal)", choices=("ones", "random")),
     }

@@ -15,7 +15,7 @@ fused projections (option ``slices``) are handled in :mod:`.lora_parameter_sites
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -69,7 +69,7 @@ class LoRA(Method):
     site_ops = ("linear", "embedding", "conv2d")  # plus the parameter sites (lora_parameter_sites)
     mergeable = True
     mixable = True
-    options = {
+    options: ClassVar[dict[str, Option]] = {
         "r": Option(int, 8, "rank of the update", check=positive),
         "alpha": Option((int, float), 8, "scale numerator (PEFT's lora_alpha)", check=positive),
         "dropout": Option((int, float), 0.0, "dropout on the adapter input (linear sites)", check=probability),
@@ -99,7 +99,8 @@ class LoRA(Method):
     # ------------------------------------------------------------------ parameters
     def create(self, site: Site, options: dict[str, Any], model: nn.Module, store: nn.Module, adapter: str) -> None:
         if lora_parameter_sites.handles(site, options):
-            return lora_parameter_sites.create(site, options, model, store, adapter)
+            lora_parameter_sites.create(site, options, model, store, adapter)
+            return
         weight = model.get_parameter(site.weight)
         r, init = options["r"], options["init"]
         kwargs = {"device": weight.device, "dtype": weight.dtype}
@@ -141,9 +142,11 @@ class LoRA(Method):
         site, node, options = edit.site, edit.node, edit.options
         scale = scale_of(options)
         if site.op == "embedding":
-            return self._rewrite_embedding(edit, scale)
+            self._rewrite_embedding(edit, scale)
+            return
         if lora_parameter_sites.handles(site, options):
-            return lora_parameter_sites.rewrite(edit, scale)
+            lora_parameter_sites.rewrite(edit, scale)
+            return
         x = to_adapter_dtype(edit, edit.site_input)
         dropout = options["dropout"] if edit.training else 0.0
         x_in = edit.call(aten.dropout.default, x, float(dropout), True, role="lora_dropout") if dropout > 0 else x
@@ -257,7 +260,8 @@ class LoRA(Method):
     # ------------------------------------------------------------------ merge
     def merge(self, site: Site, options: dict[str, Any], model: nn.Module, store: nn.Module, adapter: str) -> None:
         if lora_parameter_sites.handles(site, options):
-            return lora_parameter_sites.merge(site, options, model, *self._ab(site, store, adapter), scale_of(options), 1.0)
+            lora_parameter_sites.merge(site, options, model, *self._ab(site, store, adapter), scale_of(options), 1.0)
+            return
         weight = model.get_parameter(site.weight)
         a, b = self._ab(site, store, adapter)
         scale = scale_of(options)
@@ -273,7 +277,8 @@ class LoRA(Method):
 
     def unmerge(self, site: Site, options: dict[str, Any], model: nn.Module, store: nn.Module, adapter: str) -> None:
         if lora_parameter_sites.handles(site, options):
-            return lora_parameter_sites.merge(site, options, model, *self._ab(site, store, adapter), scale_of(options), -1.0)
+            lora_parameter_sites.merge(site, options, model, *self._ab(site, store, adapter), scale_of(options), -1.0)
+            return
         weight = model.get_parameter(site.weight)
         a, b = self._ab(site, store, adapter)
         with torch.no_grad():

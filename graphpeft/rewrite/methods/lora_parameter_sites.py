@@ -57,7 +57,7 @@ def split_sizes(split: dict[str, int | float], width: int) -> list[tuple[str, in
     sizes = [(name, width * value / total) for name, value in split.items()]
     if any(abs(size - round(size)) > 1e-9 for _, size in sizes):
         raise ValueError(f"split {split} is neither sizes summing to the output width {width} nor proportions of it")
-    return [(name, int(round(size))) for name, size in sizes]
+    return [(name, round(size)) for name, size in sizes]
 
 
 def check(site: Site, options: dict[str, Any]) -> str | None:
@@ -103,7 +103,7 @@ def create(site: Site, options: dict[str, Any], model: nn.Module, store: nn.Modu
     a = torch.empty(*lead, r, site.in_features, **kwargs)
     b = torch.empty(*lead, _chosen_width(site, options), r, **kwargs)
     if weight.device.type != "meta":
-        for a_part, b_part in zip(a.view(-1, *a.shape[-2:]), b.view(-1, *b.shape[-2:])):
+        for a_part, b_part in zip(a.view(-1, *a.shape[-2:]), b.view(-1, *b.shape[-2:]), strict=True):
             initialise(site, a_part, b_part, r, options["init"])
     register_slots(store, site, adapter, {"lora_A": a, "lora_B": b})
 
@@ -152,8 +152,8 @@ def _grouped_mm_for(target: Any, dtype: torch.dtype) -> Any:
     so other dtypes go through transformers' grouped-mm fallback, as transformers itself routes them."""
     if target is not aten._grouped_mm.default or dtype == torch.bfloat16:
         return target
-    # optional dependency, loaded on first use: transformers' MoE integration registers grouped_mm_fallback
-    import transformers.integrations.moe  # noqa: F401
+    # loaded on first use (not at start-up): transformers' MoE integration registers grouped_mm_fallback
+    import transformers.integrations.moe  # noqa: F401, PLC0415
 
     return torch.ops.transformers.grouped_mm_fallback.default
 

@@ -8,7 +8,7 @@ weights never change and ``disable_adapter()`` sees the original module.
 from __future__ import annotations
 
 import copy
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import nn
@@ -20,6 +20,9 @@ from ..quantized_base import dequantize_base
 from ..sites import Site
 from .base import Method
 
+if TYPE_CHECKING:
+    from ...rules.options import Option
+
 SLOT = "modules_to_save"
 
 
@@ -27,7 +30,7 @@ class Train(Method):
     name = "train"
     site_ops = ("module",)
     wrong_op = "the train method takes module sites: write the target as {op = \"module\", module = \"classifier\"}"
-    options: dict = {}
+    options: ClassVar[dict[str, Option]] = {}
     mergeable = True
 
     def create(self, site: Site, options: dict[str, Any], model: nn.Module, store: nn.Module, adapter: str) -> None:

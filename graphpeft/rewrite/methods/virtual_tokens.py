@@ -144,7 +144,7 @@ def _text_ids(options: dict[str, Any]) -> list[int]:
         if not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
             raise RuleError(f"prompt_tuning init_token_ids must be integers, got {ids!r}")
         return list(ids)
-    from transformers import AutoTokenizer  # optional dependency, loaded on first use: only init_text tokenizes
+    from transformers import AutoTokenizer  # noqa: PLC0415 - loaded on first use: only init_text tokenizes
 
     tokenizer = AutoTokenizer.from_pretrained(options["tokenizer"])
     return list(tokenizer(options["init_text"])["input_ids"])
