@@ -7,8 +7,9 @@ written DOT is well formed without graphviz installed.
 from __future__ import annotations
 
 import re
+from itertools import pairwise
 
-_TOKEN = re.compile(r'\s*(?:(->)|([{}\[\];,=])|"((?:[^"\\]|\\.)*)"|([A-Za-z_][A-Za-z_0-9.]*|-?\d+(?:\.\d+)?))', re.S)
+_TOKEN = re.compile(r'\s*(?:(->)|([{}\[\];,=])|"((?:[^"\\]|\\.)*)"|([A-Za-z_][A-Za-z_0-9.]*|-?\d+(?:\.\d+)?))', re.DOTALL)
 
 
 def _tokens(text: str) -> list[tuple[str, str]]:
@@ -87,7 +88,7 @@ def read_dot(text: str) -> tuple[dict[str, dict[str, str]], list[tuple[str, str]
                     attrs()
                     for name in chain:
                         nodes.setdefault(name, {})
-                    edges.extend(zip(chain, chain[1:]))
+                    edges.extend(pairwise(chain))
                 else:
                     nodes.setdefault(first, {}).update(attrs())
             if peek(";"):

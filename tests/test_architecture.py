@@ -65,10 +65,11 @@ def imported_modules(name: str, path: Path, node: ast.Import | ast.ImportFrom, m
         targets = [f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base for alias in node.names]
     found = set()
     for target in targets:
-        while target and target not in modules:  # ``import a.b.c`` of a name inside a module: the module
-            target = target.rpartition(".")[0]
-        if target:
-            found.add(target)
+        module = target
+        while module and module not in modules:  # ``import a.b.c`` of a name inside a module: the module
+            module = module.rpartition(".")[0]
+        if module:
+            found.add(module)
     return found
 
 

@@ -8,11 +8,11 @@ import gc
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from models import tiny_llama
 from safetensors.torch import load_file, save_file
 from torch.nn.parallel import DistributedDataParallel
 
 import graphpeft
+from models import tiny_llama
 
 WORLD, STEPS, GLOBAL_BATCH, LENGTH, LR = 2, 5, 4, 8, 0.1
 

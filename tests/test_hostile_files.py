@@ -13,13 +13,13 @@ import os
 import shutil
 from pathlib import Path
 
-import mlp
 import pytest
 import torch
-from catalogue import Case, case_test, load, mkdir, touch
 
 import graphpeft
 import graphpeft.io.atomic_dir as atomic_dir
+import mlp
+from catalogue import Case, case_test, load, mkdir, touch
 from graphpeft.errors import LoadError, SaveError
 from graphpeft.io.adapter_folder import restore_weights
 

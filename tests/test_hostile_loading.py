@@ -11,11 +11,11 @@ import struct
 from collections.abc import Callable
 from pathlib import Path
 
-import mlp
 import torch
-from catalogue import Case, apply, case_test, load, peft_config, without_manifest
 from safetensors.torch import save_file
 
+import mlp
+from catalogue import Case, apply, case_test, load, peft_config, without_manifest
 from graphpeft.errors import LoadError, MatchError
 from graphpeft.io.adapter_folder import restore_weights
 
@@ -73,7 +73,7 @@ def declared_shape(shape: list[int]):
     def change(data: bytes) -> bytes:
         length = struct.unpack("<Q", data[:8])[0]
         header = json.loads(data[8:8 + length])
-        header[sorted(k for k in header if k != "__metadata__")[0]]["shape"] = shape
+        header[min(k for k in header if k != "__metadata__")]["shape"] = shape
         text = json.dumps(header).encode()
         return struct.pack("<Q", len(text)) + text + data[8 + length:]
 

@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from catalogue import Case, case_test
-from models import tiny_bert, tiny_gpt2, tiny_llama
 from torch import nn
 
 import graphpeft
+from catalogue import Case, case_test
 from graphpeft import Pattern, Rule
 from graphpeft.errors import AdapterError, CallError
+from models import tiny_bert, tiny_gpt2, tiny_llama
 
 IDS = torch.tensor([[5, 6, 7, 8]])
 MASK = torch.ones_like(IDS)
@@ -94,7 +94,7 @@ CASES = [
     Case("adapter_names_as_a_string", call(input_ids=IDS, adapter_names="default"), CallError, "one adapter name per row"),
     Case("adapter_names_of_the_wrong_length", call(input_ids=IDS, adapter_names=["default", "default"]), CallError, "the batch has 1 rows"),
     Case("adapter_names_unknown", call(input_ids=IDS, adapter_names=["nope"]), AdapterError, "which is no adapter of this model"),
-    # ---------------------------------------------------------------- generate()
+    # ---------------------------------------------------------------- generate
     Case("generate_float_prompt", generate(IDS.float()), CallError, "input_ids must be a 2-d integer tensor"),
     Case("generate_prompt_beyond_the_vocabulary", generate(IDS + 200, max_new_tokens=2), CallError, "input_ids holds id 205, outside the vocabulary"),
     Case("generate_zero_new_tokens", generate(IDS, max_new_tokens=0), CallError, "max_new_tokens must be an integer >= 1"),

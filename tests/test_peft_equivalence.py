@@ -8,11 +8,11 @@ import copy
 
 import pytest
 import torch
-from models import BUILDERS, batch
 from peft import LoraConfig, PeftModel, get_peft_model
-from shared_models import bare_model, temporary_adapters
 
 import graphpeft
+from models import BUILDERS, batch
+from shared_models import bare_model, temporary_adapters
 
 VARIANTS = {
     "lora": {},

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from models import batch, tiny_llama
 
 import graphpeft
 from graphpeft import Pattern, Rule
 from graphpeft.errors import AdapterError, CallError
 from graphpeft.rewrite.mixed import ROWS
+from models import batch, tiny_llama
 
 NAMES = ["a", "__base__", "b", "c", "a"]
 NEW_TOKENS = 8

@@ -7,7 +7,6 @@ import warnings
 
 import pytest
 import torch
-from models import BUILDERS, batch, tiny_bert
 from peft import LoraConfig, get_peft_model
 from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
@@ -16,6 +15,7 @@ from graphpeft.errors import CallError
 from graphpeft.generation.generate import generation_graphs
 from graphpeft.generation.sampling import GenerationSettings, warp
 from graphpeft.rewrite.claims import adapter_nodes
+from models import BUILDERS, batch, tiny_bert
 
 TARGETS = {"llama": ["q_proj", "v_proj"], "gpt2": ["c_attn"], "opt": ["q_proj", "v_proj"], "t5": ["q", "v"]}
 _PAIRS: dict[str, tuple] = {}
@@ -126,8 +126,10 @@ def test_an_encoder_decoder_mixed_adapter_batch_generates_each_rows_own_ids(tmp_
     with model.disable_adapter():
         base = model.generate(**inputs, max_new_tokens=6, eos_token_id=[])
 
-    assert torch.equal(mixed[1], adapted[1]) and not torch.equal(mixed[1], base[1])
-    assert torch.equal(mixed[0::2], base[0::2]) and not torch.equal(mixed[0::2], adapted[0::2])
+    assert torch.equal(mixed[1], adapted[1])
+    assert not torch.equal(mixed[1], base[1])
+    assert torch.equal(mixed[0::2], base[0::2])
+    assert not torch.equal(mixed[0::2], adapted[0::2])
 
 
 def test_generation_graphs_are_cached_and_cleared_by_to(tmp_path_factory):
@@ -170,7 +172,7 @@ def test_top_k_one_sampling_equals_greedy(tmp_path_factory):
     assert torch.equal(sampled, model.generate(**inputs, max_new_tokens=10))
 
 
-@pytest.mark.parametrize("temperature,top_k,top_p", [(0.7, 0, 1.0), (1.0, 5, 1.0), (1.0, 0, 0.8), (1.3, 20, 0.6)])
+@pytest.mark.parametrize(("temperature", "top_k", "top_p"), [(0.7, 0, 1.0), (1.0, 5, 1.0), (1.0, 0, 0.8), (1.3, 20, 0.6)])
 def test_warping_equals_transformers_logits_warpers(temperature, top_k, top_p):
     logits = torch.randn(4, 96, generator=torch.Generator().manual_seed(0)) * 3
     settings = GenerationSettings(10, True, temperature, top_k, top_p, (), 0, None)
@@ -187,7 +189,7 @@ def test_warping_equals_transformers_logits_warpers(temperature, top_k, top_p):
 
 
 @pytest.mark.parametrize(
-    "options,message",
+    ("options", "message"),
     [
         ({"num_beams": 2}, "num_beams"),
         ({"max_new_tokens": 0}, "max_new_tokens"),

@@ -6,6 +6,7 @@ decode exports of an architecture serve all its methods.
 
 import pytest
 import torch
+
 from models import batch
 from shared_models import bare_model, temporary_adapters
 
@@ -28,7 +29,7 @@ def full_recompute_greedy(model, kind, ids, mask):
         return ids
 
 
-@pytest.mark.parametrize("kind,method", [("llama", "prompt_tuning"), ("llama", "prefix_tuning"), ("gpt2", "p_tuning"), ("t5", "prefix_tuning")])
+@pytest.mark.parametrize(("kind", "method"), [("llama", "prompt_tuning"), ("llama", "prefix_tuning"), ("gpt2", "p_tuning"), ("t5", "prefix_tuning")])
 def test_greedy_generate_equals_full_recompute_with_left_padding(kind, method):
     with temporary_adapters(bare_model(kind)) as model:
         model.add_adapter("default", method, num_virtual_tokens=3)

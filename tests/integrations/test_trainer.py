@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from folder_state import tree
-from models import tiny_llama
 from transformers import Trainer, TrainingArguments
 
 import graphpeft
+from folder_state import tree
 from graphpeft.integrations.trainer import AdapterTrainer
 from graphpeft.io.adapter_folder import adapter_tensors, read_tensors
+from models import tiny_llama
 
 ROWS, LENGTH = 8, 8
 

@@ -17,9 +17,10 @@ import textwrap
 import time
 from pathlib import Path
 
-import mlp
 import pytest
 import torch
+
+import mlp
 
 CHILD_PRELUDE = """
 import os, sys, time
@@ -87,7 +88,7 @@ def reference(tmp_path_factory):
     return model, folder, outputs
 
 
-@pytest.fixture()
+@pytest.fixture
 def saved(reference, tmp_path):
     """A copy of the reference adapter in ``tmp_path/adapter`` and the outputs it gives."""
     _, folder, outputs = reference
@@ -171,7 +172,8 @@ def test_temp_folder_of_a_running_save_is_left_alone(reference, saved):
 def test_kill_between_renames_restores_previous_adapter_on_load(reference, saved):
     target, _ = saved
     kill_while_saving(target, PAUSE_BETWEEN_RENAMES)
-    assert not target.exists() and any(".old-" in name for name in leftovers(target))
+    assert not target.exists()
+    assert any(".old-" in name for name in leftovers(target))
     loaded = mlp.load(str(target)).adapter_parameters()
     for name, param in reference[0].adapter_parameters().items():
         assert torch.equal(loaded[name], param), name

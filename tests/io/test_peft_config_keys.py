@@ -14,15 +14,15 @@ import dataclasses
 import peft
 import pytest
 import torch
-from models import BUILDERS, batch
 from peft import LoraConfig, get_peft_model
 from peft.tuners.lora import LoraLayer
 from peft.tuners.lora.config import CordaConfig
-from shared_models import bare_model, temporary_adapters
 
 import graphpeft
 from graphpeft.errors import LoadError
 from graphpeft.io.peft_schema import SCHEMAS
+from models import BUILDERS, batch
+from shared_models import bare_model, temporary_adapters
 
 CONFIG_CLASSES = {
     "LORA": peft.LoraConfig,

@@ -6,11 +6,11 @@ import copy
 
 import pytest
 import torch
-from models import batch, tiny_llama
 
 import graphpeft
 from graphpeft.errors import CallError
 from graphpeft.rewrite.graph_passes.activation_checkpointing import CheckpointedRegion
+from models import batch, tiny_llama
 
 
 def lora_gradients(base, checkpointing):

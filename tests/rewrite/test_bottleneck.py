@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from models import batch, tiny_llama
-from shared_models import bare_model, temporary_adapters
 
 import graphpeft
 from graphpeft.errors import AdapterError
 from graphpeft.rewrite.claims import adapter_nodes
+from models import batch, tiny_llama
+from shared_models import bare_model, temporary_adapters
 
 
 def _adapted_sites(model, kind: str) -> list[str]:

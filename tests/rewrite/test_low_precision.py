@@ -4,11 +4,11 @@ import copy
 
 import pytest
 import torch
-from models import batch, tiny_gpt2, tiny_llama, tiny_qwen3_moe
 from peft import LoraConfig, get_peft_model
 
 import graphpeft
 from graphpeft import Pattern, Rule
+from models import batch, tiny_gpt2, tiny_llama, tiny_qwen3_moe
 
 
 def ulp_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from models import tiny_gpt2
 from torch import nn
 
 import graphpeft
@@ -13,6 +12,7 @@ from graphpeft import Pattern, Rule
 from graphpeft.errors import MatchError, RuleError
 from graphpeft.rewrite.sites import graph_sites
 from graphpeft.runtime.model import GraphPeftModel
+from models import tiny_gpt2
 
 X = torch.randn(3, 6, generator=torch.Generator().manual_seed(0))
 
@@ -60,7 +60,8 @@ def test_lora_on_functional_weights_matches_hand_written_reference():
         stacked = torch.stack([h, 2 * h])
         expected = stacked @ module.stack + 2.0 * (stacked @ a3.transpose(1, 2) @ b3.transpose(1, 2))
         torch.testing.assert_close(model(X), expected, atol=1e-5, rtol=0)
-        assert a3.shape == (2, 2, 4) and b3.shape == (2, 3, 2)  # one A/B per stacked weight
+        assert a3.shape == (2, 2, 4)
+        assert b3.shape == (2, 3, 2)
 
 
 def test_merging_functional_weights_writes_through_their_views():
@@ -83,7 +84,7 @@ def test_param_pattern_selects_by_parameter_fqn():
 
 
 def test_param_pattern_matching_nothing_is_a_match_error():
-    with pytest.raises(MatchError, match="matches no site(.|\n)*closest parameters read by any ops: w_stored_t"):
+    with pytest.raises(MatchError, match=r"matches no site(.|\n)*closest parameters read by any ops: w_stored_t"):
         graphpeft.apply(Functional(), Rule("none", "lora", [Pattern(param="w_stored")]), example_inputs=(X,))
 
 
@@ -95,7 +96,7 @@ def test_dora_on_a_parameter_site_names_the_fix():
 def test_param_and_split_keys_round_trip_through_dicts():
     pattern = Pattern(op="grouped_mm", param=["*.gate_up_proj", "*.down_proj"], split={"gate": 1, "up": 1})
     assert Pattern.from_dict(pattern.to_dict(), "test") == pattern
-    with pytest.raises(RuleError, match="unknown pattern key 'params'.*did you mean 'param'"):
+    with pytest.raises(RuleError, match=r"unknown pattern key 'params'.*did you mean 'param'"):
         Pattern.from_dict({"params": "*.w"}, "test")
 
 

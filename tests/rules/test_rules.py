@@ -1,8 +1,6 @@
 """Rule files and Rule objects: parsing, resolution, and the errors bad rules raise."""
 
 import pytest
-from models import tiny_gpt2, tiny_llama
-from toml_text import qv_lora_file
 
 import graphpeft
 from graphpeft.errors import MatchError, RuleError
@@ -10,6 +8,8 @@ from graphpeft.rules.builtin import builtin_rulesets, passes_dir
 from graphpeft.rules.pattern import Pattern
 from graphpeft.rules.rule import Rule
 from graphpeft.rules.rule_set import RuleSet
+from models import tiny_gpt2, tiny_llama
+from toml_text import qv_lora_file
 
 LLAMA_FILE = qv_lora_file(8, "alpha = 16", "dropout = 0.05", model_types=["llama"])
 
@@ -32,7 +32,8 @@ def test_toml_and_python_rules_are_equivalent():
     parsed = RuleSet.from_toml_text(LLAMA_FILE).rules[0]
     written = Rule("lora", "lora", ("q", "v"), {"r": 8, "alpha": 16, "dropout": 0.05})
     assert parsed == written
-    assert parsed.options["rslora"] is False and parsed.options["init"] == "default"
+    assert parsed.options["rslora"] is False
+    assert parsed.options["init"] == "default"
 
 
 def test_rule_file_path_applies_its_first_rule(tmp_path):

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from models import batch, tiny_llama
 
 import graphpeft
 from graphpeft import Pattern, Rule
 from graphpeft.errors import AdapterError
+from models import batch, tiny_llama
 
 INPUTS = batch("llama")
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from models import batch, tiny_llama
 
 import graphpeft
+from models import batch, tiny_llama
 
 
 def adapted_model() -> graphpeft.GraphPeftModel:

@@ -3,7 +3,6 @@
 import copy
 
 import torch
-from models import batch, tiny_llama
 from peft import LoraConfig, get_peft_model
 from torch import nn
 
@@ -11,6 +10,7 @@ import graphpeft
 from graphpeft.rewrite.claims import ADAPTER_NODE
 from graphpeft.rules.pattern import Pattern
 from graphpeft.rules.rule import Rule
+from models import batch, tiny_llama
 
 
 def test_output_type_equals_the_base_models():

@@ -5,10 +5,16 @@ import copy
 
 import pytest
 import torch
-from models import VOCAB, batch, tiny_llama, tiny_qwen3_moe
 from peft import LoraConfig, get_peft_model
 from torch import nn
-from transformers import BertConfig, BertForSequenceClassification, GPT2Config, GPT2LMHeadModel, OPTConfig, OPTForCausalLM
+from transformers import (
+    BertConfig,
+    BertForSequenceClassification,
+    GPT2Config,
+    GPT2LMHeadModel,
+    OPTConfig,
+    OPTForCausalLM,
+)
 from transformers.models.llama.modeling_llama import LlamaMLP
 
 import graphpeft
@@ -16,6 +22,7 @@ from graphpeft import GraphPeftModel
 from graphpeft.rewrite.sites import graph_sites
 from graphpeft.tracing.block_reuse import ENV_SWITCH, REUSED, find_block_list
 from graphpeft.tracing.export import export_graph
+from models import VOCAB, batch, tiny_llama, tiny_qwen3_moe
 
 LAYERS = 5
 
@@ -100,7 +107,8 @@ def test_lora_on_a_deep_llama_matches_peft_in_logits_loss_and_every_layers_gradi
             for slot in ("lora_A", "lora_B"):
                 grad = model.adapters.get_parameter(f"model.layers.{layer}.self_attn.{proj}.{slot}.default").grad
                 expected = peft_params[f"base_model.model.model.layers.{layer}.self_attn.{proj}.{slot}.default.weight"].grad
-                assert grad is not None and grad.abs().sum() > 0
+                assert grad is not None
+                assert grad.abs().sum() > 0
                 assert (grad - expected).abs().max() <= 1e-5
 
 
@@ -160,13 +168,15 @@ def test_layers_that_differ_are_exported_whole():
     model = graphpeft.apply(base, "lora", r=4)
     assert REUSED not in model._base_graph().meta
     shapes = {site.fqn: site.weight_shape for site in model.sites() if site.op == "linear"}
-    assert shapes["model.layers.3.mlp.gate_proj"] == (48, 32) and shapes["model.layers.4.mlp.gate_proj"] == (64, 32)
+    assert shapes["model.layers.3.mlp.gate_proj"] == (48, 32)
+    assert shapes["model.layers.4.mlp.gate_proj"] == (64, 32)
     with torch.no_grad():
         assert (model(**batch("llama")).logits - base(**batch("llama")).logits).abs().max() <= 1e-5
 
 
 def test_tracing_leaves_the_layer_list_and_config_as_they_were(deep_llama, runs):
-    assert deep_llama.model.layers is runs["layers"] and len(runs["layers"]) == LAYERS
+    assert deep_llama.model.layers is runs["layers"]
+    assert len(runs["layers"]) == LAYERS
     assert deep_llama.config.num_hidden_layers == LAYERS
 
 
@@ -213,7 +223,7 @@ def test_a_stack_is_stamped_only_when_the_copy_is_exact(flags, reused):
     assert len(stack.blocks) == LAYERS
     with torch.no_grad():
         got, expected = graph(x), stack(x)
-    for a, b in zip(*(t if isinstance(t, tuple) else (t,) for t in (got, expected))):
+    for a, b in zip(*(t if isinstance(t, tuple) else (t,) for t in (got, expected)), strict=True):
         assert torch.equal(a, b)
 
 
