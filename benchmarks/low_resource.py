@@ -79,7 +79,7 @@ def main() -> None:
         rows[(library, scheme, checkpointing)] = json.loads(out.stdout.strip().splitlines()[-1])
         print(library, scheme, checkpointing, rows[(library, scheme, checkpointing)], file=sys.stderr, flush=True)
     reference = rows[("peft", "fp32", False)]["peak_mib"]
-    print(f"| library | base | checkpointing | resting RSS MiB | peak RSS MiB | peak / PEFT fp32 |")
+    print("| library | base | checkpointing | resting RSS MiB | peak RSS MiB | peak / PEFT fp32 |")
     print("|---|---|---|---:|---:|---:|")
     for (library, scheme, checkpointing), r in rows.items():
         print(f"| {library} | {scheme} | {'yes' if checkpointing else 'no'} | {r['resting_mib']:.0f} | "

@@ -204,12 +204,12 @@ def measure_memory(shape: str, steps: int, repeats: int) -> dict[str, dict[str, 
     """Median over ``repeats`` alternating subprocess runs of :func:`memory_child`."""
     results: dict[str, list[dict[str, float]]] = {"graphpeft": [], "peft": []}
     for _ in range(repeats):
-        for library in results:
+        for library, runs in results.items():
             out = subprocess.run(
                 [sys.executable, "-m", "benchmarks.run", "--memory-child", shape, library, str(steps)],
                 check=True, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
             )
-            results[library].append(json.loads(out.stdout.strip().splitlines()[-1]))
+            runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
     return {lib: {k: statistics.median(r[k] for r in runs) for k in runs[0]} for lib, runs in results.items()}
 
 
@@ -252,10 +252,14 @@ def table(shapes: list[str], apply_shapes: list[str], repeats: int, quick: bool,
 def environment(threads: int) -> list[str]:
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     return [
-        f"Machine: {platform.machine()} {platform.processor() or 'CPU'}, {os.cpu_count()} cores shared with other "
-        f"jobs (load average at the end of the run: {load}); CPU only; torch threads {threads}.",
-        f"Versions: torch {torch.__version__}, transformers {transformers.__version__}, "
-        f"peft {__import__('peft').__version__}, graphpeft {graphpeft.__version__}, Python {platform.python_version()}.",
+        (
+            f"Machine: {platform.machine()} {platform.processor() or 'CPU'}, {os.cpu_count()} cores shared with other "
+            f"jobs (load average at the end of the run: {load}); CPU only; torch threads {threads}."
+        ),
+        (
+            f"Versions: torch {torch.__version__}, transformers {transformers.__version__}, "
+            f"peft {__import__('peft').__version__}, graphpeft {graphpeft.__version__}, Python {platform.python_version()}."
+        ),
     ]
 
 

@@ -24,7 +24,6 @@ from rich.table import Table
 
 import graphpeft
 from graphpeft import Pattern, Rule
-
 from review_assets import Review, load_reviews, minilm_dir, split_reviews
 from review_training import bucketed_batches, chunks, progress_bar, train
 

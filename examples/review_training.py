@@ -88,7 +88,7 @@ def train(
     started = time.perf_counter()
     with progress_bar(console) as progress:
         task = progress.add_task("train", total=steps, info="")
-        for step in range(steps):
+        for _ in range(steps):
             loss, tokens = step_loss(next(batches))
             loss.backward()
             optimizer.step()

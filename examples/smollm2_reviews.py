@@ -24,7 +24,6 @@ from rich.console import Console
 from rich.table import Table
 
 import graphpeft
-
 from review_assets import DEFAULT_CACHE, Review, load_reviews, load_smollm2, split_reviews
 from review_training import bucketed_batches, chunks, progress_bar, train
 
@@ -102,8 +101,7 @@ def predict(model, prompts: Prompts, reviews: list[Review], batch_size: int, lab
                                     do_sample=False, eos_token_id=prompts.tokenizer.eos_token_id,
                                     pad_token_id=prompts.tokenizer.pad_token_id)
             new = tokens[:, batch.input_ids.shape[1]:]
-            for text in prompts.tokenizer.batch_decode(new, skip_special_tokens=True):
-                words.append(first_word(text))
+            words.extend(first_word(text) for text in prompts.tokenizer.batch_decode(new, skip_special_tokens=True))
             progress.update(task, advance=len(part))
     return words
 
@@ -114,7 +112,7 @@ def first_word(text: str) -> str:
 
 
 def accuracy(words: list[str], reviews: list[Review]) -> float:
-    return sum(w == LABELS[r.positive] for w, r in zip(words, reviews)) / len(reviews)
+    return sum(w == LABELS[r.positive] for w, r in zip(words, reviews, strict=True)) / len(reviews)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -189,7 +187,7 @@ def run(args: argparse.Namespace, console: Console | None = None) -> dict:
 
     same = reloaded_words == tuned_words[:len(shown)]
     console.print(f"adapter saved to {args.out}; reloaded into a fresh base model (graphpeft.load):")
-    for review, word in zip(shown, reloaded_words):
+    for review, word in zip(shown, reloaded_words, strict=True):
         text = review.text if len(review.text) <= 90 else review.text[:87] + "..."
         console.print(f"  [{'green' if word == LABELS[review.positive] else 'red'}]{word:>8}[/] "
                       f"(truth {LABELS[review.positive]:>8})  {text}")
