@@ -85,6 +85,8 @@ def symlink_to_dev_zero(w) -> str:
     return str(path)
 
 
+# One case per line, so that the catalogue reads as a table; the formatter leaves it as written.
+# fmt: off
 CASES = [
     # ------------------------------------------------ catastrophic regexes and globs, from every source
     Case("rule_file_regex_catastrophic_backtracking", edited(Q_SITE, "regex = '(.+)+!'"), MatchError, "matches no site", timeout=HANG),
@@ -145,6 +147,7 @@ CASES = [
     Case("optional_only_rule_file_matches_nothing", rule_file(RULES.replace("r = 4", "r = 4\nrequired = false").replace("_proj", "_prj")), MatchError, "adapter 'default' would have no sites"),
     Case("python_optional_rule_matches_nothing", apply(lambda w: Rule("x", "lora", Pattern(op="linear", module="*.qq_proj"), required=False)), MatchError, "closest FQNs model.layers.0.self_attn.q_proj"),
 ]
+# fmt: on
 
 
 test_hostile_input_raises_named_error_and_leaves_model_unchanged = case_test(CASES)

@@ -60,6 +60,8 @@ def ids(length: int = 4) -> torch.Tensor:
     return torch.ones(1, length, dtype=torch.long)
 
 
+# One case per line, so that the catalogue reads as a table; the formatter leaves it as written.
+# fmt: off
 CASES = [
     # ---------------------------------------------------------------- quantize
     Case("quantize_unknown_scheme", apply("lora", quantize="int4"), CallError, "quantize must be one of 'int8', 'nf4', got 'int4'"),
@@ -90,6 +92,7 @@ CASES = [
     Case("explain_adapter_names_as_one_string", lambda w: w.wrapped.explain("default"), UsageError, "adapter_names takes a list of names"),
     Case("explain_dry_run_with_a_bad_adapter_name", lambda w: graphpeft.explain(w.base, "lora", adapter_name="a/b"), AdapterError, "may not contain '/'"),
 ]
+# fmt: on
 
 
 test_hostile_input_raises_named_error_and_leaves_model_unchanged = case_test(CASES)
@@ -114,6 +117,8 @@ def dirs(tmp_path_factory) -> Path:
     return root
 
 
+# One case per line, so that the catalogue reads as a table; the formatter leaves it as written.
+# fmt: off
 MISUSE = [
     # (argv with {root} for the fixture folder, exit code, fragment of the one stderr line)
     pytest.param(["frobnicate"], 2, "graphpeft: argument COMMAND: invalid choice: 'frobnicate'", id='unknown_command'),
@@ -135,6 +140,7 @@ MISUSE = [
     pytest.param(["viz", "{root}/llama", "--rules", "lora", "-o", "{root}/llama"], 2, "name the output *.html or *.dot", id='viz_output_without_format'),
     pytest.param(["diff", "{root}/llama", "--rules", "lora", "-o", "{root}/missing/d.html"], 1, "its folder {root}/missing does not exist", id='diff_output_folder_missing'),
 ]
+# fmt: on
 
 
 def filled(argv: list[str], root: Path) -> list[str]:
