@@ -49,7 +49,9 @@ def package_file(package: str, relative: str) -> Path:
         ) from None
     path = Path(dist.locate_file(relative))
     if not path.exists():
-        raise MissingAssetError(f"{package} {dist.version} has no file {relative}; install {package}=={PACKAGES[package]}")
+        raise MissingAssetError(
+            f"{package} {dist.version} has no file {relative}; install {package}=={PACKAGES[package]}"
+        )
     return path
 
 

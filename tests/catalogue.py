@@ -157,7 +157,10 @@ def touch(path: Path) -> Path:
 
 def snapshot(model: nn.Module) -> dict[str, Any]:
     """Everything a failed call must leave untouched: tensors (bit for bit), grad flags, modules."""
-    state = {name: (tensor.detach().clone(), getattr(tensor, "requires_grad", False)) for name, tensor in model.state_dict(keep_vars=True).items()}
+    state = {
+        name: (tensor.detach().clone(), getattr(tensor, "requires_grad", False))
+        for name, tensor in model.state_dict(keep_vars=True).items()
+    }
     grads = {name: p.requires_grad for name, p in model.named_parameters()}
     extra = {}
     if isinstance(model, graphpeft.GraphPeftModel):

@@ -128,8 +128,6 @@ CASES = [
 # fmt: on
 
 
-
-
 def test_catalogue_has_at_least_a_hundred_and_twenty_cases():
     hostile = sorted(Path(__file__).parent.glob("test_hostile_*.py"))
     names = [c.name for c in CASES]

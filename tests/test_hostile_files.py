@@ -272,4 +272,8 @@ def test_save_directory_named_near_the_length_limit_saves_and_overwrites(tmp_pat
 def test_save_directory_with_doubled_and_trailing_separators_saves_into_the_folder_it_names(tmp_path):
     mlp.adapted().save_pretrained(f"{tmp_path}//runs///adapter/")
     assert sorted(os.listdir(tmp_path / "runs")) == ["adapter"]
-    assert sorted(os.listdir(tmp_path / "runs" / "adapter")) == ["adapter_config.json", "adapter_model.safetensors", "graphpeft.json"]
+    assert sorted(os.listdir(tmp_path / "runs" / "adapter")) == [
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "graphpeft.json",
+    ]

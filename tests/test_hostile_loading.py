@@ -45,8 +45,16 @@ def prompt_folder(w, table: torch.Tensor, **changes) -> Path:
     """A PEFT prompt-tuning folder for the tiny llama, written by hand: config and ``prompt_embeddings``."""
     folder = w.tmp / "prompt"
     folder.mkdir()
-    config = {"peft_type": "PROMPT_TUNING", "task_type": "CAUSAL_LM", "num_virtual_tokens": table.shape[0],
-              "token_dim": 32, "num_transformer_submodules": 1, "num_attention_heads": 4, "num_layers": 1, **changes}
+    config = {
+        "peft_type": "PROMPT_TUNING",
+        "task_type": "CAUSAL_LM",
+        "num_virtual_tokens": table.shape[0],
+        "token_dim": 32,
+        "num_transformer_submodules": 1,
+        "num_attention_heads": 4,
+        "num_layers": 1,
+        **changes,
+    }
     (folder / "adapter_config.json").write_text(json.dumps(config))
     save_file({"prompt_embeddings": table}, folder / "adapter_model.safetensors")
     return folder
@@ -72,10 +80,10 @@ def declared_shape(shape: list[int]):
 
     def change(data: bytes) -> bytes:
         length = struct.unpack("<Q", data[:8])[0]
-        header = json.loads(data[8:8 + length])
+        header = json.loads(data[8 : 8 + length])
         header[min(k for k in header if k != "__metadata__")]["shape"] = shape
         text = json.dumps(header).encode()
-        return struct.pack("<Q", len(text)) + text + data[8 + length:]
+        return struct.pack("<Q", len(text)) + text + data[8 + length :]
 
     return change
 

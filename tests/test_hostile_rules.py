@@ -48,8 +48,10 @@ def rule_file(text: str):
 
 def chained_rules(count: int) -> str:
     """``count`` optional rules matching nothing, each naming the next in ``also``."""
-    rules = [f'[[rules]]\nname = "r{i}"\nmethod = "lora"\ntargets = ["nothing"]\nrequired = false\nalso = ["r{i + 1}"]\n'
-             for i in range(count - 1)]
+    rules = [
+        f'[[rules]]\nname = "r{i}"\nmethod = "lora"\ntargets = ["nothing"]\nrequired = false\nalso = ["r{i + 1}"]\n'
+        for i in range(count - 1)
+    ]
     rules.append(f'[[rules]]\nname = "r{count - 1}"\nmethod = "lora"\ntargets = ["nothing"]\nrequired = false\n')
     return '[sites]\nnothing = { op = "linear", module = "*.no_such_proj" }\n\n' + "\n".join(rules)
 
@@ -157,8 +159,10 @@ test_hostile_input_raises_named_error_and_leaves_model_unchanged = case_test(CAS
 
 
 def test_fifty_thousand_python_rules_resolve_in_linear_time():
-    rules = [Rule(f"r{i}", "lora", Pattern(op="linear", module="*.q_proj"), also=(f"r{i + 1}",) if i < 49_999 else ())
-             for i in range(50_000)]
+    rules = [
+        Rule(f"r{i}", "lora", Pattern(op="linear", module="*.q_proj"), also=(f"r{i + 1}",) if i < 49_999 else ())
+        for i in range(50_000)
+    ]
     with watchdog(60):
         ruleset = RuleSet((), {}, tuple(rules))
         chain = ruleset.with_also(ruleset.rules[0])
@@ -188,12 +192,20 @@ def test_explain_reports_an_optional_rule_that_matches_nothing_instead_of_raisin
 # what the catalogue refused before the backtracking engine (issue #15 follow-up): lookarounds and backreferences work
 
 
-@pytest.mark.parametrize("regex", [r".*(?<!self_attn)\.(?!gate)\w+_proj", r"(model)\.layers\.0\.(?!\1)\w+\.(up|down)_proj"])
+@pytest.mark.parametrize(
+    "regex", [r".*(?<!self_attn)\.(?!gate)\w+_proj", r"(model)\.layers\.0\.(?!\1)\w+\.(up|down)_proj"]
+)
 def test_rule_regex_with_a_lookaround_or_backreference_selects_the_sites_python_selects(regex, catalogue_world):
     base = catalogue_world[0]
     report = graphpeft.explain(base, Rule("x", "lora", Pattern(op="linear", regex=regex)))
-    expected = {name for name, module in base.named_modules() if isinstance(module, nn.Linear) and re.fullmatch(regex, name)}
-    assert {item.site.fqn for item in report.sites} == expected == {"model.layers.0.mlp.up_proj", "model.layers.0.mlp.down_proj"}
+    expected = {
+        name for name, module in base.named_modules() if isinstance(module, nn.Linear) and re.fullmatch(regex, name)
+    }
+    assert (
+        {item.site.fqn for item in report.sites}
+        == expected
+        == {"model.layers.0.mlp.up_proj", "model.layers.0.mlp.down_proj"}
+    )
 
 
 def test_adapter_of_a_rule_with_a_lookahead_regex_saves_and_loads_its_sites(tmp_path):

@@ -53,12 +53,17 @@ def merged_and_unloaded() -> graphpeft.GraphPeftModel:
 def lora_on_tied_embedding() -> graphpeft.GraphPeftModel:
     """GPT-2 with LoRA on ``wte``, whose weight is also ``lm_head``'s (tied)."""
     with pytest.warns(UserWarning, match="tied"):
-        return graphpeft.apply(tiny_gpt2(), Rule("wte", "lora", [Pattern(op="embedding", module="transformer.wte")], {"init": "random"}))
+        return graphpeft.apply(
+            tiny_gpt2(), Rule("wte", "lora", [Pattern(op="embedding", module="transformer.wte")], {"init": "random"})
+        )
 
 
 def after_unload(action, make=unloaded) -> dict:
     """Case fields for ``action(wrapper)`` on a wrapper that was unloaded."""
-    return dict(act=lambda w: action(w.custom), error=AdapterError, fragment="GraphPeftModel that was unloaded", make=make)
+    return dict(
+        act=lambda w: action(w.custom), error=AdapterError, fragment="GraphPeftModel that was unloaded", make=make
+    )
+
 
 # One case per line, so that the catalogue reads as a table; the formatter leaves it as written.
 # fmt: off
@@ -142,6 +147,8 @@ class Lookup(nn.Module):
 
 
 def test_an_index_error_of_a_plain_module_is_raised_as_it_is():
-    model = graphpeft.apply(Lookup(), Rule("proj", "lora", [Pattern(module="proj")], {"r": 2}), example_inputs=(torch.tensor([[1, 2]]),))
+    model = graphpeft.apply(
+        Lookup(), Rule("proj", "lora", [Pattern(module="proj")], {"r": 2}), example_inputs=(torch.tensor([[1, 2]]),)
+    )
     with pytest.raises(IndexError):
         model(torch.tensor([[1, 12]]))

@@ -202,6 +202,8 @@ def test_cli_in_a_subprocess_prints_one_line_and_exits_1(dirs):
     done = subprocess.run(command + argv, capture_output=True, check=False, text=True, timeout=300)
     assert done.returncode == 1
     assert done.stderr.splitlines() == [
-        ("graphpeft viz: cannot write /missing-graphpeft-folder/g.html: its folder /missing-graphpeft-folder does "
-        "not exist; create it first")
+        (
+            "graphpeft viz: cannot write /missing-graphpeft-folder/g.html: its folder /missing-graphpeft-folder does "
+            "not exist; create it first"
+        )
     ]

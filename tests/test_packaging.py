@@ -15,12 +15,28 @@ def installed(tmp_path_factory):
     """A folder with graphpeft installed into it from a wheel built from this tree (no editable install)."""
     tmp_path = tmp_path_factory.mktemp("wheel")
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(tmp_path / "dist"), str(ROOT)],
-        check=True, capture_output=True,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            str(tmp_path / "dist"),
+            str(ROOT),
+        ],
+        check=True,
+        capture_output=True,
     )
     wheel = next((tmp_path / "dist").glob("graphpeft-*.whl"))
     target = tmp_path / "site"
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), str(wheel)], check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), str(wheel)],
+        check=True,
+        capture_output=True,
+    )
     return target
 
 
@@ -31,7 +47,9 @@ def test_wheel_ships_the_rule_files(installed, tmp_path):
         "print(d); print(sorted(p.name for p in d.glob('*.toml'))); print(len(r.builtin_rulesets()))"
     )
     env = {**os.environ, "PYTHONPATH": str(target)}
-    out = subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True, text=True, cwd=tmp_path, env=env).stdout.splitlines()
+    out = subprocess.run(
+        [sys.executable, "-c", probe], check=True, capture_output=True, text=True, cwd=tmp_path, env=env
+    ).stdout.splitlines()
     assert out[0].startswith(str(target))
     assert out[1] == "['bert.toml', 'gpt2.toml', 'llama.toml', 'opt.toml', 't5.toml']"
     assert out[2] == "5"
@@ -40,5 +58,9 @@ def test_wheel_ships_the_rule_files(installed, tmp_path):
 def test_wheel_ships_every_module_and_the_viewer_template(installed):
     source = ROOT / "graphpeft"
     wanted = {str(p.relative_to(source)) for p in source.rglob("*") if p.suffix in (".py", ".html")}
-    shipped = {str(p.relative_to(installed / "graphpeft")) for p in (installed / "graphpeft").rglob("*") if p.suffix in (".py", ".html")}
+    shipped = {
+        str(p.relative_to(installed / "graphpeft"))
+        for p in (installed / "graphpeft").rglob("*")
+        if p.suffix in (".py", ".html")
+    }
     assert sorted(wanted - shipped) == []

@@ -49,5 +49,5 @@ def qv_lora_file(r: int, *options: str, model_types: list[str] | None = None) ->
     Sections are separated by blank lines."""
     model = f"[model]\ntypes = {value(model_types)}\n\n" if model_types else ""
     sites = '[sites]\nq = { op = "linear", module = "*.self_attn.q_proj" }\nv = { op = "linear", module = "*.self_attn.v_proj" }\n'
-    rule = "\n".join(['[[rules]]', 'name = "lora"', 'method = "lora"', 'targets = ["q", "v"]', f"r = {r}", *options])
+    rule = "\n".join(["[[rules]]", 'name = "lora"', 'method = "lora"', 'targets = ["q", "v"]', f"r = {r}", *options])
     return f"{model}{sites}\n{rule}\n"

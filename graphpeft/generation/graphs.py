@@ -68,7 +68,9 @@ def generation_graphs(model: GraphPeftModel) -> GenerationGraphs:
     return cached_generation_graphs(model, adapters, lambda: build_generation_graphs(model, adapters))
 
 
-def cached_generation_graphs(model: GraphPeftModel, tag: tuple, build: Callable[[], GenerationGraphs]) -> GenerationGraphs:
+def cached_generation_graphs(
+    model: GraphPeftModel, tag: tuple, build: Callable[[], GenerationGraphs]
+) -> GenerationGraphs:
     """The graphs cached in ``model._graphs`` under ``(generation signature of each phase, tag)``; ``build()`` makes them once."""
     device = str(next(model.base_model.parameters()).device)
     keys = [(generation_signature(phase, device), tag) for phase in PHASES]

@@ -33,7 +33,9 @@ class AdapterTrainer(Trainer):
             super()._load_from_checkpoint(resume_from_checkpoint, model)
             return
         for name in model.active_adapters:
-            restore_weights(model, resume_from_checkpoint if name == "default" else f"{resume_from_checkpoint}/{name}", name)
+            restore_weights(
+                model, resume_from_checkpoint if name == "default" else f"{resume_from_checkpoint}/{name}", name
+            )
 
 
 def save_into(model: GraphPeftModel, folder: Path) -> None:

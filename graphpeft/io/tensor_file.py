@@ -42,7 +42,9 @@ def read_header(path: Path) -> Header:
         with safe_open(str(path), framework="pt", device="cpu") as handle:
             header = {key: _entry(handle.get_slice(key)) for key in handle.keys()}  # noqa: SIM118 - not a dict
     except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types for truncated or corrupt files
-        raise LoadError(f"{path} is not a readable safetensors file ({type(exc).__name__}: {exc}); it may be truncated or corrupted") from None
+        raise LoadError(
+            f"{path} is not a readable safetensors file ({type(exc).__name__}: {exc}); it may be truncated or corrupted"
+        ) from None
     for key, (_, dtype) in header.items():
         if dtype not in FLOAT_DTYPES:
             raise LoadError(
@@ -62,7 +64,9 @@ def read_tensors(path: Path, keys: list[str] | None = None) -> dict[str, torch.T
         with safe_open(str(path), framework="pt", device="cpu") as handle:
             tensors = {key: handle.get_tensor(key) for key in (handle.keys() if keys is None else keys)}
     except Exception as exc:  # noqa: BLE001 - as above: any failure to read is a corrupt file
-        raise LoadError(f"{path} is not a readable safetensors file ({type(exc).__name__}: {exc}); it may be truncated or corrupted") from None
+        raise LoadError(
+            f"{path} is not a readable safetensors file ({type(exc).__name__}: {exc}); it may be truncated or corrupted"
+        ) from None
     for key, tensor in tensors.items():
         if tensor.dtype.is_floating_point and not bool(torch.isfinite(tensor).all()):
             bad = int((~torch.isfinite(tensor)).sum())

@@ -34,8 +34,15 @@ class SiteEditor:
     """
 
     def __init__(
-        self, gm: fx.GraphModule, node: fx.Node | None, site: Site, claim: Claim, store: nn.Module, training: bool,
-        output: fx.Node | None = None, inner: frozenset[fx.Node] = frozenset(),
+        self,
+        gm: fx.GraphModule,
+        node: fx.Node | None,
+        site: Site,
+        claim: Claim,
+        store: nn.Module,
+        training: bool,
+        output: fx.Node | None = None,
+        inner: frozenset[fx.Node] = frozenset(),
     ):
         self.gm = gm
         self.node = node
@@ -97,9 +104,7 @@ class SiteEditor:
     def call(self, target: Callable[..., Any], *args: Any, role: str) -> fx.Node:
         """Insert ``target(*args)`` after the previous inserted node."""
         with self.gm.graph.inserting_after(self._cursor):
-            new = self.gm.graph.create_node(
-                "call_function", target, args, {}, name=f"{self._prefix}_{role}"
-            )
+            new = self.gm.graph.create_node("call_function", target, args, {}, name=f"{self._prefix}_{role}")
         self._cursor = new
         return self._tag(new, role)
 

@@ -37,7 +37,9 @@ if TYPE_CHECKING:
 ROWS = "graphpeft_adapter_rows"
 
 
-def mixed_rows(model: GraphPeftModel, adapter_names: Sequence[str], batch: int | None) -> tuple[tuple[str, ...], torch.Tensor]:
+def mixed_rows(
+    model: GraphPeftModel, adapter_names: Sequence[str], batch: int | None
+) -> tuple[tuple[str, ...], torch.Tensor]:
     """(the batch's adapters in slot order, (batch,) int64 slot per row; ``__base__`` is the last slot)."""
     order = slot_order(model, adapter_names, batch)
     device = next(model.base_model.parameters()).device
@@ -50,17 +52,23 @@ def slot_order(model: GraphPeftModel, adapter_names: Sequence[str], batch: int |
     if isinstance(adapter_names, str) or not isinstance(adapter_names, Sequence):
         raise CallError(f"adapter_names must be a list with one adapter name per row, got {adapter_names!r}")
     if batch is not None and len(adapter_names) != batch:
-        raise CallError(f"adapter_names has {len(adapter_names)} entries but the batch has {batch} rows; give one per row")
+        raise CallError(
+            f"adapter_names has {len(adapter_names)} entries but the batch has {batch} rows; give one per row"
+        )
     for name in adapter_names:
         if not isinstance(name, str):
-            raise CallError(f"adapter_names holds {name!r}; give one adapter name (a string) per row, or {BASE!r} for the base model")
+            raise CallError(
+                f"adapter_names holds {name!r}; give one adapter name (a string) per row, or {BASE!r} for the base model"
+            )
         if name != BASE and name not in model.adapter_specs:
             raise AdapterError(
                 f"adapter_names names {name!r}, which is no adapter of this model{did_you_mean(str(name), model.adapter_specs)}; "
                 f"adapters: {', '.join(model.adapter_specs) or '(none)'}, or {BASE!r} for the base model"
             )
     if model._merged:
-        raise AdapterError(f"adapters {', '.join(model._merged)} are merged; call unmerge() before mixed-adapter batches")
+        raise AdapterError(
+            f"adapters {', '.join(model._merged)} are merged; call unmerge() before mixed-adapter batches"
+        )
     wanted = set(adapter_names)
     return tuple(a for a in model.adapter_specs if a in wanted)
 

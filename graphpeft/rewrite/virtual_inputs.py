@@ -125,4 +125,3 @@ def with_prefix(base: Any, kwargs: dict[str, Any], table: torch.Tensor, nv: int)
     if kwargs.get("position_ids") is not None:
         kwargs["position_ids"] = kwargs["position_ids"] + nv
     return kwargs
-

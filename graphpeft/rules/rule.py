@@ -94,5 +94,3 @@ def listed(names: Any, n: int = 8) -> str:
     names = list(names)
     shown_names = ", ".join(shown(name) for name in names[:n]) or "(none)"
     return shown_names + (f" (+{len(names) - n} more)" if len(names) > n else "")
-
-

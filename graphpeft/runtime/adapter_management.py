@@ -146,7 +146,9 @@ class AdapterManagement:
 
     def _spec(self, name: str) -> AdapterSpec:
         if not isinstance(name, str):
-            raise AdapterError(f"adapter names are strings, got {name!r}; adapters: {', '.join(self.adapter_specs) or '(none)'}")
+            raise AdapterError(
+                f"adapter names are strings, got {name!r}; adapters: {', '.join(self.adapter_specs) or '(none)'}"
+            )
         if name not in self.adapter_specs:
             raise AdapterError(
                 f"no adapter named {name!r}{did_you_mean(name, self.adapter_specs)}; "
@@ -180,7 +182,9 @@ class AdapterManagement:
 
     def print_trainable_parameters(self) -> None:
         trainable, total = self.get_nb_trainable_parameters()
-        counts = f"trainable params: {trainable:,d} || all params: {total:,d} || trainable%: {100 * trainable / total:.4f}"
+        counts = (
+            f"trainable params: {trainable:,d} || all params: {total:,d} || trainable%: {100 * trainable / total:.4f}"
+        )
         print(counts)  # noqa: T201 - PEFT's method of this name prints
 
     def adapter_parameters(self, adapter_name: str | None = None) -> dict[str, nn.Parameter]:
@@ -219,5 +223,3 @@ def _active_now(active: list[str]) -> str:
     if len(active) == 1:
         return f"the active adapter is now {active[0]!r}"
     return f"the active adapters are now {', '.join(map(repr, active))}"
-
-

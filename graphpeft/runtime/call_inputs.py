@@ -20,7 +20,9 @@ def bind_inputs(model: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> di
     (``None`` values dropped, ``use_cache=False`` for transformers models that take it)."""
     names = [p for p in model._params if p not in ("self", "args", "kwargs")]
     if len(args) > len(names):
-        raise CallError(f"{type(model.base_model).__name__} takes at most {len(names)} positional inputs, got {len(args)}")
+        raise CallError(
+            f"{type(model.base_model).__name__} takes at most {len(names)} positional inputs, got {len(args)}"
+        )
     for name, value in zip(names, args, strict=False):
         if name in kwargs:
             raise CallError(f"input {name!r} given both positionally and by keyword")
@@ -39,14 +41,24 @@ def bind_inputs(model: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> di
         kwargs["use_cache"] = False
     for name in ("cache", "past_key_values", "encoder_outputs"):
         if name in kwargs:
-            raise CallError(f"input {name!r} is not supported by GraphPeftModel.forward(); use generate() for cached decoding")
+            raise CallError(
+                f"input {name!r} is not supported by GraphPeftModel.forward(); use generate() for cached decoding"
+            )
     if model._transformers:
         check_model_inputs(model.base_model, kwargs)
     return kwargs
 
 
 TOKEN_INPUTS = ("input_ids", "decoder_input_ids")
-SEQUENCE_INPUTS = (*TOKEN_INPUTS, "attention_mask", "decoder_attention_mask", "token_type_ids", "position_ids", "inputs_embeds", "labels")
+SEQUENCE_INPUTS = (
+    *TOKEN_INPUTS,
+    "attention_mask",
+    "decoder_attention_mask",
+    "token_type_ids",
+    "position_ids",
+    "inputs_embeds",
+    "labels",
+)
 
 
 def check_model_inputs(base: nn.Module, kwargs: dict[str, Any]) -> None:
@@ -54,20 +66,28 @@ def check_model_inputs(base: nn.Module, kwargs: dict[str, Any]) -> None:
     so no device sync). Out-of-range values are named when the model fails on them (:func:`explained_failures`)."""
     for name in SEQUENCE_INPUTS:
         if name in kwargs and not isinstance(kwargs[name], torch.Tensor):
-            raise CallError(f"{name} must be a torch.Tensor, got {type(kwargs[name]).__name__}; tokenize with return_tensors='pt'")
+            raise CallError(
+                f"{name} must be a torch.Tensor, got {type(kwargs[name]).__name__}; tokenize with return_tensors='pt'"
+            )
     for name in TOKEN_INPUTS:
         ids = kwargs.get(name)
         if ids is not None and (ids.dtype.is_floating_point or ids.dtype.is_complex or ids.dtype == torch.bool):
-            raise CallError(f"{name} must hold integer token ids, got a {ids.dtype} tensor; tokenize with return_tensors='pt'")
+            raise CallError(
+                f"{name} must hold integer token ids, got a {ids.dtype} tensor; tokenize with return_tensors='pt'"
+            )
         if ids is not None and ids.dim() < 2:
-            raise CallError(f"{name} must be (batch, length), got shape {tuple(ids.shape)}; add the batch dimension ({name}[None])")
+            raise CallError(
+                f"{name} must be (batch, length), got shape {tuple(ids.shape)}; add the batch dimension ({name}[None])"
+            )
     if "input_ids" in kwargs and "inputs_embeds" in kwargs:
         raise CallError("pass input_ids or inputs_embeds, not both")
     if "inputs_embeds" in kwargs:
         _check_embeds(base, kwargs["inputs_embeds"])
     labels = kwargs.get("labels")
     if labels is not None and labels.dtype.is_floating_point and _is_language_model(base):
-        raise CallError(f"labels of a language model are token ids (integers, -100 to ignore), got a {labels.dtype} tensor")
+        raise CallError(
+            f"labels of a language model are token ids (integers, -100 to ignore), got a {labels.dtype} tensor"
+        )
     for name in SEQUENCE_INPUTS:
         value = kwargs.get(name)
         if value is not None and value.dim() and value.shape[0] == 0:
@@ -82,7 +102,9 @@ def _check_embeds(base: nn.Module, embeds: torch.Tensor) -> None:
     table = _input_embeddings(base)
     width = table.weight.shape[1] if table is not None else None
     if width is not None and (embeds.dim() != 3 or embeds.shape[-1] != width):
-        raise CallError(f"inputs_embeds must be (batch, length, {width}) for the model's embedding width {width}, got {tuple(embeds.shape)}")
+        raise CallError(
+            f"inputs_embeds must be (batch, length, {width}) for the model's embedding width {width}, got {tuple(embeds.shape)}"
+        )
 
 
 def _input_embeddings(base: nn.Module) -> nn.Module | None:
@@ -189,5 +211,7 @@ def as_kwargs(model: nn.Module, params: list[str], example: Any) -> dict[str, An
         example = (example,)
     names = [p for p in params if p not in ("self", "args", "kwargs")]
     if len(example) > len(names):
-        raise CallError(f"example_inputs has {len(example)} entries but {type(model).__name__}.forward takes {len(names)}")
+        raise CallError(
+            f"example_inputs has {len(example)} entries but {type(model).__name__}.forward takes {len(names)}"
+        )
     return dict(zip(names, example, strict=False))

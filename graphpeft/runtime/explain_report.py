@@ -163,7 +163,9 @@ class ExplainReport:
 def explain_model(model: GraphPeftModel, adapter_names: Sequence[str] | None = None) -> ExplainReport:
     """The report of the adapters ``model`` already has (all of them by default)."""
     if isinstance(adapter_names, str):
-        raise UsageError(f"adapter_names takes a list of names, got the string {adapter_names!r}; write [{adapter_names!r}]")
+        raise UsageError(
+            f"adapter_names takes a list of names, got the string {adapter_names!r}; write [{adapter_names!r}]"
+        )
     names = list(adapter_names) if adapter_names is not None else list(model.adapter_specs)
     quantized = set(model.quantization.weights) if model.quantization else set()
     reports, rules, unmatched = [], [], []

@@ -156,8 +156,14 @@ class GraphPeftModel(AdapterManagement, WeightFolding, GraphDispatch, nn.Module)
         self._refuse_quantized("generate()")
         self._drop_graphs_of_replaced_tensors()
         options = dict(
-            max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p,
-            eos_token_id=eos_token_id, pad_token_id=pad_token_id, generator=generator,
+            max_new_tokens=max_new_tokens,
+            do_sample=do_sample,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            eos_token_id=eos_token_id,
+            pad_token_id=pad_token_id,
+            generator=generator,
         )
         with explained_failures(self, {"input_ids": input_ids}):
             return generate(self, input_ids, attention_mask, adapter_names, **options, **unsupported)

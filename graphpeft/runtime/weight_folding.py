@@ -105,4 +105,3 @@ class WeightFolding:
         self._unloaded = True
         release(self.base_model, self)
         return self.base_model
-

@@ -81,16 +81,18 @@ def node_records(gm: fx.GraphModule) -> list[dict[str, Any]]:
     for node in gm.graph.nodes:
         adapter = node.meta.get(ADAPTER_NODE)
         claims = [f"{c.adapter}:{c.rule}:{c.method}" for c in node.meta.get(CLAIMS) or []]
-        records.append({
-            "id": node.name,
-            "op": node.op,
-            "target": _target(node),
-            "kind": _kind(node),
-            "stack": module_stack(node, known),
-            "adapter": dict(adapter) if adapter else None,
-            "claims": claims,
-            "inputs": [arg.name for arg in node.all_input_nodes],
-        })
+        records.append(
+            {
+                "id": node.name,
+                "op": node.op,
+                "target": _target(node),
+                "kind": _kind(node),
+                "stack": module_stack(node, known),
+                "adapter": dict(adapter) if adapter else None,
+                "claims": claims,
+                "inputs": [arg.name for arg in node.all_input_nodes],
+            }
+        )
     return records
 
 

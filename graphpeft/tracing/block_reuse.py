@@ -51,7 +51,9 @@ class BlockList:
     blocks: nn.ModuleList
 
 
-def export_reusing_blocks(model: nn.Module, kwargs: Mapping[str, Any], export: Callable[[], fx.GraphModule]) -> fx.GraphModule | None:
+def export_reusing_blocks(
+    model: nn.Module, kwargs: Mapping[str, Any], export: Callable[[], fx.GraphModule]
+) -> fx.GraphModule | None:
     """``export()`` run on ``model`` cut to ``TRACED_BLOCKS`` blocks and stamped back to full depth,
     or None when reuse does not apply (then export the whole model)."""
     if not enabled() or any(kwargs.get(flag) is True for flag in _PER_LAYER_OUTPUT_FLAGS):

@@ -113,8 +113,12 @@ class _Stamp:
                 else:
                     with graph.inserting_after(call_anchor):
                         new = graph.create_node(
-                            node.op, node.target, fx.map_arg(node.args, lookup), fx.map_arg(node.kwargs, lookup),
-                            name=node.name, type_expr=node.type,
+                            node.op,
+                            node.target,
+                            fx.map_arg(node.args, lookup),
+                            fx.map_arg(node.kwargs, lookup),
+                            name=node.name,
+                            type_expr=node.type,
                         )
                     call_anchor = new
                 new.meta = dict(node.meta)
@@ -138,7 +142,9 @@ class _Stamp:
                 target.register_parameter(field, block.get_parameter(f"{name}.{field}" if name else field))
             for field in module._buffers:
                 persistent = field not in module._non_persistent_buffers_set
-                target.register_buffer(field, block.get_buffer(f"{name}.{field}" if name else field), persistent=persistent)
+                target.register_buffer(
+                    field, block.get_buffer(f"{name}.{field}" if name else field), persistent=persistent
+                )
 
 
 def _partition(gm: fx.GraphModule, blocks: Blocks) -> tuple[list[list[fx.Node]], dict[fx.Node, int]] | None:
@@ -242,7 +248,7 @@ class _Renamer:
 
     def path(self, path: str) -> str:
         if path == self.source or path.startswith(f"{self.source}."):
-            return self.target + path[len(self.source):]
+            return self.target + path[len(self.source) :]
         return path
 
     def stack(self, stack: dict[str, tuple[str, Any]]) -> dict[str, tuple[str, Any]]:

@@ -40,7 +40,10 @@ def _mode(model: nn.Module, training: bool):
 def quiet():
     """Silence export's logs, warnings and the partial graph it prints to stderr when it fails
     (hundreds of lines for a real model); the error itself is summarized by :class:`TraceError`."""
-    loggers = [logging.getLogger(n) for n in ("torch._export", "torch.export", "torch._dynamo", "torch.fx.experimental.symbolic_shapes")]
+    loggers = [
+        logging.getLogger(n)
+        for n in ("torch._export", "torch.export", "torch._dynamo", "torch.fx.experimental.symbolic_shapes")
+    ]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
         lg.setLevel(logging.CRITICAL)
@@ -74,7 +77,9 @@ def export_graph(
     if reuse_blocks:
 
         def export_cut() -> fx.GraphModule:
-            return export_graph(model, args, kwargs, dynamic_shapes, training, runtime_asserts=runtime_asserts, reuse_blocks=False)
+            return export_graph(
+                model, args, kwargs, dynamic_shapes, training, runtime_asserts=runtime_asserts, reuse_blocks=False
+            )
 
         graph = export_reusing_blocks(model, kwargs, export_cut)
         if graph is not None:
@@ -85,7 +90,11 @@ def export_graph(
 
             def run(shapes: Any) -> Any:
                 return torch.export.export(
-                    traced, args, kwargs, dynamic_shapes=shapes, strict=False,
+                    traced,
+                    args,
+                    kwargs,
+                    dynamic_shapes=shapes,
+                    strict=False,
                     prefer_deferred_runtime_asserts_over_guards=runtime_asserts,
                 )
 

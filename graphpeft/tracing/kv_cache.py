@@ -75,7 +75,7 @@ def _flatten_encoder_decoder(cache: GraphEncoderDecoderCache) -> tuple[list[torc
 def _unflatten_encoder_decoder(tensors: list[torch.Tensor], counts: tuple[int, int]) -> GraphEncoderDecoderCache:
     tensors = list(tensors)
     own = GraphCache.from_tensors(tensors[: counts[0]])
-    cross = GraphCache.from_tensors(tensors[counts[0]:])
+    cross = GraphCache.from_tensors(tensors[counts[0] :])
     return GraphEncoderDecoderCache(own, cross)
 
 

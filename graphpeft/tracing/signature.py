@@ -75,7 +75,10 @@ def _key_length_masks(entries: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
     spec = next((e[1] for e in entries if len(e) == 2 and isinstance(e[1], CacheSpec)), None)
     if spec is None:
         return entries
-    return [(e[0], e[1], (e[2][0], KEY_LENGTH, *e[2][2:])) if len(e) == 3 and e[0] == mask_name(spec) else e for e in entries]
+    return [
+        (e[0], e[1], (e[2][0], KEY_LENGTH, *e[2][2:])) if len(e) == 3 and e[0] == mask_name(spec) else e
+        for e in entries
+    ]
 
 
 def _freeze(value: Any) -> Any:

@@ -180,7 +180,11 @@ def test_kill_between_renames_restores_previous_adapter_on_load(reference, saved
     assert leftovers(target) == []
 
 
-@pytest.mark.parametrize("pause", [PAUSE_MID_WRITE, PAUSE_BETWEEN_RENAMES, PAUSE_AFTER_SWAP], ids=["mid_write", "between_renames", "after_swap"])
+@pytest.mark.parametrize(
+    "pause",
+    [PAUSE_MID_WRITE, PAUSE_BETWEEN_RENAMES, PAUSE_AFTER_SWAP],
+    ids=["mid_write", "between_renames", "after_swap"],
+)
 def test_kill_at_any_point_keeps_the_folders_other_files_once_loaded(saved, pause):
     target, _ = saved
     extra = with_trainer_files(target)
@@ -189,7 +193,9 @@ def test_kill_at_any_point_keeps_the_folders_other_files_once_loaded(saved, paus
     mlp.load(str(target))
     assert leftovers(target) == []
     assert_keeps(target, extra)
-    assert sorted(os.listdir(target)) == sorted(["adapter_config.json", "adapter_model.safetensors", "graphpeft.json", *extra])
+    assert sorted(os.listdir(target)) == sorted(
+        ["adapter_config.json", "adapter_model.safetensors", "graphpeft.json", *extra]
+    )
 
 
 def test_kill_after_the_swap_leaves_the_new_adapter_in_place(reference, saved):

@@ -117,13 +117,18 @@ def previous(tmp_path):
 def disk_full(error: Exception):
     def save_file(*args, **kwargs):
         raise error
+
     return save_file
 
 
-@pytest.mark.parametrize("error", [
-    SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)"),
-    OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)),
-], ids=["safetensors", "oserror"])
+@pytest.mark.parametrize(
+    "error",
+    [
+        SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)"),
+        OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)),
+    ],
+    ids=["safetensors", "oserror"],
+)
 def test_disk_full_while_writing_is_a_save_error_and_keeps_the_previous_adapter(previous, monkeypatch, error):
     folder, before, model = previous
     monkeypatch.setattr(checkpoint, "save_file", disk_full(error))
@@ -138,7 +143,9 @@ def tiny_tmpfs(tmp_path):
     """A 256 KiB tmpfs mounted at ``tmp_path/small`` (skips where mounting is not allowed), unmounted after."""
     mount_point = tmp_path / "small"
     mount_point.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount_point)], capture_output=True, check=False)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount_point)], capture_output=True, check=False
+    )
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here ({mounted.stderr.decode().strip()}); the monkeypatched cases cover it")
     yield mount_point

@@ -95,7 +95,9 @@ def cannot_remove(*args, **kwargs):
     raise PermissionError(errno.EACCES, "Permission denied")
 
 
-def test_a_previous_folder_that_cannot_be_removed_is_reported_and_removed_by_the_next_save(models, tmp_path, monkeypatch):
+def test_a_previous_folder_that_cannot_be_removed_is_reported_and_removed_by_the_next_save(
+    models, tmp_path, monkeypatch
+):
     old, new = models
     folder = tmp_path / "adapter"
     old.save_pretrained(str(folder))

@@ -62,9 +62,9 @@ def test_k_slice_of_c_attn_output_is_exactly_unchanged(gpt2_qv):
     _, gm, values = gpt2_qv
     site, out = site_nodes(gm, "transformer.h.0.attn.c_attn:linear")
     base, adapted = values[site], values[out]
-    assert torch.equal(adapted[..., D:2 * D], base[..., D:2 * D])
+    assert torch.equal(adapted[..., D : 2 * D], base[..., D : 2 * D])
     assert not torch.allclose(adapted[..., :D], base[..., :D])
-    assert not torch.allclose(adapted[..., 2 * D:], base[..., 2 * D:])
+    assert not torch.allclose(adapted[..., 2 * D :], base[..., 2 * D :])
 
 
 def test_q_and_v_slices_match_hand_written_lora(gpt2_qv):
@@ -74,8 +74,14 @@ def test_q_and_v_slices_match_hand_written_lora(gpt2_qv):
     host = model.adapters.get_submodule("transformer.h.0.attn.c_attn")
     a, b = host.lora_A["default"], host.lora_B["default"]  # (r, 32), (64, r): rows for q then v
     delta = (x @ a.T @ b.T) * (8 / 4)
-    expected = torch.cat([values[site][..., :D] + delta[..., :D], values[site][..., D:2 * D],
-                          values[site][..., 2 * D:] + delta[..., D:]], -1)
+    expected = torch.cat(
+        [
+            values[site][..., :D] + delta[..., :D],
+            values[site][..., D : 2 * D],
+            values[site][..., 2 * D :] + delta[..., D:],
+        ],
+        -1,
+    )
     assert b.shape == (2 * D, 4)
     torch.testing.assert_close(values[out], expected, atol=1e-5, rtol=0)
 
@@ -90,7 +96,7 @@ def test_merging_slices_changes_only_q_and_v_columns_and_keeps_logits(gpt2_qv):
         model.merge()
         try:
             merged = model(**inputs).logits
-            assert torch.equal(weight[:, D:2 * D], before[:, D:2 * D])
+            assert torch.equal(weight[:, D : 2 * D], before[:, D : 2 * D])
             assert not torch.equal(weight[:, :D], before[:, :D])
         finally:
             model.unmerge()
@@ -158,7 +164,9 @@ def test_split_and_slices_read_from_a_rule_file():
 
 
 def test_sliced_adapter_saves_and_loads_without_a_peft_config(tmp_path):
-    model = graphpeft.apply(FusedQKV(), Rule("qv", "lora", [QKV], {"slices": ["q", "v"], "init": "random"}), example_inputs=(X,))
+    model = graphpeft.apply(
+        FusedQKV(), Rule("qv", "lora", [QKV], {"slices": ["q", "v"], "init": "random"}), example_inputs=(X,)
+    )
     with torch.no_grad():
         expected = model(X)
     model.save_pretrained(tmp_path / "qv")

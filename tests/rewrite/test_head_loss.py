@@ -34,7 +34,9 @@ def lora_and_peft(builder, targets, tmp_path):
     """graphpeft and PEFT with the same base and the same (random) LoRA weights, in train mode."""
     from peft import LoraConfig, get_peft_model
 
-    peft_model = get_peft_model(without_dropout(builder()), LoraConfig(r=4, target_modules=targets, init_lora_weights=False))
+    peft_model = get_peft_model(
+        without_dropout(builder()), LoraConfig(r=4, target_modules=targets, init_lora_weights=False)
+    )
     peft_model.save_pretrained(tmp_path)
     ours = graphpeft.load(without_dropout(builder()), tmp_path, is_trainable=True)
     return ours.train(), peft_model.train()

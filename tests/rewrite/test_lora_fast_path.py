@@ -30,8 +30,10 @@ class Tokens(nn.Module):
 def adapted(dora: bool) -> tuple[graphpeft.GraphPeftModel, tuple[torch.Tensor, torch.Tensor]]:
     torch.manual_seed(0)
     base = Tokens()
-    example = (torch.randint(0, 10, (2, 3), generator=torch.Generator().manual_seed(1)),
-               torch.randn(2, 2, 5, 5, generator=torch.Generator().manual_seed(2)))
+    example = (
+        torch.randint(0, 10, (2, 3), generator=torch.Generator().manual_seed(1)),
+        torch.randn(2, 2, 5, 5, generator=torch.Generator().manual_seed(2)),
+    )
     options = {"r": R, "alpha": ALPHA, "init": "random", "dora": dora}
     targets = [Pattern(op="embedding", module="emb"), Pattern(op="linear", module="fc")]
     rules = [Rule("lora", "lora", targets, options)]

@@ -10,7 +10,9 @@ from graphpeft import Pattern, Rule
 from models import batch, tiny_qwen3_moe
 
 EXPERTS = Rule(
-    "experts", "lora", [Pattern(param="*.experts.gate_up_proj"), Pattern(param="*.experts.down_proj")],
+    "experts",
+    "lora",
+    [Pattern(param="*.experts.gate_up_proj"), Pattern(param="*.experts.down_proj")],
     {"r": 4, "alpha": 8, "init": "random"},
 )
 SCALE = 8 / 4

@@ -24,9 +24,9 @@ class Functional(nn.Module):
     def __init__(self):
         super().__init__()
         torch.manual_seed(0)
-        self.w_in_out = nn.Parameter(torch.randn(6, 5))     # used as x @ W: W is (in, out)
-        self.w_stored_t = nn.Parameter(torch.randn(5, 4))   # used as linear(h, W.t()): operand (out, in) = (4, 5)
-        self.stack = nn.Parameter(torch.randn(2, 4, 3))     # used as bmm(h, stack): per-group (in, out)
+        self.w_in_out = nn.Parameter(torch.randn(6, 5))  # used as x @ W: W is (in, out)
+        self.w_stored_t = nn.Parameter(torch.randn(5, 4))  # used as linear(h, W.t()): operand (out, in) = (4, 5)
+        self.stack = nn.Parameter(torch.randn(2, 4, 3))  # used as bmm(h, stack): per-group (in, out)
 
     def forward(self, x):
         h = torch.mm(x, self.w_in_out)
@@ -49,10 +49,16 @@ def test_functional_weights_are_matmul_sites_with_the_ops_orientation():
 
 def test_lora_on_functional_weights_matches_hand_written_reference():
     module = Functional()
-    model = graphpeft.apply(module, Rule("all", "lora", [Pattern(param="*")], {"r": 2, "alpha": 4, "init": "random"}),
-                            example_inputs=(X,))
-    lora = {name: (model.adapters.get_submodule(name).lora_A["default"], model.adapters.get_submodule(name).lora_B["default"])
-            for name in ("w_in_out", "w_stored_t", "stack")}
+    model = graphpeft.apply(
+        module, Rule("all", "lora", [Pattern(param="*")], {"r": 2, "alpha": 4, "init": "random"}), example_inputs=(X,)
+    )
+    lora = {
+        name: (
+            model.adapters.get_submodule(name).lora_A["default"],
+            model.adapters.get_submodule(name).lora_B["default"],
+        )
+        for name in ("w_in_out", "w_stored_t", "stack")
+    }
     with torch.no_grad():
         (a1, b1), (a2, b2), (a3, b3) = lora.values()
         h = X @ module.w_in_out + 2.0 * (X @ a1.T @ b1.T)
@@ -66,7 +72,9 @@ def test_lora_on_functional_weights_matches_hand_written_reference():
 
 def test_merging_functional_weights_writes_through_their_views():
     module = Functional()
-    model = graphpeft.apply(module, Rule("all", "lora", [Pattern(param="*")], {"r": 3, "init": "random"}), example_inputs=(X,))
+    model = graphpeft.apply(
+        module, Rule("all", "lora", [Pattern(param="*")], {"r": 3, "init": "random"}), example_inputs=(X,)
+    )
     before = {name: p.detach().clone() for name, p in module.named_parameters()}
     with torch.no_grad():
         unmerged = model(X)
@@ -90,7 +98,9 @@ def test_param_pattern_matching_nothing_is_a_match_error():
 
 def test_dora_on_a_parameter_site_names_the_fix():
     with pytest.raises(MatchError, match="set dora = false"):
-        graphpeft.apply(Functional(), Rule("d", "lora", [Pattern(param="w_in_out")], {"dora": True}), example_inputs=(X,))
+        graphpeft.apply(
+            Functional(), Rule("d", "lora", [Pattern(param="w_in_out")], {"dora": True}), example_inputs=(X,)
+        )
 
 
 def test_param_and_split_keys_round_trip_through_dicts():

@@ -103,7 +103,9 @@ def test_dora_on_a_quantized_base_is_refused(base):
 
 
 # ---------------------------------------------------------------------- GPT-2 Conv1D: weights stored (in, out)
-CONV1D = [f"transformer.h.{i}.{m}.weight" for i in (0, 1) for m in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")]
+CONV1D = [
+    f"transformer.h.{i}.{m}.weight" for i in (0, 1) for m in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
+]
 
 
 @pytest.fixture(scope="module")

@@ -82,7 +82,9 @@ def test_peft_loads_graphpeft_directory_with_same_logits(kind, method, tmp_path)
 
 
 # every method once, plus T5's 2·nv prompt rows and BERT's fully trained head
-@pytest.mark.parametrize(("kind", "method"), [("llama", m) for m in CONFIGS] + [("t5", "prompt_tuning"), ("bert", "p_tuning")])
+@pytest.mark.parametrize(
+    ("kind", "method"), [("llama", m) for m in CONFIGS] + [("t5", "prompt_tuning"), ("bert", "p_tuning")]
+)
 def test_trainable_parameter_counts_equal_peft(kind, method):
     _, reference = peft_model(kind, method)
     with temporary_adapters(bare_model(kind)) as model:
@@ -93,8 +95,16 @@ def test_trainable_parameter_counts_equal_peft(kind, method):
 @pytest.mark.parametrize(
     ("method", "extra", "ours"),
     [
-        ("p_tuning", {"encoder_reparameterization_type": "LSTM", "encoder_hidden_size": 8}, {"encoder": "lstm", "encoder_hidden_size": 8}),
-        ("prefix_tuning", {"prefix_projection": True, "encoder_hidden_size": 8}, {"prefix_projection": True, "encoder_hidden_size": 8}),
+        (
+            "p_tuning",
+            {"encoder_reparameterization_type": "LSTM", "encoder_hidden_size": 8},
+            {"encoder": "lstm", "encoder_hidden_size": 8},
+        ),
+        (
+            "prefix_tuning",
+            {"prefix_projection": True, "encoder_hidden_size": 8},
+            {"prefix_projection": True, "encoder_hidden_size": 8},
+        ),
     ],
 )
 def test_reparameterized_encoders_match_peft_in_training_form(method, extra, ours):

@@ -25,9 +25,13 @@ FQN = "model.layers.0.self_attn.q_proj"
 @pytest.mark.parametrize(
     ("regex", "construct"),
     [
-        (r"^(?!.*vision).*q_proj", "a lookaround assertion"), (r".*(?<!visual)\.(q_proj|v_proj)", "a lookaround assertion"),
-        (r"(q)\1", "a backreference"), (r"(?P<a>q)(?P=a)", "a backreference"), (r"(?>q)", "an atomic group"),
-        (r"q++", "a possessive quantifier"), (r"(q)?(?(1)a|b)", "a conditional group"),
+        (r"^(?!.*vision).*q_proj", "a lookaround assertion"),
+        (r".*(?<!visual)\.(q_proj|v_proj)", "a lookaround assertion"),
+        (r"(q)\1", "a backreference"),
+        (r"(?P<a>q)(?P=a)", "a backreference"),
+        (r"(?>q)", "an atomic group"),
+        (r"q++", "a possessive quantifier"),
+        (r"(q)?(?(1)a|b)", "a conditional group"),
     ],
 )
 def test_regex_that_needs_backtracking_runs_on_the_backtracking_engine(regex, construct):
@@ -55,7 +59,10 @@ CATASTROPHIC = [
 def test_catastrophic_backtracking_regex_is_refused_as_too_slow(regex, name):
     matcher = compile_regex(regex, "target_modules", LoadError)
     started = time.process_time()
-    with watchdog(30), pytest.raises(LoadError, match=r"takes more than 0\.25 s of CPU time on name .* catastrophically"):
+    with (
+        watchdog(30),
+        pytest.raises(LoadError, match=r"takes more than 0\.25 s of CPU time on name .* catastrophically"),
+    ):
         matcher.matches(name)
     assert time.process_time() - started < 1.0
 

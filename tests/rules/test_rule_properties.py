@@ -69,7 +69,9 @@ def rulesets(draw) -> RuleSet:
     rule_names = draw(st.lists(names, min_size=1, max_size=4, unique=True))
     rules = []
     for index, name in enumerate(rule_names):
-        targets = draw(st.lists(st.sampled_from(sorted(sites)) | patterns() if sites else patterns(), min_size=1, max_size=3))
+        targets = draw(
+            st.lists(st.sampled_from(sorted(sites)) | patterns() if sites else patterns(), min_size=1, max_size=3)
+        )
         method = draw(st.sampled_from(["lora", "train"]))
         options = draw(lora_options()) if method == "lora" else {}
         later = rule_names[index + 1 :]  # also links point forward: a cycle is refused
@@ -87,9 +89,46 @@ def test_valid_rule_files_round_trip_through_toml_text(ruleset):
 
 
 TOML_PIECES = [
-    "[", "]", "[[rules]]", "[sites]", "[model]", "=", '"', "'", "{", "}", ",", "\n", " ", ".", "#",
-    "name", "method", "targets", "lora", "train", "r", "alpha", "op", "module", "regex", "layers", "also",
-    "required", "linear", "types", "1", "-3", "0", "4.5", "true", "nan", "inf", '"*.q_proj"', '"("', "[1, 2]",
+    "[",
+    "]",
+    "[[rules]]",
+    "[sites]",
+    "[model]",
+    "=",
+    '"',
+    "'",
+    "{",
+    "}",
+    ",",
+    "\n",
+    " ",
+    ".",
+    "#",
+    "name",
+    "method",
+    "targets",
+    "lora",
+    "train",
+    "r",
+    "alpha",
+    "op",
+    "module",
+    "regex",
+    "layers",
+    "also",
+    "required",
+    "linear",
+    "types",
+    "1",
+    "-3",
+    "0",
+    "4.5",
+    "true",
+    "nan",
+    "inf",
+    '"*.q_proj"',
+    '"("',
+    "[1, 2]",
 ]
 toml_ish = st.lists(st.sampled_from(TOML_PIECES), max_size=40).map("".join) | st.text(max_size=200)
 
@@ -101,10 +140,44 @@ def test_junk_text_is_refused_with_a_graphpeft_error(text):
         RuleSet.from_toml_text(text)
 
 
-KEYS = ["model", "sites", "rules", "types", "name", "method", "targets", "r", "alpha", "dropout", "rslora",
-        "dora", "init", "op", "module", "regex", "class", "layers", "exclude", "required", "also"]
-scalars = st.none() | st.booleans() | st.integers(-5, 70) | st.floats(allow_nan=True) | st.text(max_size=8) | st.sampled_from(KEYS + list(OP_KINDS))
-junk_values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.sampled_from(KEYS) | st.text(max_size=4), inner, max_size=4), max_leaves=12)
+KEYS = [
+    "model",
+    "sites",
+    "rules",
+    "types",
+    "name",
+    "method",
+    "targets",
+    "r",
+    "alpha",
+    "dropout",
+    "rslora",
+    "dora",
+    "init",
+    "op",
+    "module",
+    "regex",
+    "class",
+    "layers",
+    "exclude",
+    "required",
+    "also",
+]
+scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(-5, 70)
+    | st.floats(allow_nan=True)
+    | st.text(max_size=8)
+    | st.sampled_from(KEYS + list(OP_KINDS))
+)
+junk_values = st.recursive(
+    scalars,
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.sampled_from(KEYS) | st.text(max_size=4), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
 
 
 @JUNK

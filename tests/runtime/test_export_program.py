@@ -105,8 +105,15 @@ def tiny_mixtral():
 
     torch.manual_seed(0)
     config = MixtralConfig(
-        vocab_size=96, hidden_size=32, intermediate_size=16, num_hidden_layers=1, num_attention_heads=4,
-        num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2, max_position_embeddings=64,
+        vocab_size=96,
+        hidden_size=32,
+        intermediate_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        num_local_experts=4,
+        num_experts_per_tok=2,
+        max_position_embeddings=64,
     )
     model = MixtralForCausalLM(config).eval()
     with torch.no_grad():
@@ -120,7 +127,12 @@ def mixtral_program(tmp_path_factory):
     folder = tmp_path_factory.mktemp("moe")
     rules = [
         graphpeft.Rule("q", "lora", graphpeft.Pattern(op="linear", module="*.q_proj"), {"init": "random"}),
-        graphpeft.Rule("experts", "lora", [graphpeft.Pattern(param="*.experts.gate_up_proj"), graphpeft.Pattern(param="*.experts.down_proj")], {"init": "random"}),
+        graphpeft.Rule(
+            "experts",
+            "lora",
+            [graphpeft.Pattern(param="*.experts.gate_up_proj"), graphpeft.Pattern(param="*.experts.down_proj")],
+            {"init": "random"},
+        ),
     ]
     model = graphpeft.apply(tiny_mixtral(), rules)
     inputs = batch("llama", batch_size=2, length=9)
@@ -216,6 +228,8 @@ class WithCustomOp(nn.Module):
 def test_program_calling_a_custom_op_warns_with_the_import_its_loader_needs(tmp_path):
     rule = graphpeft.Rule("p", "lora", graphpeft.Pattern(op="linear", module="proj"), {"r": 2})
     model = graphpeft.apply(WithCustomOp(), rule, example_inputs=(torch.randn(2, 4),))
-    with pytest.warns(UserWarning, match=rf"calls graphpeft_tests::twice, registered outside torch; load it after `import {__name__}`"):
+    with pytest.warns(
+        UserWarning, match=rf"calls graphpeft_tests::twice, registered outside torch; load it after `import {__name__}`"
+    ):
         model.export(tmp_path / "custom.pt2", x=torch.randn(2, 4))
     assert (tmp_path / "custom.pt2").is_file()

@@ -94,14 +94,23 @@ def test_help_exits_0_and_missing_arguments_exit_2(capsys):
 
 def test_overrides_parse_as_toml_values():
     assert parse_overrides(["r=16", "dropout=0.1", "init=gaussian", "dora=true"]) == {
-        "r": 16, "dropout": 0.1, "init": "gaussian", "dora": True,
+        "r": 16,
+        "dropout": 0.1,
+        "init": "gaussian",
+        "dora": True,
     }
 
 
 def test_installed_command_runs_inspect_in_a_subprocess(llama_dir):
     script = Path(sys.executable).with_name("graphpeft")
     command = [str(script)] if script.exists() else [sys.executable, "-m", "graphpeft.tools.cli"]
-    done = subprocess.run([*command, "inspect", str(llama_dir), "--rules", "lora"], capture_output=True, check=False, text=True, timeout=300)
+    done = subprocess.run(
+        [*command, "inspect", str(llama_dir), "--rules", "lora"],
+        capture_output=True,
+        check=False,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     assert "model.layers" not in done.stderr
     assert "v_proj linear 32→16" in done.stdout

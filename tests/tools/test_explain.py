@@ -60,11 +60,14 @@ def test_optional_rule_that_matches_nothing_is_reported_not_raised(dry):
 @pytest.fixture(scope="module")
 def troubled(base) -> ExplainReport:
     """One dry run with a typo rule and two rules that claim the same q_proj sites."""
-    return graphpeft.explain(base, [
-        Rule("typo", "lora", [Pattern(op="linear", module="*.self_attn.q_projj")]),
-        Rule("first", "lora", [Pattern(op="linear", module="*.q_proj")]),
-        Rule("second", "lora", [Pattern(op="linear", module="*.self_attn.*")]),
-    ])
+    return graphpeft.explain(
+        base,
+        [
+            Rule("typo", "lora", [Pattern(op="linear", module="*.self_attn.q_projj")]),
+            Rule("first", "lora", [Pattern(op="linear", module="*.q_proj")]),
+            Rule("second", "lora", [Pattern(op="linear", module="*.self_attn.*")]),
+        ],
+    )
 
 
 def test_required_rule_that_matches_nothing_names_the_closest_fqns(troubled):

@@ -42,7 +42,9 @@ def test_op_graph_marks_claimed_site_nodes_with_their_claims(ops):
 
 
 def test_op_graph_edges_follow_the_adapter_dataflow(ops):
-    add = next(n for n, d in ops.nodes(data=True) if d["adapter"] and d["adapter"]["role"] == "lora_add" and d["module"] == Q0)
+    add = next(
+        n for n, d in ops.nodes(data=True) if d["adapter"] and d["adapter"]["role"] == "lora_add" and d["module"] == Q0
+    )
     site = next(n for n, d in ops.nodes(data=True) if d["kind"] == "site" and d["module"] == Q0)
     assert ops.has_edge(site, add)
     assert all(not ops.nodes[user]["adapter"] for user in ops.successors(add)), "the site's old users now read lora_add"

@@ -28,9 +28,16 @@ def page(tmp_path_factory) -> Path:
 
 def _chromium(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
     flags = [
-        "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync",
-        f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1400,900",
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--window-size=1400,900",
     ]
     return subprocess.run([CHROMIUM, *flags, *args], capture_output=True, check=False, text=True, timeout=120)
 
@@ -73,7 +80,9 @@ def test_browser_expands_a_module_to_its_adapter_nodes_and_diff(page, tmp_path):
     assert '<div id="gp-errors"></div>' in dom, re.findall(r'class="gp-error">([^<]*)', dom)
     svg = re.search(r'<svg id="graph".*?</svg>', dom, flags=re.DOTALL).group(0)
     adapter_items = re.findall(r'<g class="item adapter added"[^>]*data-key="n:([^"]+)"', svg)
-    assert sorted(adapter_items) == sorted(f"model_layers_0_self_attn_q_proj_lora_{r}" for r in ("a_default", "b_default", "down", "up", "scale", "add"))
+    assert sorted(adapter_items) == sorted(
+        f"model_layers_0_self_attn_q_proj_lora_{r}" for r in ("a_default", "b_default", "down", "up", "scale", "add")
+    )
     assert 'class="edge adapter rewired"' in svg or 'class="edge rewired"' in svg
 
 

@@ -106,7 +106,9 @@ def test_lora_on_a_deep_llama_matches_peft_in_logits_loss_and_every_layers_gradi
         for proj in ("q_proj", "v_proj"):
             for slot in ("lora_A", "lora_B"):
                 grad = model.adapters.get_parameter(f"model.layers.{layer}.self_attn.{proj}.{slot}.default").grad
-                expected = peft_params[f"base_model.model.model.layers.{layer}.self_attn.{proj}.{slot}.default.weight"].grad
+                expected = peft_params[
+                    f"base_model.model.model.layers.{layer}.self_attn.{proj}.{slot}.default.weight"
+                ].grad
                 assert grad is not None
                 assert grad.abs().sum() > 0
                 assert (grad - expected).abs().max() <= 1e-5
@@ -119,21 +121,42 @@ def _gpt2():
 
 def _bert():
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=LAYERS, num_attention_heads=4,
-                        intermediate_size=64, max_position_embeddings=128, num_labels=3, pad_token_id=0)
+    config = BertConfig(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        num_hidden_layers=LAYERS,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=128,
+        num_labels=3,
+        pad_token_id=0,
+    )
     return BertForSequenceClassification(config).eval()
 
 
 def _opt():
     torch.manual_seed(0)
-    config = OPTConfig(vocab_size=VOCAB, hidden_size=32, ffn_dim=64, num_hidden_layers=LAYERS, num_attention_heads=4,
-                       max_position_embeddings=128, word_embed_proj_dim=32, pad_token_id=0)
+    config = OPTConfig(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        ffn_dim=64,
+        num_hidden_layers=LAYERS,
+        num_attention_heads=4,
+        max_position_embeddings=128,
+        word_embed_proj_dim=32,
+        pad_token_id=0,
+    )
     return OPTForCausalLM(config).eval()
 
 
-@pytest.mark.parametrize(("kind", "build", "blocks"), [
-    ("gpt2", _gpt2, "transformer.h"), ("bert", _bert, "bert.encoder.layer"), ("opt", _opt, "model.decoder.layers"),
-])
+@pytest.mark.parametrize(
+    ("kind", "build", "blocks"),
+    [
+        ("gpt2", _gpt2, "transformer.h"),
+        ("bert", _bert, "bert.encoder.layer"),
+        ("opt", _opt, "model.decoder.layers"),
+    ],
+)
 def test_other_architectures_reuse_their_blocks_with_the_eager_models_logits(kind, build, blocks):
     base = build()
     model = GraphPeftModel(base)
@@ -209,12 +232,15 @@ class Stack(nn.Module):
         return tuple(outputs) if self.every_output else x
 
 
-@pytest.mark.parametrize(("flags", "reused"), [
-    ({}, True),
-    ({"scale_by_index": True}, False),  # the blocks compute with their index: block 2 is not block 1
-    ({"every_output": True}, False),  # per-block outputs leave the blocks
-    ({"needs_all_blocks": True}, False),  # the cut model does not export
-])
+@pytest.mark.parametrize(
+    ("flags", "reused"),
+    [
+        ({}, True),
+        ({"scale_by_index": True}, False),  # the blocks compute with their index: block 2 is not block 1
+        ({"every_output": True}, False),  # per-block outputs leave the blocks
+        ({"needs_all_blocks": True}, False),  # the cut model does not export
+    ],
+)
 def test_a_stack_is_stamped_only_when_the_copy_is_exact(flags, reused):
     stack = Stack(**flags)
     x = torch.randn(2, 8)

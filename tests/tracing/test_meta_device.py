@@ -10,8 +10,12 @@ import graphpeft
 
 def test_apply_on_a_7b_shaped_llama_on_the_meta_device():
     config = LlamaConfig(
-        vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
-        num_attention_heads=32, num_key_value_heads=32,
+        vocab_size=32000,
+        hidden_size=4096,
+        intermediate_size=11008,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=32,
     )
     with torch.device("meta"):
         base = LlamaForCausalLM(config)

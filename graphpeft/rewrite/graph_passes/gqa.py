@@ -29,14 +29,22 @@ def _repeated_source(node: fx.Node) -> tuple[fx.Node, int] | None:
     if not (isinstance(expand, fx.Node) and expand.target is torch.ops.aten.expand.default and len(expand.users) == 1):
         return None
     unsqueeze = expand.args[0]
-    if not (isinstance(unsqueeze, fx.Node) and unsqueeze.target is torch.ops.aten.unsqueeze.default
-            and unsqueeze.args[1] == 2 and len(unsqueeze.users) == 1):
+    if not (
+        isinstance(unsqueeze, fx.Node)
+        and unsqueeze.target is torch.ops.aten.unsqueeze.default
+        and unsqueeze.args[1] == 2
+        and len(unsqueeze.users) == 1
+    ):
         return None
     sizes, merged = expand.args[1], node.args[1]
     if len(sizes) != 5 or len(merged) != 4 or not isinstance(sizes[1], int) or not isinstance(sizes[2], int):
         return None
-    same = [merged[0] is sizes[0] or merged[0] == sizes[0], merged[1] == sizes[1] * sizes[2],
-            merged[2] is sizes[3] or merged[2] == sizes[3], merged[3] == sizes[4]]
+    same = [
+        merged[0] is sizes[0] or merged[0] == sizes[0],
+        merged[1] == sizes[1] * sizes[2],
+        merged[2] is sizes[3] or merged[2] == sizes[3],
+        merged[3] == sizes[4],
+    ]
     if not all(same):
         return None
     source = unsqueeze.args[0]

@@ -41,8 +41,10 @@ class _HeadCrossEntropy(torch.autograd.Function):
         if len(parts) == 1:  # the same kernel as the unfused graph, so the same value to the bit
             loss = F.cross_entropy(logits, labels, ignore_index=ignore_index, reduction=_NAMES[reduction])
         else:
-            total = sum(F.cross_entropy(logits[rows], labels[rows], ignore_index=ignore_index, reduction="sum")
-                        for rows in parts)
+            total = sum(
+                F.cross_entropy(logits[rows], labels[rows], ignore_index=ignore_index, reduction="sum")
+                for rows in parts
+            )
             loss = total / (labels != ignore_index).sum() if reduction == _MEAN else total
         ctx.save_for_backward(hidden, weight, bias, logits, labels)
         ctx.ignore_index, ctx.reduction = ignore_index, reduction
@@ -109,15 +111,27 @@ def fuse_head_loss(gm: fx.GraphModule) -> int:
         options = dict(zip(("weight", "reduction", "ignore_index", "label_smoothing"), rest, strict=False))
         options.update(node.kwargs)
         linear = _head_linear(logits)
-        if (linear is None or options.get("weight") is not None or options.get("label_smoothing", 0.0)
-                or options.get("reduction", _MEAN) not in (_MEAN, _SUM)):
+        if (
+            linear is None
+            or options.get("weight") is not None
+            or options.get("label_smoothing", 0.0)
+            or options.get("reduction", _MEAN) not in (_MEAN, _SUM)
+        ):
             continue
         hidden, weight, bias = [*linear.args, None][:3]
         with gm.graph.inserting_before(node):
             detached = gm.graph.call_function(torch.ops.aten.detach.default, (logits,))
             loss = gm.graph.call_function(
                 head_cross_entropy,
-                (hidden, weight, bias, detached, labels, options.get("ignore_index", -100), options.get("reduction", _MEAN)),
+                (
+                    hidden,
+                    weight,
+                    bias,
+                    detached,
+                    labels,
+                    options.get("ignore_index", -100),
+                    options.get("reduction", _MEAN),
+                ),
             )
         loss.meta = dict(node.meta)
         node.replace_all_uses_with(loss)

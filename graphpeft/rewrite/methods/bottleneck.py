@@ -52,11 +52,17 @@ class Bottleneck(Method):
     wrong_op = "bottleneck adapters attach to linear sites (block outputs), not {op}"
     options: ClassVar[dict[str, Option]] = {
         "reduction_factor": Option(int, 16, "bottleneck = d // reduction_factor", check=positive),
-        "bottleneck_size": Option(int, 0, "bottleneck width (0: use reduction_factor)", check=lambda v: None if v >= 0 else "must be >= 0"),
+        "bottleneck_size": Option(
+            int, 0, "bottleneck width (0: use reduction_factor)", check=lambda v: None if v >= 0 else "must be >= 0"
+        ),
         "non_linearity": Option(str, "relu", "activation between down and up", choices=tuple(ACTIVATIONS)),
         "scaling": Option((int, float), 1.0, "factor on the adapter's output"),
-        "input_of": Option(str, "", "parallel adapter: read the input of this block (a module name near the site, "
-                                    "e.g. 'mlp'); empty: sequential, read the site's own output"),
+        "input_of": Option(
+            str,
+            "",
+            "parallel adapter: read the input of this block (a module name near the site, "
+            "e.g. 'mlp'); empty: sequential, read the site's own output",
+        ),
     }
 
     def create(self, site: Site, options: dict[str, Any], model: nn.Module, store: nn.Module, adapter: str) -> None:

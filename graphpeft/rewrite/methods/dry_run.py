@@ -42,7 +42,9 @@ def _meta(tensor: torch.Tensor) -> torch.Tensor:
     return nn.Parameter(meta, requires_grad=tensor.requires_grad) if isinstance(tensor, nn.Parameter) else meta
 
 
-def meta_state_shapes(method: Method, site: Site, options: dict[str, Any], model: nn.Module) -> dict[str, tuple[int, ...]]:
+def meta_state_shapes(
+    method: Method, site: Site, options: dict[str, Any], model: nn.Module
+) -> dict[str, tuple[int, ...]]:
     """``suffix -> shape`` of what ``method.state`` would return after creating the adapter for ``site``."""
     store = nn.Module()
     method.create(site, options, MetaShadow(model), store, DRY_RUN)

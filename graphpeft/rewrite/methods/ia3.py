@@ -43,12 +43,16 @@ class IA3(Method):
     wrong_op = "IA3 adapts linear sites, not {op}"
     options: ClassVar[dict[str, Option]] = {
         "feedforward": Option(bool, False, "scale the site's input (PEFT's feedforward_modules) instead of its output"),
-        "init": Option(str, "ones", "initialisation: ones (identity, as PEFT) or random (normal)", choices=("ones", "random")),
+        "init": Option(
+            str, "ones", "initialisation: ones (identity, as PEFT) or random (normal)", choices=("ones", "random")
+        ),
     }
 
     def create(self, site: Site, options: dict[str, Any], model: nn.Module, store: nn.Module, adapter: str) -> None:
         weight = model.get_parameter(site.weight)
-        vector = torch.ones(vector_shape(site, options["feedforward"]), device=weight.device, dtype=adapter_dtype(weight))
+        vector = torch.ones(
+            vector_shape(site, options["feedforward"]), device=weight.device, dtype=adapter_dtype(weight)
+        )
         if options["init"] == "random" and weight.device.type != "meta":
             nn.init.normal_(vector, mean=1.0, std=0.1)
         host = container(store, site.host)
@@ -78,7 +82,9 @@ class IA3(Method):
             if feedforward:
                 edit.before()
             flats = [
-                edit.call(aten.view.default, edit.param(SLOT, adapter=order[slot]), [-1], role="ia3_flat") if claim else None
+                edit.call(aten.view.default, edit.param(SLOT, adapter=order[slot]), [-1], role="ia3_flat")
+                if claim
+                else None
                 for slot, claim in enumerate(group)
             ]
             template = next(f for f in flats if f is not None)

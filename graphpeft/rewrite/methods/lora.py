@@ -47,7 +47,9 @@ def _rank_problem(site: Site, r: int) -> str | None:
     most = min(out_features, in_features)
     if r <= most:
         return None
-    return f"r={r} is larger than its {out_features}x{in_features} weight allows (rank at most {most}); choose r <= {most}"
+    return (
+        f"r={r} is larger than its {out_features}x{in_features} weight allows (rank at most {most}); choose r <= {most}"
+    )
 
 
 def _matrix_shape(site: Site) -> tuple[int, int]:
@@ -61,7 +63,7 @@ def _matrix_shape(site: Site) -> tuple[int, int]:
 def _distinct_names(value: Any) -> str | None:
     if all(isinstance(v, str) and v for v in value) and len(set(value)) == len(value):
         return None
-    return "must be a list of distinct slice names, e.g. [\"q\", \"v\"]"
+    return 'must be a list of distinct slice names, e.g. ["q", "v"]'
 
 
 class LoRA(Method):
@@ -77,7 +79,9 @@ class LoRA(Method):
         "dora": Option(bool, False, "weight-decomposed LoRA (magnitude vector per output)"),
         "init": Option(str, "default", "initialisation", choices=("default", "gaussian", "random")),
         "slices": Option(
-            (list, tuple), (), "output slices to adapt, by name from the site's split (empty: the whole output)",
+            (list, tuple),
+            (),
+            "output slices to adapt, by name from the site's split (empty: the whole output)",
             check=_distinct_names,
         ),
     }
@@ -131,7 +135,9 @@ class LoRA(Method):
         delta = (b @ a) * scale  # (out, in) / (dim, vocab)
         return delta.t() if (site.op == "embedding" or site.transposed) else delta
 
-    def _weight_norm(self, site: Site, weight: torch.Tensor, a: torch.Tensor, b: torch.Tensor, scale: float) -> torch.Tensor:
+    def _weight_norm(
+        self, site: Site, weight: torch.Tensor, a: torch.Tensor, b: torch.Tensor, scale: float
+    ) -> torch.Tensor:
         """‖W + scale·B A‖ per output row, shape (out,)."""
         with torch.no_grad():
             combined = _weight_out_in(site, weight).to(a.dtype) + scale * (b @ a)
@@ -189,8 +195,17 @@ class LoRA(Method):
         return edit.call(aten.linear.default, down, b, role="lora_up")
 
     def _norm_nodes(self, edit: SiteEditor, w_oi: Any, a: Any, b: Any, scale: float) -> Any:
-        lora_w = edit.call(aten.detach.default, edit.call(aten.mm.default, b, a, role="dora_lora_weight"), role="dora_lora_weight_detached")
-        combined = edit.call(aten.add.Tensor, w_oi, edit.call(aten.mul.Tensor, lora_w, scale, role="dora_lora_weight_scaled"), role="dora_combined")
+        lora_w = edit.call(
+            aten.detach.default,
+            edit.call(aten.mm.default, b, a, role="dora_lora_weight"),
+            role="dora_lora_weight_detached",
+        )
+        combined = edit.call(
+            aten.add.Tensor,
+            w_oi,
+            edit.call(aten.mul.Tensor, lora_w, scale, role="dora_lora_weight_scaled"),
+            role="dora_combined",
+        )
         norm = edit.call(aten.linalg_vector_norm.default, combined, 2, [1], role="dora_weight_norm")
         return edit.call(aten.detach.default, norm, role="dora_weight_norm_detached")
 
@@ -202,7 +217,9 @@ class LoRA(Method):
         a_t = edit.call(aten.t.default, a, role="lora_embedding_A_t")
         down = edit.call(aten.embedding.default, a_t, ids, padding_idx, role="lora_down")
         down = edit.call(aten.mul.Tensor, down, scale, role="lora_scale")  # rank-r activations, as for linear sites
-        scaled = edit.call(aten.matmul.default, down, edit.call(aten.t.default, b, role="lora_embedding_B_t"), role="lora_up")
+        scaled = edit.call(
+            aten.matmul.default, down, edit.call(aten.t.default, b, role="lora_embedding_B_t"), role="lora_up"
+        )
         if not options["dora"]:
             out = edit.call(aten.add.Tensor, edit.output, scaled, role="lora_add")
             edit.redirect(to_site_dtype(edit, out))
@@ -272,7 +289,9 @@ class LoRA(Method):
                 norm = self._weight_norm(site, weight.float(), a.float(), b.float(), scale)
                 factor = self._magnitude(site, store, adapter).float() / norm
                 _dora_norms(store, site)[adapter] = norm
-                merged = merged * (factor.view(1, -1) if (site.op == "embedding" or site.transposed) else factor.view(-1, 1))
+                merged = merged * (
+                    factor.view(1, -1) if (site.op == "embedding" or site.transposed) else factor.view(-1, 1)
+                )
             weight.copy_(merged.to(weight.dtype))
 
     def unmerge(self, site: Site, options: dict[str, Any], model: nn.Module, store: nn.Module, adapter: str) -> None:
@@ -286,7 +305,9 @@ class LoRA(Method):
             if options["dora"]:
                 norm = _dora_norms(store, site).pop(adapter)
                 factor = self._magnitude(site, store, adapter).float() / norm
-                restored = restored / (factor.view(1, -1) if (site.op == "embedding" or site.transposed) else factor.view(-1, 1))
+                restored = restored / (
+                    factor.view(1, -1) if (site.op == "embedding" or site.transposed) else factor.view(-1, 1)
+                )
             restored = restored - self._delta(site, a.float(), b.float(), scale_of(options))
             weight.copy_(restored.to(weight.dtype))
 

@@ -126,7 +126,9 @@ def rewrite(edit: SiteEditor, scale: float) -> None:
         b_t = edit.call(aten.transpose.int, b, -2, -1, role="lora_B_t")  # (E, r, out)
         if site.op == "grouped_mm":
             offsets = node.args[2] if len(node.args) > 2 else node.kwargs["offs"]
-            grouped = _grouped_mm_for(node.target, edit.store.get_parameter(f"{site.host}.lora_A.{edit.claim.adapter}").dtype)
+            grouped = _grouped_mm_for(
+                node.target, edit.store.get_parameter(f"{site.host}.lora_A.{edit.claim.adapter}").dtype
+            )
             down = edit.call(grouped, x, a_t, offsets, role="lora_down")
             down = edit.call(aten.mul.Tensor, down, scale, role="lora_scale")
             up = edit.call(grouped, down, b_t, offsets, role="lora_up")
@@ -180,7 +182,7 @@ def full_b(site: Site, options: dict[str, Any], b: torch.Tensor) -> torch.Tensor
     offset = 0
     for _, start, size, chosen in slice_layout(site, options):
         if chosen:
-            full[..., start:start + size, :] = b[..., offset:offset + size, :]
+            full[..., start : start + size, :] = b[..., offset : offset + size, :]
             offset += size
     return full
 
@@ -191,7 +193,9 @@ def operand_delta(site: Site, options: dict[str, Any], a: torch.Tensor, b: torch
     return delta.transpose(-2, -1) if site.transposed else delta
 
 
-def merge(site: Site, options: dict[str, Any], model: nn.Module, a: torch.Tensor, b: torch.Tensor, scale: float, sign: float) -> None:
+def merge(
+    site: Site, options: dict[str, Any], model: nn.Module, a: torch.Tensor, b: torch.Tensor, scale: float, sign: float
+) -> None:
     """Add (``sign`` = 1) or subtract (-1) the delta into the parameter through the view chain."""
     param = model.get_parameter(site.weight)
     with torch.no_grad():

@@ -29,7 +29,7 @@ SLOT = "modules_to_save"
 class Train(Method):
     name = "train"
     site_ops = ("module",)
-    wrong_op = "the train method takes module sites: write the target as {op = \"module\", module = \"classifier\"}"
+    wrong_op = 'the train method takes module sites: write the target as {op = "module", module = "classifier"}'
     options: ClassVar[dict[str, Option]] = {}
     mergeable = True
 
@@ -49,7 +49,7 @@ class Train(Method):
         for node in list(edit.gm.graph.nodes):
             if node.op != "get_attr" or not str(node.target).startswith(prefix):
                 continue
-            local = str(node.target)[len(prefix):]
+            local = str(node.target)[len(prefix) :]
             try:
                 copied.get_parameter(local)
             except AttributeError:

@@ -101,7 +101,7 @@ class EmbeddingTokenMethod(VirtualTokenMethod):
     """Prompt tuning and P-tuning: rows prepended to the word embeddings, so they target the embedding site."""
 
     site_ops = ("embedding",)
-    wrong_op = "virtual tokens are prepended to the word embeddings: target the embedding site (op = \"embedding\")"
+    wrong_op = 'virtual tokens are prepended to the word embeddings: target the embedding site (op = "embedding")'
 
     def table_shape(self, site: Site, options: dict[str, Any], model: nn.Module) -> tuple[int, int]:
         return _prompt_rows(options, model), site.out_features
@@ -111,15 +111,24 @@ class PromptTuning(EmbeddingTokenMethod):
     name = "prompt_tuning"
     peft_type = "PROMPT_TUNING"
     options = virtual_token_options(
-        init=Option(str, "random", "random | sample_vocab (rows of the embedding matrix) | text", choices=("random", "sample_vocab", "text")),
+        init=Option(
+            str,
+            "random",
+            "random | sample_vocab (rows of the embedding matrix) | text",
+            choices=("random", "sample_vocab", "text"),
+        ),
         init_token_ids=Option(list, [], "init = text: token ids of the init text"),
         init_text=Option(str, "", "init = text: the text, tokenized with `tokenizer`"),
         tokenizer=Option(str, "", "init = text: a local tokenizer path for init_text (AutoTokenizer)"),
     )
 
     def check_site(self, site: Site, options: dict[str, Any]) -> str | None:
-        if options["init"] == "text" and not options["init_token_ids"] and not (options["init_text"] and options["tokenizer"]):
-            return "init = \"text\" needs init_token_ids, or init_text together with tokenizer"
+        if (
+            options["init"] == "text"
+            and not options["init_token_ids"]
+            and not (options["init_text"] and options["tokenizer"])
+        ):
+            return 'init = "text" needs init_token_ids, or init_text together with tokenizer'
         return super().check_site(site, options)
 
     def build(self, site: Site, options: dict[str, Any], model: nn.Module) -> VirtualTokenModule:
@@ -168,14 +177,16 @@ class PTuning(EmbeddingTokenMethod):
     def build(self, site: Site, options: dict[str, Any], model: nn.Module) -> VirtualTokenModule:
         rows, width = self.table_shape(site, options, model)
         hidden = options["encoder_hidden_size"] or width
-        return PromptEncoder(rows, width, hidden, options["encoder"], options["encoder_num_layers"], options["encoder_dropout"])
+        return PromptEncoder(
+            rows, width, hidden, options["encoder"], options["encoder_num_layers"], options["encoder_dropout"]
+        )
 
 
 class PrefixTuning(VirtualTokenMethod):
     name = "prefix_tuning"
     peft_type = "PREFIX_TUNING"
     site_ops = ("attention",)
-    wrong_op = "prefix tuning adds keys and values to attention: target attention sites (op = \"attention\")"
+    wrong_op = 'prefix tuning adds keys and values to attention: target attention sites (op = "attention")'
     options = virtual_token_options(
         prefix_projection=Option(bool, False, "produce the prefix through an MLP (reparameterization)"),
         encoder_hidden_size=Option(int, 0, "hidden size of the projection MLP (0 = kv_heads·head_dim)", _non_negative),
