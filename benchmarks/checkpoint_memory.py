@@ -1,4 +1,5 @@
-"""Peak RSS growth of one LoRA training step, plain vs activation-checkpointed (graphpeft.rewrite.graph_passes.activation_checkpointing).
+"""Peak RSS growth of one LoRA training step, plain vs activation-checkpointed
+(graphpeft.rewrite.graph_passes.activation_checkpointing).
 
     python -m benchmarks.checkpoint_memory                  # both modes, each in its own process, and the ratio
     python -m benchmarks.checkpoint_memory --child plain    # one mode: prints the growth in KiB (used internally)

@@ -114,7 +114,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
     print(
-        f"machine: {platform.machine()} {platform.processor() or ''}, {os.cpu_count()} cpus, torch threads {args.threads}"
+        f"machine: {platform.machine()} {platform.processor() or ''}, "
+        f"{os.cpu_count()} cpus, torch threads {args.threads}"
     )
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, graphpeft {graphpeft.__version__}")
     print(f"batch {args.batch}, prompt {args.prompt}, new tokens {args.new_tokens}, repeats {args.repeats} (median)\n")

@@ -302,7 +302,8 @@ def environment(threads: int) -> list[str]:
         ),
         (
             f"Versions: torch {torch.__version__}, transformers {transformers.__version__}, "
-            f"peft {__import__('peft').__version__}, graphpeft {graphpeft.__version__}, Python {platform.python_version()}."
+            f"peft {__import__('peft').__version__}, "
+            f"graphpeft {graphpeft.__version__}, Python {platform.python_version()}."
         ),
     ]
 

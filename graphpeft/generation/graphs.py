@@ -71,7 +71,8 @@ def generation_graphs(model: GraphPeftModel) -> GenerationGraphs:
 def cached_generation_graphs(
     model: GraphPeftModel, tag: tuple, build: Callable[[], GenerationGraphs]
 ) -> GenerationGraphs:
-    """The graphs cached in ``model._graphs`` under ``(generation signature of each phase, tag)``; ``build()`` makes them once."""
+    """The graphs cached in ``model._graphs`` under ``(generation signature of each phase, tag)``;
+    ``build()`` makes them once."""
     device = str(next(model.base_model.parameters()).device)
     keys = [(generation_signature(phase, device), tag) for phase in PHASES]
     if not all(key in model._graphs for key in keys):

@@ -89,7 +89,8 @@ def resolve_settings(
     )
     if settings.do_sample and settings.temperature <= 0:
         raise CallError(
-            f"temperature must be > 0 when sampling, got {settings.temperature}; use do_sample=False for greedy decoding"
+            f"temperature must be > 0 when sampling, got {settings.temperature}; "
+            "use do_sample=False for greedy decoding"
         )
     if not 0 < settings.top_p <= 1:
         raise CallError(f"top_p must be in (0, 1], got {settings.top_p}; pass top_p=1.0 to disable nucleus filtering")

@@ -64,7 +64,8 @@ class Seq2SeqSteps:
         start = getattr(base.config, "decoder_start_token_id", None) if start is None else start
         if start is None:
             raise CallError(
-                f"{type(base).__name__} has no decoder_start_token_id; set model.generation_config.decoder_start_token_id"
+                f"{type(base).__name__} has no decoder_start_token_id; "
+                "set model.generation_config.decoder_start_token_id"
             )
         self.start = int(start)
 

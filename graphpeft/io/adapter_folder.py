@@ -191,7 +191,8 @@ def load_into(
     check_adapter_name(adapter_name)
     if adapter_name in model.adapter_specs:
         raise AdapterError(
-            f"adapter {adapter_name!r} already exists; pass another adapter_name or delete_adapter({adapter_name!r}) first"
+            f"adapter {adapter_name!r} already exists; "
+            f"pass another adapter_name or delete_adapter({adapter_name!r}) first"
         )
     folder = _adapter_folder(directory)
     saved = read_saved(model, folder, adapter_name)
@@ -246,7 +247,8 @@ def _check_same_adapter(saved: SavedAdapter, claims: dict[str, tuple[Site, Any]]
     """The folder's adapter must be the live one but for its weights: same sites, methods and options."""
     if set(saved.claims) != set(claims):
         raise LoadError(
-            f"{saved.folder} holds an adapter for other sites than adapter {adapter!r}; load it as a new adapter instead"
+            f"{saved.folder} holds an adapter for other sites than adapter {adapter!r}; "
+            "load it as a new adapter instead"
         )
     for key, (_, live) in claims.items():
         recorded = {"method": saved.claims[key][1].method, **saved.recorded[key]}

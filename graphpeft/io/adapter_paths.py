@@ -150,7 +150,8 @@ def _check_regular_file(path: Path) -> None:
         raise LoadError(f"cannot read {path}: {exc.strerror or exc}") from None
     if not stat.S_ISREG(mode):
         raise LoadError(
-            f"{path} is {kind_of(mode)}, not a regular file; an adapter folder holds plain files, save the adapter again"
+            f"{path} is {kind_of(mode)}, not a regular file; "
+            "an adapter folder holds plain files, save the adapter again"
         )
 
 

@@ -102,7 +102,8 @@ def read_saved(model: GraphPeftModel, folder: Path, adapter: str) -> SavedAdapte
             rules = _rules_from_peft_config(model, folder)
         else:
             raise LoadError(
-                f"{folder} holds neither {MANIFEST} nor {PEFT_CONFIG}; it is not an adapter directory{pickle_hint(folder)}"
+                f"{folder} holds neither {MANIFEST} nor {PEFT_CONFIG}; "
+                f"it is not an adapter directory{pickle_hint(folder)}"
             )
         claims = match(rules, model.sites(), adapter)
     except LoadError:
@@ -170,7 +171,8 @@ def _check_manifest(model: GraphPeftModel, claims: Claims, record: dict[str, Any
         if difference:
             name, saved_value, value = difference
             raise LoadError(
-                f"{folder / MANIFEST} records {name}={saved_value!r} for site {key}, but its rules give {name}={value!r}; "
+                f"{folder / MANIFEST} records {name}={saved_value!r} for site {key}, "
+                f"but its rules give {name}={value!r}; "
                 "the manifest was edited or damaged, save the adapter again"
             )
 
@@ -270,7 +272,8 @@ def _check_recorded_shapes(saved: SavedAdapter, header: Header, path: Path) -> N
             if name not in header or header[name][0] != tuple(shape):
                 found = header[name][0] if name in header else "nothing"
                 raise LoadError(
-                    f"{saved.folder / MANIFEST} records tensor {name!r} with shape {tuple(shape)}, but {path.name} holds "
+                    f"{saved.folder / MANIFEST} records tensor {name!r} with shape {tuple(shape)}, "
+                    f"but {path.name} holds "
                     f"{found}; the two files do not belong together"
                 )
 
@@ -301,7 +304,8 @@ def _base_layer_keys(
             raise LoadError(f"{path}: tensor {key!r} names no parameter of {host}; wrong base model?") from None
         if header[key][0] != tuple(param.shape):
             raise LoadError(
-                f"{path}: {key!r} has shape {header[key][0]}, the model's {host}.{name} is {tuple(param.shape)}; wrong base model?"
+                f"{path}: {key!r} has shape {header[key][0]}, "
+                f"the model's {host}.{name} is {tuple(param.shape)}; wrong base model?"
             )
         out[key] = param
     return out

@@ -79,7 +79,8 @@ def _prepare(real: Path, shown: str | os.PathLike, overwrite: bool, owned: Colle
             raise SaveError(f"cannot save to {shown}: it exists and is not a directory")
         if real.is_dir() and any(real.iterdir()) and not overwrite:
             raise SaveError(
-                f"{shown} already holds files; pass overwrite=True to replace the adapter in it, or choose a new directory"
+                f"{shown} already holds files; "
+                "pass overwrite=True to replace the adapter in it, or choose a new directory"
             )
         _recover_held(real, owned, held)
         staging = sibling(real, "tmp")
@@ -258,7 +259,8 @@ def _acquire(handle: int | None, parent: Path, wait: bool) -> bool | None:
                 return False
             if time.monotonic() > deadline:
                 raise SaveError(
-                    f"another process has been saving into {parent} for {LOCK_TIMEOUT_S:.0f} s; wait for it to finish or save elsewhere"
+                    f"another process has been saving into {parent} for {LOCK_TIMEOUT_S:.0f} s; "
+                    "wait for it to finish or save elsewhere"
                 ) from None
             time.sleep(0.02)
         except OSError:

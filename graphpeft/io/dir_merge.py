@@ -76,7 +76,8 @@ def _carry(source: Path, twin: Path, device: int) -> None:
         shutil.copystat(source, twin, follow_symlinks=False)
     else:
         raise SaveError(
-            f"{source} is {kind_of(info.st_mode)}; a save replaces the folder and cannot keep it, move it out of the folder"
+            f"{source} is {kind_of(info.st_mode)}; "
+            "a save replaces the folder and cannot keep it, move it out of the folder"
         )
 
 

@@ -77,7 +77,8 @@ def check_manifest_record(record: dict[str, Any], path: Path) -> None:
         raise LoadError(f"{where} is not a graphpeft manifest")
     if version > FORMAT_VERSION:
         raise LoadError(
-            f"{where} has format_version {version}, newer than this graphpeft reads ({FORMAT_VERSION}); upgrade graphpeft"
+            f"{where} has format_version {version}, "
+            f"newer than this graphpeft reads ({FORMAT_VERSION}); upgrade graphpeft"
         )
     check_record(record, _TOP, where, WHAT)
     check_record(record["model"], _MODEL, f"{where} (model)", WHAT)

@@ -301,7 +301,8 @@ def _peft_layer_index(fqn: str, patterns: Any) -> int | None:
 
 
 def _inside_saved_module(fqn: str, saved: Any) -> bool:
-    """PEFT adapts nothing inside (or named as) a module of ``modules_to_save``: its parts appear in a row in ``fqn``."""
+    """PEFT adapts nothing inside (or named as) a module of ``modules_to_save``: its parts appear in a row
+    in ``fqn``."""
     parts = fqn.split(".")
     for name in saved or []:
         wanted = name.split(".")

@@ -59,7 +59,8 @@ def _entry(view: object) -> tuple[tuple[int, ...], str]:
 
 
 def read_tensors(path: Path, keys: list[str] | None = None) -> dict[str, torch.Tensor]:
-    """The tensors ``keys`` (all by default) of a file whose header :func:`read_header` accepted; each must be finite."""
+    """The tensors ``keys`` (all by default) of a file whose header :func:`read_header` accepted; each must
+    be finite."""
     try:
         with safe_open(str(path), framework="pt", device="cpu") as handle:
             tensors = {key: handle.get_tensor(key) for key in (handle.keys() if keys is None else keys)}

@@ -82,7 +82,10 @@ def no_sites_message(resolved: Sequence[ResolvedRule], sites: Sequence[Site], ad
         else f"its rules {names} ({source}) are optional and match"
     )
     lines = [
-        f"adapter {adapter!r} would have no sites: {rules} no site in this model; an adapter with no sites adapts nothing."
+        (
+            f"adapter {adapter!r} would have no sites: {rules} no site in this model; "
+            "an adapter with no sites adapts nothing."
+        )
     ]
     targets = [(item.rule.name, label, pattern) for item in resolved for label, pattern in item.patterns]
     for rule, label, pattern in targets[:3]:

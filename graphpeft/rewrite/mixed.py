@@ -58,11 +58,13 @@ def slot_order(model: GraphPeftModel, adapter_names: Sequence[str], batch: int |
     for name in adapter_names:
         if not isinstance(name, str):
             raise CallError(
-                f"adapter_names holds {name!r}; give one adapter name (a string) per row, or {BASE!r} for the base model"
+                f"adapter_names holds {name!r}; give one adapter name (a string) per row, "
+                f"or {BASE!r} for the base model"
             )
         if name != BASE and name not in model.adapter_specs:
             raise AdapterError(
-                f"adapter_names names {name!r}, which is no adapter of this model{did_you_mean(str(name), model.adapter_specs)}; "
+                f"adapter_names names {name!r}, "
+                f"which is no adapter of this model{did_you_mean(str(name), model.adapter_specs)}; "
                 f"adapters: {', '.join(model.adapter_specs) or '(none)'}, or {BASE!r} for the base model"
             )
     if model._merged:

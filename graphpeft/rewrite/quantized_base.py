@@ -236,7 +236,8 @@ def quantized_scheme(model: nn.Module) -> str | None:
 
 
 def stored_codes(model: nn.Module, target: str) -> tuple[nn.Module, str, StoredCodes] | None:
-    """``(module, parameter name, how it is stored)`` of the parameter ``target`` if it is stored as codes, else None."""
+    """``(module, parameter name, how it is stored)`` of the parameter ``target`` if it is stored as codes,
+    else None."""
     module_name, _, param_name = str(target).rpartition(".")
     try:
         module = model.get_submodule(module_name)

@@ -81,7 +81,8 @@ class Pattern:
                 raise RuleError("pattern globs must be non-empty strings, got ''")
             if glob.count("[") != glob.count("]"):
                 raise RuleError(f"pattern glob {shown(glob)} has unbalanced brackets")
-        # compiled once here (bounded: graphpeft.rules.bounded_regex), so a bad pattern fails when the rule is made, not when it matches
+        # compiled once here (bounded: graphpeft.rules.bounded_regex), so a bad pattern fails when the rule is
+        # made, not when it matches
         globs = {
             key: tuple(compile_glob(g, "pattern glob", RuleError) for g in getattr(self, key) or ())
             for key in ("module", "exclude", "param")

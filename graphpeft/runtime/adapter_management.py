@@ -1,4 +1,5 @@
-"""Adapter bookkeeping of :class:`~graphpeft.runtime.model.GraphPeftModel`: add, activate, delete, save and load adapters.
+"""Adapter bookkeeping of :class:`~graphpeft.runtime.model.GraphPeftModel`: add, activate, delete, save and
+load adapters.
 
 An adapter is an :class:`AdapterSpec` (its resolved rules and the sites they claimed) plus its
 parameters under ``model.adapters.<base fqn>.<slot>.<adapter>``; this mixin keeps the two in step.

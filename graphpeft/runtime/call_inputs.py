@@ -103,7 +103,8 @@ def _check_embeds(base: nn.Module, embeds: torch.Tensor) -> None:
     width = table.weight.shape[1] if table is not None else None
     if width is not None and (embeds.dim() != 3 or embeds.shape[-1] != width):
         raise CallError(
-            f"inputs_embeds must be (batch, length, {width}) for the model's embedding width {width}, got {tuple(embeds.shape)}"
+            f"inputs_embeds must be (batch, length, {width}) for the model's embedding width {width}, "
+            f"got {tuple(embeds.shape)}"
         )
 
 
@@ -156,7 +157,10 @@ def _out_of_range(base: nn.Module, kwargs: dict[str, Any]) -> str | None:
         if vocab is not None and isinstance(ids, torch.Tensor):
             bad = ids[(ids < 0) | (ids >= vocab)]
             if bad.numel():
-                return f"{name} holds id {int(bad[0])}, outside the vocabulary 0..{vocab - 1}; check the tokenizer matches the model"
+                return (
+                    f"{name} holds id {int(bad[0])}, outside the vocabulary 0..{vocab - 1}; "
+                    "check the tokenizer matches the model"
+                )
     labels = kwargs.get("labels")
     classes = vocab if _is_language_model(base) else getattr(base.config, "num_labels", None)
     if classes is not None and isinstance(labels, torch.Tensor) and not labels.dtype.is_floating_point:

@@ -79,7 +79,8 @@ class GraphPeftModel(AdapterManagement, WeightFolding, GraphDispatch, nn.Module)
         self.__dict__["forward"] = signed_forward
         self._sites: list[Site] | None = None  # every site, once sites() traced the base graph
         self.training = model.training
-        self.checkpointing = False  # training graphs recompute each block in backward (graphpeft.rewrite.graph_passes.activation_checkpointing)
+        # training graphs recompute each block in backward (graphpeft.rewrite.graph_passes.activation_checkpointing)
+        self.checkpointing = False
         self.reuse_blocks = True  # export a few repeated blocks and copy the rest (graphpeft.tracing.block_reuse)
         self.quantization: str | None = None  # "int8" / "nf4" once quantize() ran (graphpeft.rewrite.quantized_base)
         self._unloaded = False  # unload() / merge_and_unload() handed the base back (graphpeft.runtime.ownership)
@@ -148,9 +149,9 @@ class GraphPeftModel(AdapterManagement, WeightFolding, GraphDispatch, nn.Module)
         """Greedy or sampled decoding on the adapted prefill and decode graphs, with a KV cache.
 
         ``None`` options take the model's ``generation_config``; ``eos_token_id=[]`` never stops early.
-        Returns token ids like transformers' ``generate``: prompt + new tokens (decoder-only), or decoder ids with the start token first
-        (encoder-decoder). ``adapter_names`` (one per row, ``"__base__"`` for none) generates each row with its
-        own adapter in one batched computation. See :mod:`graphpeft.generation`.
+        Returns token ids like transformers' ``generate``: prompt + new tokens (decoder-only), or decoder ids with
+        the start token first (encoder-decoder). ``adapter_names`` (one per row, ``"__base__"`` for none)
+        generates each row with its own adapter in one batched computation. See :mod:`graphpeft.generation`.
         """
         self._ensure_live("generate()")
         self._refuse_quantized("generate()")

@@ -58,8 +58,9 @@ class WeightFolding:
                 get_method(claim.method).unmerge(site, claim.options, self.base_model, self.adapters, name)
 
     def quantize(self, scheme: str) -> Any:
-        """Store the frozen base linear weights as ``"int8"`` or ``"nf4"`` codes (see :mod:`graphpeft.rewrite.quantized_base`);
-        returns (and keeps as ``quantization``) the :class:`~graphpeft.rewrite.quantized_base.Quantization` report."""
+        """Store the frozen base linear weights as ``"int8"`` or ``"nf4"`` codes
+        (see :mod:`graphpeft.rewrite.quantized_base`); returns (and keeps as ``quantization``) the
+        :class:`~graphpeft.rewrite.quantized_base.Quantization` report."""
         self._ensure_live("quantize()")
         if self._merged:
             raise AdapterError("unmerge() before quantizing: merged adapters would be rounded into the codes")

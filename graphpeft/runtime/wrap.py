@@ -62,7 +62,8 @@ def apply(
         if quantize is not None:
             if any(c.options.get("dora") for _, c in wrapped.adapter_specs[adapter_name].claims.values()):
                 raise CallError(
-                    "DoRA reads the base weight itself, so it cannot run on a quantized base; drop dora=True or quantize="
+                    "DoRA reads the base weight itself, so it cannot run on a quantized base; "
+                    "drop dora=True or quantize="
                 )
             wrapped.quantize(quantize)
     except BaseException:

@@ -1,5 +1,5 @@
-"""The fused head cross-entropy of training graphs (graphpeft.rewrite.graph_passes.head_loss): same loss and gradients as
-the unfused graph and as PEFT, and no vocabulary-sized tensor saved for backward besides the logits."""
+"""The fused head cross-entropy of training graphs (graphpeft.rewrite.graph_passes.head_loss): same loss and
+gradients as the unfused graph and as PEFT, and no vocabulary-sized tensor saved for backward besides the logits."""
 
 from __future__ import annotations
 

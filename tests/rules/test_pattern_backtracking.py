@@ -1,7 +1,8 @@
 """Regexes that need a backtracking engine (lookarounds, backreferences, atomic groups, possessive quantifiers,
-conditional groups) run on the ``regex`` module under a time budget (graphpeft.rules.bounded_regex): they mean what Python
-means (the tables and properties in tests/rules/test_bounded_regex.py), a catastrophic one is refused as too slow instead of
-hanging, and a PEFT adapter whose target_modules holds a lookaround loads with PEFT's logits."""
+conditional groups) run on the ``regex`` module under a time budget (graphpeft.rules.bounded_regex): they mean
+what Python means (the tables and properties in tests/rules/test_bounded_regex.py), a catastrophic one is refused
+as too slow instead of hanging, and a PEFT adapter whose target_modules holds a lookaround loads with PEFT's
+logits."""
 
 from __future__ import annotations
 

@@ -77,7 +77,8 @@ def check(site: Site, options: dict[str, Any]) -> str | None:
         )
     for name in slices:
         if name not in split:
-            return f"slice {name!r} is not in the site's split{did_you_mean(name, split)}; its parts are {', '.join(split)}"
+            known = ", ".join(split)
+            return f"slice {name!r} is not in the site's split{did_you_mean(name, split)}; its parts are {known}"
     try:
         split_sizes(split, site.out_features)
     except ValueError as exc:

@@ -196,7 +196,8 @@ class PrefixTuning(VirtualTokenMethod):
         params = forward_parameters(model)
         if "cache" not in params and "past_key_values" not in params:
             raise RuleError(
-                f"prefix_tuning feeds its keys/values through the KV cache, and {type(model).__name__}.forward takes no "
+                "prefix_tuning feeds its keys/values through the KV cache, "
+                f"and {type(model).__name__}.forward takes no "
                 "cache (PEFT cannot prefix-tune it either); use prompt_tuning or p_tuning for this model"
             )
         _, kv_heads, head_dim = prefix_geometry(model.config)
