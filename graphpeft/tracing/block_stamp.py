@@ -15,14 +15,14 @@ but the last may be read after the list (per-layer outputs such as hidden-state 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import fx, nn
 
-from .graph_utils import container
+from .graph_utils import attr_path, container
 
 REUSED = "graphpeft.reused_blocks"  # GraphModule.meta of a stamped export: (list fqn, traced blocks, all blocks)
 
@@ -32,7 +32,7 @@ class Blocks:
     """The block list ``fqn`` (``model.layers``), its blocks, and how many of them the graph traced (>= 3)."""
 
     fqn: str
-    modules: Sequence[nn.Module]
+    modules: nn.ModuleList
     traced: int
 
     def path(self, index: int) -> str:
@@ -108,7 +108,7 @@ class _Stamp:
             for node in template:
                 if node.op == "get_attr":
                     with graph.inserting_after(attr_anchor):
-                        new = graph.get_attr(rename.path(node.target))
+                        new = graph.get_attr(rename.path(attr_path(node)))
                     attr_anchor = new
                 else:
                     with graph.inserting_after(call_anchor):
@@ -213,7 +213,7 @@ def _recurrent(traced: list[list[fx.Node]], blocks: Blocks) -> bool:
 def _key(node: fx.Node, rename: _Renamer | None) -> tuple:
     """What a node of one block must share with its counterpart in the next: op, target, module path
     and class, shape and dtype (``rename`` moves ``node``'s paths to the next block)."""
-    target = rename.path(node.target) if rename and node.op == "get_attr" else node.target
+    target = rename.path(attr_path(node)) if rename and node.op == "get_attr" else node.target
     stack = node.meta.get("nn_module_stack") or {}
     if rename:
         stack = rename.stack(stack)

@@ -131,9 +131,9 @@ class _ExplicitKeywords(nn.Module):
         def forward(**kwargs: Any) -> Any:
             return model(**kwargs)
 
-        forward.__signature__ = inspect.Signature(
-            [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY) for name in names]
-        )
+        keywords = inspect.Signature([inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY) for name in names])
+        # typing declares no __signature__ on functions; inspect.signature (and so torch.export) reads it
+        setattr(forward, "__signature__", keywords)  # noqa: B010
         object.__setattr__(self, "forward", forward)
 
 

@@ -1,5 +1,5 @@
-"""GraphModule tools every stage uses: copy a graph (sharing its tensors), drop export's check nodes, and reach
-(or create) a submodule by its dotted path."""
+"""GraphModule tools every stage uses: copy a graph (sharing its tensors), drop export's check nodes, read the
+path of a ``get_attr`` node, and reach (or create) a submodule by its dotted path."""
 
 from __future__ import annotations
 
@@ -42,6 +42,13 @@ def drop_checks(gm: fx.GraphModule, ops: tuple[Any, ...] = DTYPE_CHECKS) -> None
             gm.graph.erase_node(node)
     gm.graph.eliminate_dead_code()
     gm.recompile()
+
+
+def attr_path(node: fx.Node) -> str:
+    """The dotted path a ``get_attr`` node reads (fx types every node target as ``str | Callable``)."""
+    if not isinstance(node.target, str):
+        raise TypeError(f"node {node.name} ({node.op}) reads no attribute path")
+    return node.target
 
 
 def container(root: nn.Module, path: str, create: bool = True) -> nn.Module:

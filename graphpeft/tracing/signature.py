@@ -51,7 +51,7 @@ def _roles(name: str, tensor: torch.Tensor, encoder_decoder: bool) -> tuple[Any,
 def signature_of(model: nn.Module, kwargs: Mapping[str, Any], training: bool, static: bool) -> Signature:
     """The graph key of a call. ``static`` keys on exact shapes (custom modules, out-of-range calls)."""
     encoder_decoder = is_encoder_decoder(model)
-    entries = []
+    entries: list[tuple[Any, ...]] = []
     device = "cpu"
     for name in sorted(kwargs):
         value = kwargs[name]
