@@ -368,13 +368,13 @@ def compile_regex(text: Any, what: str, error: type[Exception]) -> Matcher:
     (``q{1001}``) or one that needs backtracking with more than :data:`MAX_UNROLLED_PIECES` pieces.
     """
     text = _checked_text(text, what, error)
-    return _regex(text, what, error, True, text)
+    return _regex(text, what, error, True, text)  # type: ignore[arg-type]  # mypy takes a class for unhashable
 
 
 def compile_peft_key(key: Any, what: str, error: type[Exception]) -> Matcher:
     """A PEFT ``rank_pattern``/``alpha_pattern`` key: matches as ``re.match(rf"(.*\\.)?({key})$", name)``."""
     key = _checked_text(key, what, error)
-    return _regex(rf"(.*\.)?({key})$", what, error, False, key)
+    return _regex(rf"(.*\.)?({key})$", what, error, False, key)  # type: ignore[arg-type]  # mypy takes a class for unhashable
 
 
 @functools.lru_cache(maxsize=4096)
@@ -385,4 +385,4 @@ def _glob(text: str, what: str, error: type[Exception]) -> Matcher:
 
 def compile_glob(text: Any, what: str, error: type[Exception]) -> Matcher:
     """A shell glob on the whole name, as ``fnmatch.fnmatchcase(name, text)``."""
-    return _glob(_checked_text(text, what, error), what, error)
+    return _glob(_checked_text(text, what, error), what, error)  # type: ignore[arg-type]  # mypy takes a class for unhashable

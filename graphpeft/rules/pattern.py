@@ -189,7 +189,7 @@ def layer_index(fqn: str) -> int | None:
     return int(found.group(1)) if found else None
 
 
-_PATTERN_KINDS = {
+_PATTERN_KINDS: dict[str, type | tuple[type, ...]] = {
     "op": str,
     "module": (str, list),
     "regex": str,
