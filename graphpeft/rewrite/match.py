@@ -117,18 +117,18 @@ def no_match_message(
     return "\n".join(lines)
 
 
-def _near_parameters(pattern: Pattern, sites: Sequence[Site]) -> str:
-    """Hint for a ``param`` glob: the parameters ops read that look most like it."""
-    weights = list(dict.fromkeys(s.weight for s in sites if s.weight and (pattern.op is None or s.op == pattern.op)))
-    probe = pattern.param[0].replace("*", "").strip(".")
+def _near_parameters(op: str | None, param_glob: str, sites: Sequence[Site]) -> str:
+    """Hint for a ``param`` glob: the parameters ``op`` ops (any when None) read that look most like it."""
+    weights = list(dict.fromkeys(s.weight for s in sites if s.weight and (op is None or s.op == op)))
+    probe = param_glob.replace("*", "").strip(".")
     near = (closest(probe, weights, n=3) if probe else []) or weights[:3]
-    return f"closest parameters read by {pattern.op or 'any'} ops: {', '.join(near) or '(none)'}"
+    return f"closest parameters read by {op or 'any'} ops: {', '.join(near) or '(none)'}"
 
 
 def target_hint(pattern: Pattern, sites: Sequence[Site]) -> str:
     """Why ``pattern`` selects nothing: the key that excludes near-matching sites, else the closest FQNs."""
     if pattern.param:
-        return _near_parameters(pattern, sites)
+        return _near_parameters(pattern.op, pattern.param[0], sites)
     if pattern.op is not None:
         other_ops = [s for s in sites if s.op != pattern.op and replace(pattern, op=s.op).matches(s.op, s.fqn, s.cls)]
         if other_ops:

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 import torch
 import torch.utils._pytree as pytree
 from torch import fx
+from torch.fx.graph import _PyTreeCodeGen
 
 from ..errors import AdapterError, CallError, TraceError, did_you_mean
 from ..rules.registry import get_method
@@ -81,6 +82,8 @@ def add_rows_input(gm: fx.GraphModule) -> fx.Node:
     with gm.graph.inserting_after(placeholders[-1]):
         rows = gm.graph.placeholder(ROWS)
     codegen = gm.graph._codegen
+    if not isinstance(codegen, _PyTreeCodeGen):
+        raise TraceError("mixed-adapter batches need a graph traced with keyword inputs")
     info = codegen.pytree_info
     args_spec, kwargs_spec = info.in_spec.children()
     if kwargs_spec.type is not dict:
@@ -117,7 +120,8 @@ def rewrite_mixed(
                 continue
             raise TraceError(f"site {key} is not in the graph traced for this call, so the adapters cannot be placed")
         site, node = located[key]
-        output, inner = node, frozenset()
+        output: fx.Node | None = node
+        inner: frozenset[fx.Node] = frozenset()
         for method_name, claims in per_method.items():
             method = get_method(method_name)
             label = Claim("mixed", "+".join(c.rule for c in claims if c), method_name, {})
@@ -135,7 +139,7 @@ def gather_rows(edit: SiteEditor, slices: list[fx.Node], rows: fx.Node, role: st
 
 def row_shape(edit: SiteEditor, gathered: fx.Node) -> fx.Node:
     """``gathered`` (batch, d) viewed as (batch, 1, ..., 1, d) to broadcast against the site's tensors."""
-    value = edit.node.meta.get("val")
+    value = edit.site_node.meta.get("val")
     rank = value.dim() if value is not None else 3
     for _ in range(rank - 2):
         gathered = edit.call(torch.ops.aten.unsqueeze.default, gathered, 1, role="mixed_unsqueeze")

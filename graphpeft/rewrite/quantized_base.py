@@ -50,7 +50,7 @@ NF4_LEVELS = torch.tensor(
 )
 STORED = "graphpeft_quantized"  # module attribute: {parameter name: StoredCodes}
 # How a graph reads a parameter as a linear weight: op -> kind, and kind -> the weight's argument index.
-WEIGHT_READS = {torch.ops.aten.linear.default: "linear", torch.ops.aten.addmm.default: "addmm"}
+WEIGHT_READS: dict[object, str] = {torch.ops.aten.linear.default: "linear", torch.ops.aten.addmm.default: "addmm"}
 WEIGHT_INDEX = {"linear": 1, "addmm": 2}
 
 
@@ -207,7 +207,8 @@ def _store_codes(model: nn.Module, name: str, scheme: str, transposed: bool) -> 
     module.register_buffer(f"{param_name}_codes", codes)
     module.register_buffer(f"{param_name}_scales", scales)
     stored = module.__dict__.setdefault(STORED, {})
-    stored[param_name] = StoredCodes(scheme, tuple(as_linear.shape), transposed)
+    rows, columns = as_linear.shape
+    stored[param_name] = StoredCodes(scheme, (rows, columns), transposed)
     placeholder = torch.zeros((), dtype=weight.dtype, device=weight.device).expand(weight.shape)
     setattr(module, param_name, nn.Parameter(placeholder, requires_grad=False))
 

@@ -45,6 +45,7 @@ class _HeadCrossEntropy(torch.autograd.Function):
                 F.cross_entropy(logits[rows], labels[rows], ignore_index=ignore_index, reduction="sum")
                 for rows in parts
             )
+            assert isinstance(total, torch.Tensor)  # two or more parts: never sum()'s start value 0
             loss = total / (labels != ignore_index).sum() if reduction == _MEAN else total
         ctx.save_for_backward(hidden, weight, bias, logits, labels)
         ctx.ignore_index, ctx.reduction = ignore_index, reduction
@@ -67,13 +68,13 @@ class _HeadCrossEntropy(torch.autograd.Function):
             grad = torch.softmax(logits[rows], dim=-1)  # d loss / d logits = (softmax - onehot) * scale
             grad.scatter_add_(1, targets[rows], minus_one[rows]).mul_(row_scale[rows])
             grad = grad.to(weight.dtype)
-            if need_hidden:
+            if grad_hidden is not None:
                 torch.mm(grad, weight, out=grad_hidden[rows])
-            if need_weight:
+            if grad_weight is not None:
                 grad_weight.addmm_(grad.t(), flat[rows])
-            if need_bias:
+            if grad_bias is not None:
                 grad_bias += grad.sum(0)
-        if need_hidden:
+        if grad_hidden is not None:
             grad_hidden = grad_hidden.view(hidden.shape)
         return grad_hidden, grad_weight, grad_bias, None, None, None, None
 

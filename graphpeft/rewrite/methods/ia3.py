@@ -20,7 +20,7 @@ from torch import nn
 
 from ...rules.options import Option
 from ...rules.registry import register_method
-from ...tracing.graph_utils import container
+from ...tracing.graph_utils import adapter_slot, container
 from ..editor import SiteEditor
 from ..mixed import check_mixable_site, gather_rows, row_shape
 from ..sites import Site
@@ -49,16 +49,13 @@ class IA3(Method):
     }
 
     def create(self, site: Site, options: dict[str, Any], model: nn.Module, store: nn.Module, adapter: str) -> None:
-        weight = model.get_parameter(site.weight)
+        weight = model.get_parameter(site.weight_fqn)
         vector = torch.ones(
             vector_shape(site, options["feedforward"]), device=weight.device, dtype=adapter_dtype(weight)
         )
         if options["init"] == "random" and weight.device.type != "meta":
             nn.init.normal_(vector, mean=1.0, std=0.1)
-        host = container(store, site.host)
-        if SLOT not in host._modules:
-            host.register_module(SLOT, nn.ParameterDict())
-        host._modules[SLOT][adapter] = nn.Parameter(vector)
+        adapter_slot(container(store, site.host), SLOT, nn.ParameterDict, create=True)[adapter] = nn.Parameter(vector)
 
     def rewrite(self, edit: SiteEditor) -> None:
         if edit.options["feedforward"]:
@@ -106,7 +103,7 @@ class IA3(Method):
 
     def _fold(self, site: Site, options: dict[str, Any], model: nn.Module, vector: torch.Tensor, invert: bool) -> None:
         """Multiply (or divide) W's output rows / input columns, and the bias for output scaling, by l."""
-        weight = model.get_parameter(site.weight)
+        weight = model.get_parameter(site.weight_fqn)
         flat = vector.detach().float().flatten()
         factor = 1.0 / flat if invert else flat
         feedforward = options["feedforward"]
@@ -121,7 +118,7 @@ class IA3(Method):
 
     # ------------------------------------------------------------------ state
     def _vector(self, site: Site, store: nn.Module, adapter: str) -> torch.Tensor:
-        return container(store, site.host, create=False)._modules[SLOT][adapter]
+        return adapter_slot(container(store, site.host, create=False), SLOT, nn.ParameterDict)[adapter]
 
     def state(self, site: Site, store: nn.Module, adapter: str) -> dict[str, torch.Tensor]:
         return {SLOT: self._vector(site, store, adapter)}

@@ -23,7 +23,7 @@ from torch import nn
 from ...errors import AdapterError
 from ...rules.options import Option, positive, probability
 from ...rules.registry import register_method
-from ...tracing.graph_utils import container
+from ...tracing.graph_utils import adapter_slot, container
 from ..editor import SiteEditor
 from ..mixed import check_mixable_site, row_shape
 from ..sites import PARAM_SITE_OPS, Site
@@ -105,9 +105,9 @@ class LoRA(Method):
         if lora_parameter_sites.handles(site, options):
             lora_parameter_sites.create(site, options, model, store, adapter)
             return
-        weight = model.get_parameter(site.weight)
+        weight = model.get_parameter(site.weight_fqn)
         r, init = options["r"], options["init"]
-        kwargs = {"device": weight.device, "dtype": weight.dtype}
+        kwargs: dict[str, Any] = {"device": weight.device, "dtype": weight.dtype}
         if weight.dtype in (torch.float16, torch.bfloat16):
             kwargs["dtype"] = torch.float32  # adapters train in fp32 (PEFT's autocast_adapter_dtype)
         if site.op == "conv2d":
@@ -145,7 +145,7 @@ class LoRA(Method):
 
     # ------------------------------------------------------------------ rewrite
     def rewrite(self, edit: SiteEditor) -> None:
-        site, node, options = edit.site, edit.node, edit.options
+        site, node, options = edit.site, edit.site_node, edit.options
         scale = scale_of(options)
         if site.op == "embedding":
             self._rewrite_embedding(edit, scale)
@@ -210,7 +210,7 @@ class LoRA(Method):
         return edit.call(aten.detach.default, norm, role="dora_weight_norm_detached")
 
     def _rewrite_embedding(self, edit: SiteEditor, scale: float) -> None:
-        node, options = edit.node, edit.options
+        node, options = edit.site_node, edit.options
         ids = node.args[1]
         padding_idx = node.args[2] if len(node.args) > 2 else -1
         a, b = edit.param("lora_embedding_A"), edit.param("lora_embedding_B")
@@ -279,7 +279,7 @@ class LoRA(Method):
         if lora_parameter_sites.handles(site, options):
             lora_parameter_sites.merge(site, options, model, *self._ab(site, store, adapter), scale_of(options), 1.0)
             return
-        weight = model.get_parameter(site.weight)
+        weight = model.get_parameter(site.weight_fqn)
         a, b = self._ab(site, store, adapter)
         scale = scale_of(options)
         with torch.no_grad():
@@ -298,7 +298,7 @@ class LoRA(Method):
         if lora_parameter_sites.handles(site, options):
             lora_parameter_sites.merge(site, options, model, *self._ab(site, store, adapter), scale_of(options), -1.0)
             return
-        weight = model.get_parameter(site.weight)
+        weight = model.get_parameter(site.weight_fqn)
         a, b = self._ab(site, store, adapter)
         with torch.no_grad():
             restored = weight.float()
@@ -314,10 +314,12 @@ class LoRA(Method):
     def _ab(self, site: Site, store: nn.Module, adapter: str) -> tuple[torch.Tensor, torch.Tensor]:
         slot_a, slot_b = slot_names(site)
         host = container(store, site.host, create=False)
-        return host._modules[slot_a][adapter], host._modules[slot_b][adapter]
+        a, b = (adapter_slot(host, name, nn.ParameterDict)[adapter] for name in (slot_a, slot_b))
+        return a, b
 
     def _magnitude(self, site: Site, store: nn.Module, adapter: str) -> torch.Tensor:
-        return container(store, site.host, create=False)._modules["lora_magnitude_vector"][adapter]
+        host = container(store, site.host, create=False)
+        return adapter_slot(host, "lora_magnitude_vector", nn.ParameterDict)[adapter]
 
     # ------------------------------------------------------------------ state
     def state(self, site: Site, store: nn.Module, adapter: str) -> dict[str, torch.Tensor]:
@@ -327,9 +329,10 @@ class LoRA(Method):
         else:
             out = {"lora_A.weight": a, "lora_B.weight": b}
         host = container(store, site.host, create=False)
-        magnitudes = host._modules.get("lora_magnitude_vector")
-        if magnitudes is not None and adapter in magnitudes:
-            out["lora_magnitude_vector"] = magnitudes[adapter]
+        if "lora_magnitude_vector" in host._modules:
+            magnitudes = adapter_slot(host, "lora_magnitude_vector", nn.ParameterDict)
+            if adapter in magnitudes:
+                out["lora_magnitude_vector"] = magnitudes[adapter]
         return out
 
     def load_state(self, site: Site, store: nn.Module, adapter: str, tensors: dict[str, torch.Tensor]) -> None:

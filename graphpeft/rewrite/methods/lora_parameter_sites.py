@@ -52,7 +52,7 @@ def split_sizes(split: dict[str, int | float], width: int) -> list[tuple[str, in
     """Sizes of a split: given as sizes summing to ``width``, or as proportions of it."""
     values = list(split.values())
     if all(isinstance(v, int) for v in values) and sum(values) == width:
-        return list(split.items())
+        return [(name, value) for name, value in split.items() if isinstance(value, int)]
     total = sum(values)
     sizes = [(name, width * value / total) for name, value in split.items()]
     if any(abs(size - round(size)) > 1e-9 for _, size in sizes):
@@ -95,9 +95,9 @@ def _chosen_width(site: Site, options: dict[str, Any]) -> int:
 # ---------------------------------------------------------------------- parameters
 def create(site: Site, options: dict[str, Any], model: nn.Module, store: nn.Module, adapter: str) -> None:
     """A: (r, in) and B: (chosen out, r), with a leading experts dim for stacked weights."""
-    weight = model.get_parameter(site.weight)
+    weight = model.get_parameter(site.weight_fqn)
     r = options["r"]
-    kwargs = {"device": weight.device, "dtype": weight.dtype}
+    kwargs: dict[str, Any] = {"device": weight.device, "dtype": weight.dtype}
     if weight.dtype in (torch.float16, torch.bfloat16):
         kwargs["dtype"] = torch.float32  # adapters train in fp32, as for module sites
     lead = (site.experts,) if site.experts else ()
@@ -116,7 +116,7 @@ def rewrite(edit: SiteEditor, scale: float) -> None:
     As at module sites, the update runs in the adapter's dtype (fp32 adapters on a bf16/fp16 base:
     x is cast up) and the adapted output is rounded once to the site's dtype.
     """
-    site, node, options = edit.site, edit.node, edit.options
+    site, node, options = edit.site, edit.site_node, edit.options
     x = to_adapter_dtype(edit, edit.site_input)
     dropout = options["dropout"] if edit.training else 0.0
     if dropout > 0:
@@ -198,7 +198,7 @@ def merge(
     site: Site, options: dict[str, Any], model: nn.Module, a: torch.Tensor, b: torch.Tensor, scale: float, sign: float
 ) -> None:
     """Add (``sign`` = 1) or subtract (-1) the delta into the parameter through the view chain."""
-    param = model.get_parameter(site.weight)
+    param = model.get_parameter(site.weight_fqn)
     with torch.no_grad():
         operand = replay(param, site.view)
         if not shares_storage(operand, param):

@@ -17,6 +17,8 @@ from torch import nn
 class VirtualTokenModule(nn.Module):
     """Base: ``output()`` returns the virtual-token table (rows, width)."""
 
+    embedding: nn.Embedding  # the trainable rows, PEFT's name
+
     def output(self) -> torch.Tensor:
         raise NotImplementedError
 

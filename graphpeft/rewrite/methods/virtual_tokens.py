@@ -23,6 +23,7 @@ from torch import nn
 from ...errors import RuleError
 from ...rules.options import Option, positive, probability
 from ...rules.registry import register_method
+from ...tracing.graph_utils import adapter_slot
 from ...tracing.model_facts import forward_parameters, is_encoder_decoder, prefix_geometry
 from ..editor import SiteEditor
 from ..sites import Site
@@ -46,7 +47,9 @@ def _non_negative(value: Any) -> str | None:
 
 def encoder_of(store: nn.Module, adapter: str) -> VirtualTokenModule:
     """The adapter's virtual-token module."""
-    return store._modules[SLOT][adapter]
+    module = adapter_slot(store, SLOT, nn.ModuleDict)[adapter]
+    assert isinstance(module, VirtualTokenModule)
+    return module
 
 
 class VirtualTokenMethod(Method):
@@ -65,15 +68,14 @@ class VirtualTokenMethod(Method):
         return {STATE_KEY: self.table_shape(site, options, model)}
 
     def create(self, site: Site, options: dict[str, Any], model: nn.Module, store: nn.Module, adapter: str) -> None:
-        if SLOT not in store._modules:
-            store.register_module(SLOT, nn.ModuleDict())
-        if adapter in store._modules[SLOT]:
+        modules = adapter_slot(store, SLOT, nn.ModuleDict, create=True)
+        if adapter in modules:
             return  # prefix tuning claims one site per layer; its module is made once
         device = next(model.parameters()).device
         module = self.build(site, options, model).to(device)
         for param in module.parameters():
             param.requires_grad_(True)
-        store._modules[SLOT][adapter] = module
+        modules[adapter] = module
 
     def rewrite(self, edit: SiteEditor) -> None:
         """Nothing to insert: the runtime feeds these tokens through the graph's inputs."""
@@ -87,7 +89,7 @@ class VirtualTokenMethod(Method):
         table = tensors[STATE_KEY]
         if module.reparameterized:
             fixed = PromptTable(*table.shape).to(device=table.device, dtype=table.dtype)
-            store._modules[SLOT][adapter] = module = fixed
+            adapter_slot(store, SLOT, nn.ModuleDict)[adapter] = module = fixed
         with torch.no_grad():
             module.embedding.weight.copy_(table)
 
@@ -134,7 +136,7 @@ class PromptTuning(EmbeddingTokenMethod):
     def build(self, site: Site, options: dict[str, Any], model: nn.Module) -> VirtualTokenModule:
         rows, width = self.table_shape(site, options, model)
         table = PromptTable(rows, width)
-        words = model.get_parameter(site.weight).detach()
+        words = model.get_parameter(site.weight_fqn).detach()
         if options["init"] == "sample_vocab":
             ids = torch.randint(0, words.shape[0], (rows,), device=words.device)
         elif options["init"] == "text":
