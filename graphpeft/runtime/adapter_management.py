@@ -11,7 +11,7 @@ import contextlib
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import nn
@@ -25,8 +25,12 @@ from ..rewrite.sites import Site
 from ..rules.builtin import resolve_rules
 from ..rules.registry import get_method
 from ..rules.rule_set import ResolvedRule
+from .model_state import ModelState
 from .ownership import hold
 from .tied_weights import tied_parameters, warn_tied
+
+if TYPE_CHECKING:
+    from .model import GraphPeftModel  # the one class this part belongs to
 
 
 @dataclass
@@ -40,14 +44,9 @@ class AdapterSpec:
         return {claim.method for _, claim in self.claims.values()}
 
 
-class AdapterManagement:
+class AdapterManagement(ModelState):
     """The adapter half of ``GraphPeftModel``; it reads ``base_model``, ``adapters``, ``adapter_specs``,
     ``active_adapters``, ``_merged``, ``_disabled`` and ``_graphs`` set up by ``GraphPeftModel.__init__``."""
-
-    base_model: nn.Module
-    adapters: nn.Module
-    adapter_specs: dict[str, AdapterSpec]
-    active_adapters: list[str]
 
     @property
     def active_adapter(self) -> str | None:
@@ -138,12 +137,14 @@ class AdapterManagement:
         if not is_main_process:
             return
         names = adapter_names if adapter_names is not None else selected_adapters
-        save_pretrained(self, save_directory, list(names) if names is not None else None, overwrite)
+        save_pretrained(
+            cast("GraphPeftModel", self), save_directory, list(names) if names is not None else None, overwrite
+        )
 
     def load_adapter(self, directory: str, adapter_name: str, is_trainable: bool = False) -> None:
         """Add an adapter from a graphpeft or PEFT directory (this model is unchanged if it fails)."""
         self._ensure_live("load_adapter()")
-        load_into(self, directory, adapter_name, is_trainable)
+        load_into(cast("GraphPeftModel", self), directory, adapter_name, is_trainable)
 
     def _spec(self, name: str) -> AdapterSpec:
         if not isinstance(name, str):

@@ -99,8 +99,8 @@ def check_model_inputs(base: nn.Module, kwargs: dict[str, Any]) -> None:
 def _check_embeds(base: nn.Module, embeds: torch.Tensor) -> None:
     if not embeds.dtype.is_floating_point:
         raise CallError(f"inputs_embeds must be floating point (batch, length, width), got a {embeds.dtype} tensor")
-    table = _input_embeddings(base)
-    width = table.weight.shape[1] if table is not None else None
+    table = _input_embedding_table(base)
+    width = table.shape[1] if table is not None else None
     if width is not None and (embeds.dim() != 3 or embeds.shape[-1] != width):
         raise CallError(
             f"inputs_embeds must be (batch, length, {width}) for the model's embedding width {width}, "
@@ -108,17 +108,21 @@ def _check_embeds(base: nn.Module, embeds: torch.Tensor) -> None:
         )
 
 
-def _input_embeddings(base: nn.Module) -> nn.Module | None:
+def _input_embedding_table(base: nn.Module) -> torch.Tensor | None:
+    """The (vocab, width) input embedding weight of a transformers model, or None."""
+    get_embeddings = getattr(base, "get_input_embeddings", None)
     try:
-        table = base.get_input_embeddings()
+        table = get_embeddings() if get_embeddings is not None else None
     except (AttributeError, NotImplementedError):
         return None
-    return table if isinstance(getattr(table, "weight", None), torch.Tensor) and table.weight.dim() == 2 else None
+    weight = getattr(table, "weight", None)
+    return weight if isinstance(weight, torch.Tensor) and weight.dim() == 2 else None
 
 
 def _is_language_model(base: nn.Module) -> bool:
+    get_head = getattr(base, "get_output_embeddings", None)
     try:
-        return base.get_output_embeddings() is not None
+        return get_head is not None and get_head() is not None
     except (AttributeError, NotImplementedError):
         return False
 
@@ -150,8 +154,8 @@ def explained_failures(model: Any, kwargs: dict[str, Any]) -> Iterator[None]:
 
 
 def _out_of_range(base: nn.Module, kwargs: dict[str, Any]) -> str | None:
-    table = _input_embeddings(base)
-    vocab = table.weight.shape[0] if table is not None else None
+    table = _input_embedding_table(base)
+    vocab = table.shape[0] if table is not None else None
     for name in TOKEN_INPUTS:
         ids = kwargs.get(name)
         if vocab is not None and isinstance(ids, torch.Tensor):

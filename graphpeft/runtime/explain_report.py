@@ -167,12 +167,13 @@ def explain_model(model: GraphPeftModel, adapter_names: Sequence[str] | None = N
             f"adapter_names takes a list of names, got the string {adapter_names!r}; write [{adapter_names!r}]"
         )
     names = list(adapter_names) if adapter_names is not None else list(model.adapter_specs)
-    quantized = set(model.quantization.weights) if model.quantization else set()
+    quantization = model.quantization
+    quantized = set(quantization.weights) if quantization else set()
     reports, rules, unmatched = [], [], []
     for name in names:
         spec = model._spec(name)
         for site, claim in spec.claims.values():
-            scheme = model.quantization.scheme if site.weight in quantized else None
+            scheme = quantization.scheme if quantization and site.weight in quantized else None
             reports.append(replace(site_report(site, claim, model.adapters), quantized=scheme))
         claimed = {claim.rule for _, claim in spec.claims.values()}
         for item in spec.rules:

@@ -28,17 +28,13 @@ from ..tracing.export import export_graph
 from ..tracing.graph_utils import clone_graph, drop_checks
 from ..tracing.signature import fits, signature_of
 from .call_inputs import canonical_kwargs
+from .model_state import ModelState
 
 
-class GraphDispatch:
+class GraphDispatch(ModelState):
     """The graph half of ``GraphPeftModel``; it reads ``base_model``, ``adapters``, ``training``,
     ``checkpointing``, ``quantization``, the call settings (``_transformers``, ``_example``, ``_dynamic_shapes``)
     and the caches (``_graphs``, ``_base_graphs``, ``_sites``) set up by ``GraphPeftModel.__init__``."""
-
-    base_model: nn.Module
-    adapters: nn.Module
-    checkpointing: bool
-    quantization: str | None
 
     def sites(self) -> list[Site]:
         """Every site of the base model's graph (traced once on demand), plus module sites."""

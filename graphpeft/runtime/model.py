@@ -29,6 +29,7 @@ from torch import fx, nn
 
 from ..errors import AdapterError, TraceError
 from ..generation.generate import generate
+from ..rewrite.quantized_base import Quantization
 from ..rewrite.sites import Site
 from ..rewrite.virtual_inputs import expand
 from ..tracing.model_facts import forward_parameters, is_transformers_model
@@ -75,14 +76,14 @@ class GraphPeftModel(AdapterManagement, WeightFolding, GraphDispatch, nn.Module)
         # Code that inspects ``model.forward`` to learn the inputs (transformers' Trainer keeps only the
         # dataset columns named there) must see the base model's parameters, not ``*args, **kwargs``.
         signed_forward = functools.partial(type(self).forward, self)
-        signed_forward.__signature__ = inspect.signature(model.forward)
+        setattr(signed_forward, "__signature__", inspect.signature(model.forward))  # noqa: B010 - not typed on partial
         self.__dict__["forward"] = signed_forward
         self._sites: list[Site] | None = None  # every site, once sites() traced the base graph
         self.training = model.training
         # training graphs recompute each block in backward (graphpeft.rewrite.graph_passes.activation_checkpointing)
         self.checkpointing = False
         self.reuse_blocks = True  # export a few repeated blocks and copy the rest (graphpeft.tracing.block_reuse)
-        self.quantization: str | None = None  # "int8" / "nf4" once quantize() ran (graphpeft.rewrite.quantized_base)
+        self.quantization: Quantization | None = None  # what quantize() did (graphpeft.rewrite.quantized_base)
         self._unloaded = False  # unload() / merge_and_unload() handed the base back (graphpeft.runtime.ownership)
         self._base_identity = BaseIdentity(model)  # the base tensors the cached graphs read
 
