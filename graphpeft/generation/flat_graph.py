@@ -30,7 +30,9 @@ class FlatGraph:
         self.inputs = list(zip(kwargs_spec.context, (c.num_leaves for c in kwargs_spec.children()), strict=True))
         self.outputs: dict[str, slice] = {}
         start = 0
-        for name, child in zip(gm._out_spec.context, gm._out_spec.children(), strict=True):
+        out_spec = gm._out_spec
+        assert out_spec is not None  # an exported graph always records its output structure
+        for name, child in zip(out_spec.context, out_spec.children(), strict=True):
             self.outputs[name] = slice(start, start + child.num_leaves)
             start += child.num_leaves
         graph = fx.Graph()

@@ -47,6 +47,7 @@ def generate(
             f"a {input_ids.shape[1]}-token prompt plus max_new_tokens={settings.max_new_tokens} exceeds the "
             f"model's {limit} positions (max_position_embeddings); shorten the prompt or lower max_new_tokens"
         )
+    extra: dict[str, torch.Tensor]
     if adapter_names is None:
         graphs, extra = generation_graphs(model), {}
     else:
