@@ -202,7 +202,7 @@ def read_weights(model: GraphPeftModel, saved: SavedAdapter) -> dict[str, torch.
         if header[key][0] != shape:
             raise _shape_error(model, path, key, header[key][0], shape, site, claim, suffix)
     if saved.manifest is not None:
-        _check_recorded_shapes(saved, header, path)
+        _check_recorded_shapes(saved, saved.manifest, header, path)
     copies = _base_layer_keys(model, saved.claims, header, set(expected), path)
     unused = sorted(set(header) - set(expected) - set(copies))
     if unused:
@@ -265,9 +265,9 @@ def _option_behind(
     return None
 
 
-def _check_recorded_shapes(saved: SavedAdapter, header: Header, path: Path) -> None:
+def _check_recorded_shapes(saved: SavedAdapter, manifest: dict[str, Any], header: Header, path: Path) -> None:
     for key, (site, claim) in saved.claims.items():
-        for suffix, shape in saved.manifest["sites"][key]["tensors"].items():
+        for suffix, shape in manifest["sites"][key]["tensors"].items():
             name = key_of(saved.claims, site, claim.method, suffix)
             if name not in header or header[name][0] != tuple(shape):
                 found = header[name][0] if name in header else "nothing"
@@ -288,7 +288,7 @@ def _base_layer_keys(
     is read) hold exactly the base's values.
     """
     hosts = {site.host for site, claim in claims.values() if not get_method(claim.method).virtual_tokens}
-    out = {}
+    out: dict[str, torch.Tensor] = {}
     for key in set(header) - expected:
         if not key.startswith(PREFIX) or ".base_layer." not in key:
             continue

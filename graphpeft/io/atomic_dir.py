@@ -45,8 +45,10 @@ from pathlib import Path
 
 try:
     import fcntl
+
+    CAN_LOCK = True
 except ImportError:  # Windows: saves do not take turns there
-    fcntl = None
+    CAN_LOCK = False
 
 from ..errors import GraphPeftError, SaveError
 from .adapter_paths import save_target
@@ -238,7 +240,7 @@ def parent_lock(parent: Path, wait: bool) -> Iterator[bool | None]:
 
 
 def _open_folder(parent: Path) -> int | None:
-    if fcntl is None:
+    if not CAN_LOCK:
         return None
     try:
         return os.open(parent, os.O_RDONLY | os.O_DIRECTORY)

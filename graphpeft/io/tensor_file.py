@@ -10,6 +10,7 @@ finite values. Pickles (``adapter_model.bin``, ``*.pt``) are never opened.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Protocol
 
 import torch
 from safetensors import safe_open
@@ -54,7 +55,15 @@ def read_header(path: Path) -> Header:
     return header
 
 
-def _entry(view: object) -> tuple[tuple[int, ...], str]:
+class _Slice(Protocol):
+    """What a safetensors slice offers (its stubs leave ``get_slice``'s result untyped)."""
+
+    def get_shape(self) -> list[int]: ...
+
+    def get_dtype(self) -> str: ...
+
+
+def _entry(view: _Slice) -> tuple[tuple[int, ...], str]:
     return tuple(view.get_shape()), view.get_dtype()
 
 
