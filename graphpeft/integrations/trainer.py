@@ -25,7 +25,9 @@ class AdapterTrainer(Trainer):
         if not isinstance(model, GraphPeftModel):
             super()._save(output_dir, state_dict)
         elif self.args.should_save:
-            save_into(model, Path(output_dir or self.args.output_dir))
+            folder = output_dir or self.args.output_dir
+            assert folder is not None  # TrainingArguments sets a default output_dir
+            save_into(model, Path(folder))
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         model = self.accelerator.unwrap_model(model if model is not None else self.model, keep_torch_compile=False)

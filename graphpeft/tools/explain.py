@@ -69,7 +69,9 @@ def _dry_match(
 ) -> tuple[list[tuple[Site, Claim]], list[UnmatchedRule], list[str]]:
     """Claims as ``match`` makes them, with misses and conflicts collected instead of raised."""
     optional = [replace(item, rule=replace(item.rule, required=False)) for item in resolved]
-    unmatched, problems, per_rule = [], [], []
+    unmatched: list[UnmatchedRule] = []
+    problems: list[str] = []
+    per_rule: list[tuple[Site, Claim]] = []
     for original, item in zip(resolved, optional, strict=True):
         try:
             found = claim_sites([item], sites, adapter)
