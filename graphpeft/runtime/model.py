@@ -9,7 +9,8 @@ The class is assembled from one module per idea:
 - :mod:`graphpeft.runtime.adapter_management`: add / set / delete / save / load adapters, parameter counts;
 - :mod:`graphpeft.runtime.weight_folding`: merge / unmerge / unload, quantize / dequantize the base weights;
 - :mod:`graphpeft.runtime.graph_dispatch`: the export and rewritten-graph caches, sites, tracing;
-- :mod:`graphpeft.runtime.call_inputs`: binding and checking a call's inputs.
+- :mod:`graphpeft.runtime.call_inputs`: binding and checking a call's inputs;
+- :mod:`graphpeft.runtime.model_state`: the state those parts share, declared once for the type checker.
 
 This module keeps the calling surface: construction, ``forward``, ``generate``, ``export``, ``explain``,
 delegating to :mod:`.mixed_batches` (mixed-adapter batches), :mod:`graphpeft.generation`,
