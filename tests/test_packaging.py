@@ -64,3 +64,7 @@ def test_wheel_ships_every_module_and_the_viewer_template(installed):
         if p.suffix in (".py", ".html")
     }
     assert sorted(wanted - shipped) == []
+
+
+def test_wheel_ships_the_py_typed_marker_so_type_checkers_read_graphpeft_annotations(installed):
+    assert (installed / "graphpeft" / "py.typed").is_file()
