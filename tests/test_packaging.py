@@ -1,6 +1,7 @@
 """A wheel install finds the built-in rule files, and holds every module and data file of the package."""
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -8,12 +9,26 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+# What the wheel is built from. A copy of just these, because building in the tree reuses its build/ folder,
+# whose files from an earlier build would be shipped even where pyproject no longer names them.
+SOURCES = ("pyproject.toml", "README.md", "graphpeft", "passes")
+
+
+def clean_source(folder: Path) -> Path:
+    """A copy of the package's sources in ``folder``, without caches or earlier build output."""
+    for name in SOURCES:
+        if (ROOT / name).is_dir():
+            shutil.copytree(ROOT / name, folder / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(ROOT / name, folder / name)
+    return folder
 
 
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory):
     """A folder with graphpeft installed into it from a wheel built from this tree (no editable install)."""
     tmp_path = tmp_path_factory.mktemp("wheel")
+    source = clean_source(tmp_path_factory.mktemp("source"))
     subprocess.run(
         [
             sys.executable,
@@ -25,7 +40,7 @@ def installed(tmp_path_factory):
             "--no-build-isolation",
             "-w",
             str(tmp_path / "dist"),
-            str(ROOT),
+            str(source),
         ],
         check=True,
         capture_output=True,
