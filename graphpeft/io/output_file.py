@@ -56,4 +56,5 @@ def write_text(path: object, text: str) -> Path:
     """Write ``text`` (UTF-8) to ``path`` atomically; returns the path."""
     with atomic_file(path) as temp:
         temp.write_text(text, encoding="utf-8")
-    return Path(path)  # type: ignore[arg-type]
+    assert isinstance(path, (str, os.PathLike))  # atomic_file refused anything else
+    return Path(path)

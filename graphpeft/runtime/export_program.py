@@ -60,7 +60,7 @@ def _deployable(graph: fx.GraphModule, constants: dict[str, Any], names: list[st
     def forward(self: _Deployable, **kwargs: Any) -> Any:
         return _Deployable.forward(self, **kwargs)
 
-    forward.__signature__ = signature  # type: ignore[attr-defined]
+    setattr(forward, "__signature__", signature)  # noqa: B010 - typing declares no __signature__ on functions
     cls = type("DeployedModel", (_Deployable,), {"forward": forward})
     return cls(graph, constants)
 

@@ -77,7 +77,7 @@ class GraphPeftModel(AdapterManagement, WeightFolding, GraphDispatch, nn.Module)
         # Code that inspects ``model.forward`` to learn the inputs (transformers' Trainer keeps only the
         # dataset columns named there) must see the base model's parameters, not ``*args, **kwargs``.
         signed_forward = functools.partial(type(self).forward, self)
-        setattr(signed_forward, "__signature__", inspect.signature(model.forward))  # noqa: B010 - not typed on partial
+        setattr(signed_forward, "__signature__", inspect.signature(model.forward))  # noqa: B010 - typing declares none on partial
         self.__dict__["forward"] = signed_forward
         self._sites: list[Site] | None = None  # every site, once sites() traced the base graph
         self.training = model.training

@@ -132,8 +132,8 @@ class _ExplicitKeywords(nn.Module):
             return model(**kwargs)
 
         keywords = inspect.Signature([inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY) for name in names])
-        # typing declares no __signature__ on functions; inspect.signature (and so torch.export) reads it
-        setattr(forward, "__signature__", keywords)  # noqa: B010
+        # inspect.signature (and so torch.export) reads __signature__
+        setattr(forward, "__signature__", keywords)  # noqa: B010 - typing declares no __signature__ on functions
         object.__setattr__(self, "forward", forward)
 
 
