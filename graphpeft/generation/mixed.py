@@ -39,4 +39,6 @@ def mixed_generation_graphs(model: GraphPeftModel, order: tuple[str, ...]) -> Ge
         # key/value projections (their results are in the cache), so those sites are absent there.
         rewrite_mixed(model, gm, order, training=False, skip_missing=phase == "decode" and encoder_decoder)
 
-    return cached_generation_graphs(model, ("mixed", *order), lambda: build_generation_graphs(model, order, rewrite=place))
+    return cached_generation_graphs(
+        model, ("mixed", *order), lambda: build_generation_graphs(model, order, rewrite=place)
+    )

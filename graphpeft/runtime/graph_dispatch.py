@@ -28,17 +28,13 @@ from ..tracing.export import export_graph
 from ..tracing.graph_utils import clone_graph, drop_checks
 from ..tracing.signature import fits, signature_of
 from .call_inputs import canonical_kwargs
+from .model_state import ModelState
 
 
-class GraphDispatch:
+class GraphDispatch(ModelState):
     """The graph half of ``GraphPeftModel``; it reads ``base_model``, ``adapters``, ``training``,
     ``checkpointing``, ``quantization``, the call settings (``_transformers``, ``_example``, ``_dynamic_shapes``)
     and the caches (``_graphs``, ``_base_graphs``, ``_sites``) set up by ``GraphPeftModel.__init__``."""
-
-    base_model: nn.Module
-    adapters: nn.Module
-    checkpointing: bool
-    quantization: str | None
 
     def sites(self) -> list[Site]:
         """Every site of the base model's graph (traced once on demand), plus module sites."""
@@ -108,7 +104,9 @@ class GraphDispatch:
                 example, shapes = example_inputs(self.base_model, signature)
             else:
                 example, shapes = kwargs, self._dynamic_shapes
-            graph = export_graph(self.base_model, (), example, shapes, signature.training, reuse_blocks=self.reuse_blocks)
+            graph = export_graph(
+                self.base_model, (), example, shapes, signature.training, reuse_blocks=self.reuse_blocks
+            )
             drop_checks(graph)
             use_native_gqa(graph)
             self._base_graphs[signature] = graph
@@ -123,7 +121,9 @@ class GraphDispatch:
         static = not self._transformers and self._dynamic_shapes is None
         return self._traced(signature_of(self.base_model, kwargs, self.training, static), kwargs)
 
-    def _rewrite(self, gm: fx.GraphModule, adapters: tuple[str, ...], training: bool, skip_missing: bool = False) -> None:
+    def _rewrite(
+        self, gm: fx.GraphModule, adapters: tuple[str, ...], training: bool, skip_missing: bool = False
+    ) -> None:
         """Place ``adapters`` on ``gm``. ``skip_missing`` leaves out claimed sites that ``gm`` never
         computes (an encoder-decoder's decode step runs neither the encoder nor the cross-attention
         key/value projections); otherwise a missing site is an error."""
@@ -169,8 +169,12 @@ class BaseIdentity:
     """
 
     def __init__(self, model: nn.Module):
-        slots = [(d, k, v) for m in model.modules() for d in (m._parameters, m._buffers, m._modules) for k, v in d.items()]
-        self._dicts, self._keys, self._values = (list(column) for column in zip(*slots)) if slots else ([], [], [])
+        slots = [
+            (d, k, v) for m in model.modules() for d in (m._parameters, m._buffers, m._modules) for k, v in d.items()
+        ]
+        self._dicts, self._keys, self._values = (
+            (list(column) for column in zip(*slots, strict=True)) if slots else ([], [], [])
+        )
 
     def unchanged(self) -> bool:
         return all(map(operator.is_, map(dict.get, self._dicts, self._keys), self._values))
