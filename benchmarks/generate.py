@@ -25,9 +25,20 @@ from transformers import LlamaConfig, LlamaForCausalLM
 import graphpeft
 
 MODELS = {
-    "tiny": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, vocab_size=96),
+    "tiny": dict(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=96,
+    ),
     "smollm2-135m": dict(
-        hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3,
+        hidden_size=576,
+        intermediate_size=1536,
+        num_hidden_layers=30,
+        num_attention_heads=9,
+        num_key_value_heads=3,
         vocab_size=49152,
     ),
 }
@@ -35,7 +46,9 @@ MODELS = {
 
 def build(name: str) -> LlamaForCausalLM:
     torch.manual_seed(0)
-    config = LlamaConfig(**MODELS[name], max_position_embeddings=2048, pad_token_id=0, bos_token_id=1, eos_token_id=None)
+    config = LlamaConfig(
+        **MODELS[name], max_position_embeddings=2048, pad_token_id=0, bos_token_id=1, eos_token_id=None
+    )
     model = LlamaForCausalLM(config).eval()
     model.generation_config.eos_token_id = None  # never stop early: both sides generate every token
     return model
@@ -47,7 +60,8 @@ def contenders(name: str, rank: int) -> tuple[torch.nn.Module, torch.nn.Module]:
 
     base = build(name)
     peft_model = get_peft_model(
-        copy.deepcopy(base), LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+        copy.deepcopy(base),
+        LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=["q_proj", "v_proj"], init_lora_weights=False),
     ).eval()
     with tempfile.TemporaryDirectory() as directory:
         peft_model.save_pretrained(directory)
@@ -70,7 +84,9 @@ def measure(name: str, batch: int, prompt: int, new_tokens: int, repeats: int) -
     if batch > 1:
         mask[0, : prompt // 4] = 0  # left padding on the first row
     runs = {
-        "transformers+peft": lambda: peft_model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new_tokens, do_sample=False),
+        "transformers+peft": lambda: peft_model.generate(
+            input_ids=ids, attention_mask=mask, max_new_tokens=new_tokens, do_sample=False
+        ),
         "graphpeft": lambda: graph_model.generate(ids, mask, max_new_tokens=new_tokens),
     }
     with torch.no_grad():
@@ -91,11 +107,16 @@ def main() -> None:
     parser.add_argument("--prompt", type=int, default=16)
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1 is steadiest on a shared machine)")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch intra-op threads (1 is steadiest on a shared machine)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
-    print(f"machine: {platform.machine()} {platform.processor() or ''}, {os.cpu_count()} cpus, torch threads {args.threads}")
+    print(
+        f"machine: {platform.machine()} {platform.processor() or ''}, "
+        f"{os.cpu_count()} cpus, torch threads {args.threads}"
+    )
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, graphpeft {graphpeft.__version__}")
     print(f"batch {args.batch}, prompt {args.prompt}, new tokens {args.new_tokens}, repeats {args.repeats} (median)\n")
     print("| model | transformers+PEFT tok/s | graphpeft tok/s | ratio | same ids |")

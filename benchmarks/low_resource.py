@@ -46,12 +46,20 @@ def child(library: str, scheme: str, checkpointing: bool) -> dict[str, float]:
         model = peft_model(base)
     else:
         model = graphpeft.apply(
-            base, "lora", r=RANK, alpha=ALPHA, checkpointing=checkpointing, quantize=None if scheme == "fp32" else scheme
+            base,
+            "lora",
+            r=RANK,
+            alpha=ALPHA,
+            checkpointing=checkpointing,
+            quantize=None if scheme == "fp32" else scheme,
         )
     model.train()
     ids = torch.randint(3, 49152, (BATCH, SEQ), generator=torch.Generator().manual_seed(1))
-    step = train_step(model, torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4),
-                      {"input_ids": ids, "attention_mask": torch.ones_like(ids)})
+    step = train_step(
+        model,
+        torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4),
+        {"input_ids": ids, "attention_mask": torch.ones_like(ids)},
+    )
     step()
     ctypes.CDLL("libc.so.6").malloc_trim(0)
     Path("/proc/self/clear_refs").write_text("5")
@@ -73,17 +81,30 @@ def main() -> None:
     rows = {}
     for library, scheme, checkpointing in CONFIGS:
         out = subprocess.run(
-            [sys.executable, "-m", "benchmarks.low_resource", "--child", library, scheme, "1" if checkpointing else "0"],
-            check=True, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+            [
+                sys.executable,
+                "-m",
+                "benchmarks.low_resource",
+                "--child",
+                library,
+                scheme,
+                "1" if checkpointing else "0",
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
         )
         rows[(library, scheme, checkpointing)] = json.loads(out.stdout.strip().splitlines()[-1])
         print(library, scheme, checkpointing, rows[(library, scheme, checkpointing)], file=sys.stderr, flush=True)
     reference = rows[("peft", "fp32", False)]["peak_mib"]
-    print(f"| library | base | checkpointing | resting RSS MiB | peak RSS MiB | peak / PEFT fp32 |")
+    print("| library | base | checkpointing | resting RSS MiB | peak RSS MiB | peak / PEFT fp32 |")
     print("|---|---|---|---:|---:|---:|")
     for (library, scheme, checkpointing), r in rows.items():
-        print(f"| {library} | {scheme} | {'yes' if checkpointing else 'no'} | {r['resting_mib']:.0f} | "
-              f"{r['peak_mib']:.0f} | {r['peak_mib'] / reference:.2f} |")
+        print(
+            f"| {library} | {scheme} | {'yes' if checkpointing else 'no'} | {r['resting_mib']:.0f} | "
+            f"{r['peak_mib']:.0f} | {r['peak_mib'] / reference:.2f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -30,8 +30,13 @@ NAMES = ("a", "b", "c", "d")
 def base_model() -> LlamaForCausalLM:
     torch.manual_seed(0)
     config = LlamaConfig(
-        vocab_size=2048, hidden_size=256, intermediate_size=688, num_hidden_layers=4,
-        num_attention_heads=8, num_key_value_heads=4, max_position_embeddings=512,
+        vocab_size=2048,
+        hidden_size=256,
+        intermediate_size=688,
+        num_hidden_layers=4,
+        num_attention_heads=8,
+        num_key_value_heads=4,
+        max_position_embeddings=512,
     )
     return LlamaForCausalLM(config).eval()
 
@@ -40,8 +45,9 @@ def save_adapters(folder: Path) -> None:
     for i, name in enumerate(NAMES):
         base = base_model()
         torch.manual_seed(100 + i)  # after base_model(), which seeds 0: each adapter gets its own weights
-        model = get_peft_model(base, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"],
-                                                        init_lora_weights=False))
+        model = get_peft_model(
+            base, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+        )
         model.save_pretrained(folder / name)
 
 
@@ -95,9 +101,11 @@ def main() -> None:
             for name in order:
                 samples[name].append(timed(setups[name]))
     median = {name: statistics.median(values) for name, values in samples.items()}
-    print(f"Llama 4 layers, hidden 256, batch {args.batch} x {args.seq} tokens, 4 LoRA adapters r=8 on q/v, eval, "
-          f"CPU ({torch.get_num_threads()} threads), {args.repeats} repeats, median; "
-          f"max |graphpeft - PEFT| on the mixed batch: {gap:.1e}\n")
+    print(
+        f"Llama 4 layers, hidden 256, batch {args.batch} x {args.seq} tokens, 4 LoRA adapters r=8 on q/v, eval, "
+        f"CPU ({torch.get_num_threads()} threads), {args.repeats} repeats, median; "
+        f"max |graphpeft - PEFT| on the mixed batch: {gap:.1e}\n"
+    )
     print("| setup | median ms | mixed-batch overhead |")
     print("|---|---:|---:|")
     for lib in ("graphpeft", "PEFT"):

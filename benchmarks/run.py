@@ -34,14 +34,39 @@ from transformers import LlamaConfig, LlamaForCausalLM
 import graphpeft
 
 SHAPES = {
-    "tiny": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                 vocab_size=96),
-    "smollm2-135m": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
-                         num_key_value_heads=3, vocab_size=49152, tie_word_embeddings=True),
-    "llama-7b (meta)": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
-                            num_key_value_heads=32, vocab_size=32000),
-    "llama-80-layer (meta)": dict(hidden_size=8192, intermediate_size=28672, num_hidden_layers=80, num_attention_heads=64,
-                                  num_key_value_heads=8, vocab_size=32000),
+    "tiny": dict(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=96,
+    ),
+    "smollm2-135m": dict(
+        hidden_size=576,
+        intermediate_size=1536,
+        num_hidden_layers=30,
+        num_attention_heads=9,
+        num_key_value_heads=3,
+        vocab_size=49152,
+        tie_word_embeddings=True,
+    ),
+    "llama-7b (meta)": dict(
+        hidden_size=4096,
+        intermediate_size=11008,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=32,
+        vocab_size=32000,
+    ),
+    "llama-80-layer (meta)": dict(
+        hidden_size=8192,
+        intermediate_size=28672,
+        num_hidden_layers=80,
+        num_attention_heads=64,
+        num_key_value_heads=8,
+        vocab_size=32000,
+    ),
 }
 RANK, ALPHA = 16, 32
 BATCH, SEQ = 2, 64
@@ -82,7 +107,9 @@ def inputs(shape: str) -> dict[str, torch.Tensor]:
     return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
 
 
-def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: dict[str, torch.Tensor]) -> Callable[[], None]:
+def train_step(
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: dict[str, torch.Tensor]
+) -> Callable[[], None]:
     def step() -> None:
         loss = model(**batch, labels=batch["input_ids"]).loss
         loss.backward()
@@ -204,19 +231,24 @@ def measure_memory(shape: str, steps: int, repeats: int) -> dict[str, dict[str, 
     """Median over ``repeats`` alternating subprocess runs of :func:`memory_child`."""
     results: dict[str, list[dict[str, float]]] = {"graphpeft": [], "peft": []}
     for _ in range(repeats):
-        for library in results:
+        for library, runs in results.items():
             out = subprocess.run(
                 [sys.executable, "-m", "benchmarks.run", "--memory-child", shape, library, str(steps)],
-                check=True, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                check=True,
+                capture_output=True,
+                text=True,
+                env={**os.environ, "OMP_NUM_THREADS": "1"},
             )
-            results[library].append(json.loads(out.stdout.strip().splitlines()[-1]))
+            runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
     return {lib: {k: statistics.median(r[k] for r in runs) for k in runs[0]} for lib, runs in results.items()}
 
 
 PARTS = ("train", "memory", "inference", "size", "apply")
 
 
-def table(shapes: list[str], apply_shapes: list[str], repeats: int, quick: bool, parts: tuple[str, ...] = PARTS) -> list[str]:
+def table(
+    shapes: list[str], apply_shapes: list[str], repeats: int, quick: bool, parts: tuple[str, ...] = PARTS
+) -> list[str]:
     rows = ["| measure | model | graphpeft | PEFT (or base) | ratio | goal |", "|---|---|---:|---:|---:|---|"]
 
     def row(measure, shape, ours, theirs, unit, goal):
@@ -234,10 +266,22 @@ def table(shapes: list[str], apply_shapes: list[str], repeats: int, quick: bool,
         if "inference" in parts:
             i = measure_inference(shape, repeats if quick else max(repeats, 15))  # ratios near 1: more repeats
             for lib, name in (("graphpeft", "graphpeft"), ("peft", "PEFT")):
-                row(f"inference unmerged over base ({name})", shape, i[f"{lib} unmerged"] * 1e3, i["base"] * 1e3, "ms",
-                    "<= 1.03" if lib == "graphpeft" else "")
-                row(f"inference merged over base ({name})", shape, i[f"{lib} merged"] * 1e3, i["base"] * 1e3, "ms",
-                    "<= 1.01" if lib == "graphpeft" else "")
+                row(
+                    f"inference unmerged over base ({name})",
+                    shape,
+                    i[f"{lib} unmerged"] * 1e3,
+                    i["base"] * 1e3,
+                    "ms",
+                    "<= 1.03" if lib == "graphpeft" else "",
+                )
+                row(
+                    f"inference merged over base ({name})",
+                    shape,
+                    i[f"{lib} merged"] * 1e3,
+                    i["base"] * 1e3,
+                    "ms",
+                    "<= 1.01" if lib == "graphpeft" else "",
+                )
         if "size" in parts:
             b = adapter_bytes(shape)
             row("adapter_model.safetensors", shape, b["graphpeft"], b["peft"], "B", "")
@@ -252,10 +296,15 @@ def table(shapes: list[str], apply_shapes: list[str], repeats: int, quick: bool,
 def environment(threads: int) -> list[str]:
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     return [
-        f"Machine: {platform.machine()} {platform.processor() or 'CPU'}, {os.cpu_count()} cores shared with other "
-        f"jobs (load average at the end of the run: {load}); CPU only; torch threads {threads}.",
-        f"Versions: torch {torch.__version__}, transformers {transformers.__version__}, "
-        f"peft {__import__('peft').__version__}, graphpeft {graphpeft.__version__}, Python {platform.python_version()}.",
+        (
+            f"Machine: {platform.machine()} {platform.processor() or 'CPU'}, {os.cpu_count()} cores shared with other "
+            f"jobs (load average at the end of the run: {load}); CPU only; torch threads {threads}."
+        ),
+        (
+            f"Versions: torch {torch.__version__}, transformers {transformers.__version__}, "
+            f"peft {__import__('peft').__version__}, "
+            f"graphpeft {graphpeft.__version__}, Python {platform.python_version()}."
+        ),
     ]
 
 
@@ -280,7 +329,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1 is steadiest when shared)")
     parser.add_argument("--parts", nargs="+", default=list(PARTS), choices=PARTS, help="what to measure")
     parser.add_argument("--shapes", nargs="+", choices=list(SHAPES), help="models (default: all; --quick: tiny)")
-    parser.add_argument("--write", action="store_true", help="replace the table of the Performance section of BENCHMARKS.md")
+    parser.add_argument(
+        "--write", action="store_true", help="replace the table of the Performance section of BENCHMARKS.md"
+    )
     parser.add_argument("--memory-child", nargs=3, metavar=("SHAPE", "LIBRARY", "STEPS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

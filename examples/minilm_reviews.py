@@ -24,7 +24,6 @@ from rich.table import Table
 
 import graphpeft
 from graphpeft import Pattern, Rule
-
 from review_assets import Review, load_reviews, minilm_dir, split_reviews
 from review_training import bucketed_batches, chunks, progress_bar, train
 
@@ -39,8 +38,15 @@ class Encoder:
         self.max_tokens = max_tokens
 
     def __call__(self, reviews: list[Review]) -> dict[str, torch.Tensor]:
-        return dict(self.tokenizer([r.text for r in reviews], padding=True, truncation=True,
-                                   max_length=self.max_tokens, return_tensors="pt"))
+        return dict(
+            self.tokenizer(
+                [r.text for r in reviews],
+                padding=True,
+                truncation=True,
+                max_length=self.max_tokens,
+                return_tensors="pt",
+            )
+        )
 
     def length(self, review: Review) -> int:
         return min(len(self.tokenizer(review.text).input_ids), self.max_tokens)
@@ -72,7 +78,9 @@ def fresh_classifier(seed: int):
     return BertForSequenceClassification.from_pretrained(minilm_dir(), num_labels=2)
 
 
-def fine_tune(rules, args, encode: Encoder, train_set: list[Review], held_out: list[Review], console: Console, **overrides) -> dict:
+def fine_tune(
+    rules, args, encode: Encoder, train_set: list[Review], held_out: list[Review], console: Console, **overrides
+) -> dict:
     model = graphpeft.apply(fresh_classifier(args.seed), rules, **overrides)
     trainable, total = model.get_nb_trainable_parameters()
     model.train()
@@ -85,9 +93,14 @@ def fine_tune(rules, args, encode: Encoder, train_set: list[Review], held_out: l
         return loss, int(inputs["attention_mask"].sum())
 
     report = train([p for p in model.parameters() if p.requires_grad], batches, step_loss, args.steps, args.lr, console)
-    return {"accuracy": accuracy(model, encode, held_out, args.batch_size * 4), "trainable": trainable,
-            "total": total, "seconds": report.seconds, "first_loss": report.mean_loss(first=True),
-            "last_loss": report.mean_loss(first=False)}
+    return {
+        "accuracy": accuracy(model, encode, held_out, args.batch_size * 4),
+        "trainable": trainable,
+        "total": total,
+        "seconds": report.seconds,
+        "first_loss": report.mean_loss(first=True),
+        "last_loss": report.mean_loss(first=False),
+    }
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -120,9 +133,13 @@ def run(args: argparse.Namespace, console: Console | None = None) -> dict:
         table.add_column(column, justify="right" if column else "left")
     for name, res in results.items():
         label = f"{args.rule} r={args.r}+head" if name == "lora" else name
-        table.add_row(label, f"{res['accuracy']:.3f}",
-                      f"{res['trainable']:,} ({100 * res['trainable'] / res['total']:.2f}%)",
-                      f"{res['first_loss']:.3f} -> {res['last_loss']:.3f}", f"{res['seconds']:.0f}s")
+        table.add_row(
+            label,
+            f"{res['accuracy']:.3f}",
+            f"{res['trainable']:,} ({100 * res['trainable'] / res['total']:.2f}%)",
+            f"{res['first_loss']:.3f} -> {res['last_loss']:.3f}",
+            f"{res['seconds']:.0f}s",
+        )
     console.print(table)
     return results
 

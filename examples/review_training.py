@@ -29,8 +29,8 @@ def bucketed_batches(
         rng.shuffle(order)
         batches = []
         for start in range(0, len(order), batch_size * pool):
-            chunk = sorted(order[start:start + batch_size * pool], key=lambda i: lengths[i])
-            batches += [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
+            chunk = sorted(order[start : start + batch_size * pool], key=lambda i: lengths[i])
+            batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
         rng.shuffle(batches)
         for batch in batches:
             yield [items[i] for i in batch]
@@ -38,7 +38,7 @@ def bucketed_batches(
 
 def chunks(items: Sequence[Item], size: int) -> Iterator[Sequence[Item]]:
     for start in range(0, len(items), size):
-        yield items[start:start + size]
+        yield items[start : start + size]
 
 
 @dataclass
@@ -88,7 +88,7 @@ def train(
     started = time.perf_counter()
     with progress_bar(console) as progress:
         task = progress.add_task("train", total=steps, info="")
-        for step in range(steps):
+        for _ in range(steps):
             loss, tokens = step_loss(next(batches))
             loss.backward()
             optimizer.step()

@@ -24,7 +24,6 @@ from rich.console import Console
 from rich.table import Table
 
 import graphpeft
-
 from review_assets import DEFAULT_CACHE, Review, load_reviews, load_smollm2, split_reviews
 from review_training import bucketed_batches, chunks, progress_bar, train
 
@@ -67,7 +66,7 @@ class Prompts:
 
     def ids(self, review: Review) -> list[int]:
         ids = self.tokenizer(prompt(review), add_special_tokens=False).input_ids
-        return ids[-self.max_tokens:]  # keep the end: "... \nSentiment:" must survive truncation
+        return ids[-self.max_tokens :]  # keep the end: "... \nSentiment:" must survive truncation
 
     def encode(self, reviews: list[Review]) -> Encoded:
         rows = [self.ids(r) for r in reviews]
@@ -98,12 +97,16 @@ def predict(model, prompts: Prompts, reviews: list[Review], batch_size: int, lab
         task = progress.add_task(label, total=len(reviews), info="")
         for part in chunks(reviews, batch_size):
             batch = prompts.encode(list(part))
-            tokens = model.generate(batch.input_ids, attention_mask=batch.attention_mask, max_new_tokens=NEW_TOKENS,
-                                    do_sample=False, eos_token_id=prompts.tokenizer.eos_token_id,
-                                    pad_token_id=prompts.tokenizer.pad_token_id)
-            new = tokens[:, batch.input_ids.shape[1]:]
-            for text in prompts.tokenizer.batch_decode(new, skip_special_tokens=True):
-                words.append(first_word(text))
+            tokens = model.generate(
+                batch.input_ids,
+                attention_mask=batch.attention_mask,
+                max_new_tokens=NEW_TOKENS,
+                do_sample=False,
+                eos_token_id=prompts.tokenizer.eos_token_id,
+                pad_token_id=prompts.tokenizer.pad_token_id,
+            )
+            new = tokens[:, batch.input_ids.shape[1] :]
+            words.extend(first_word(text) for text in prompts.tokenizer.batch_decode(new, skip_special_tokens=True))
             progress.update(task, advance=len(part))
     return words
 
@@ -114,7 +117,7 @@ def first_word(text: str) -> str:
 
 
 def accuracy(words: list[str], reviews: list[Review]) -> float:
-    return sum(w == LABELS[r.positive] for w, r in zip(words, reviews)) / len(reviews)
+    return sum(w == LABELS[r.positive] for w, r in zip(words, reviews, strict=True)) / len(reviews)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -142,15 +145,17 @@ def run(args: argparse.Namespace, console: Console | None = None) -> dict:
     console.print(f"loaded SmolLM2-135M-Instruct from {source} in {seconds:.1f}s")
     train_set, held_out = split_reviews(load_reviews(), args.held_out, args.seed)
     if args.train_samples:
-        train_set = train_set[:args.train_samples]
+        train_set = train_set[: args.train_samples]
     console.print(f"reviews: {len(train_set)} for training, {len(held_out)} held out")
     prompts = Prompts(tokenizer, args.max_tokens)
 
     started = time.perf_counter()
     model = graphpeft.apply(base, "lora", r=args.r, alpha=args.alpha)
     trainable, total = model.get_nb_trainable_parameters()
-    console.print(f"graphpeft.apply(model, 'lora', r={args.r}, alpha={args.alpha}) in {time.perf_counter() - started:.1f}s: "
-                  f"{trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.2f}%)")
+    console.print(
+        f"graphpeft.apply(model, 'lora', r={args.r}, alpha={args.alpha}) in {time.perf_counter() - started:.1f}s: "
+        f"{trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.2f}%)"
+    )
 
     # LoRA's B starts at zero, so before training the model computes exactly the base model.
     model.eval()
@@ -172,7 +177,7 @@ def run(args: argparse.Namespace, console: Console | None = None) -> dict:
     adapter_bytes = sum(f.stat().st_size for f in Path(args.out).glob("*.safetensors"))
     fresh, _, _, _ = load_smollm2(Path(args.cache))
     reloaded = graphpeft.load(fresh, args.out)
-    shown = held_out[:args.show]
+    shown = held_out[: args.show]
     reloaded_words = predict(reloaded, prompts, shown, args.batch_size * 2, "reloaded", console)
 
     table = Table(title="SmolLM2-135M-Instruct, held-out review sentiment")
@@ -183,19 +188,32 @@ def run(args: argparse.Namespace, console: Console | None = None) -> dict:
     table.add_row("trainable params", "0", f"{trainable:,} ({100 * trainable / total:.2f}%)")
     table.add_row("adapter file", "-", f"{adapter_bytes / 1e6:.2f} MB")
     table.add_row("train time", "-", f"{report.seconds:.0f}s ({args.steps} steps x {args.batch_size})")
-    table.add_row("train loss (first/last 10 steps)", "-",
-                  f"{report.mean_loss(first=True):.3f} -> {report.mean_loss(first=False):.3f}")
+    table.add_row(
+        "train loss (first/last 10 steps)",
+        "-",
+        f"{report.mean_loss(first=True):.3f} -> {report.mean_loss(first=False):.3f}",
+    )
     console.print(table)
 
-    same = reloaded_words == tuned_words[:len(shown)]
+    same = reloaded_words == tuned_words[: len(shown)]
     console.print(f"adapter saved to {args.out}; reloaded into a fresh base model (graphpeft.load):")
-    for review, word in zip(shown, reloaded_words):
+    for review, word in zip(shown, reloaded_words, strict=True):
         text = review.text if len(review.text) <= 90 else review.text[:87] + "..."
-        console.print(f"  [{'green' if word == LABELS[review.positive] else 'red'}]{word:>8}[/] "
-                      f"(truth {LABELS[review.positive]:>8})  {text}")
+        console.print(
+            f"  [{'green' if word == LABELS[review.positive] else 'red'}]{word:>8}[/] "
+            f"(truth {LABELS[review.positive]:>8})  {text}"
+        )
     console.print(f"reloaded predictions identical to the trained model's: {same}")
-    return {"zero_shot": zero_shot, "tuned": tuned, "losses": report.losses, "reload_identical": same,
-            "trainable": trainable, "total": total, "adapter_bytes": adapter_bytes, "train_seconds": report.seconds}
+    return {
+        "zero_shot": zero_shot,
+        "tuned": tuned,
+        "losses": report.losses,
+        "reload_identical": same,
+        "trainable": trainable,
+        "total": total,
+        "adapter_bytes": adapter_bytes,
+        "train_seconds": report.seconds,
+    }
 
 
 def main() -> None:

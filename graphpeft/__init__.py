@@ -21,6 +21,15 @@ from .tools.viz import to_networkx
 from .version import __version__
 
 __all__ = [
-    "apply", "load", "explain", "to_networkx", "GraphPeftModel", "Rule", "Pattern", "RuleSet", "GraphPeftError",
-    "register_method", "__version__",
+    "apply",
+    "load",
+    "explain",
+    "to_networkx",
+    "GraphPeftModel",
+    "Rule",
+    "Pattern",
+    "RuleSet",
+    "GraphPeftError",
+    "register_method",
+    "__version__",
 ]

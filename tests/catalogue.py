@@ -19,14 +19,14 @@ from typing import Any
 
 import pytest
 import torch
-from models import tiny_gpt2, tiny_llama
 from safetensors.torch import load_file, save_file
-from toml_text import qv_lora_file
 from torch import nn
 from transformers import LlamaForCausalLM
 
 import graphpeft
 from graphpeft import Pattern, Rule
+from models import tiny_gpt2, tiny_llama
+from toml_text import qv_lora_file
 
 RULES = qv_lora_file(4)
 
@@ -157,7 +157,10 @@ def touch(path: Path) -> Path:
 
 def snapshot(model: nn.Module) -> dict[str, Any]:
     """Everything a failed call must leave untouched: tensors (bit for bit), grad flags, modules."""
-    state = {name: (tensor.detach().clone(), getattr(tensor, "requires_grad", False)) for name, tensor in model.state_dict(keep_vars=True).items()}
+    state = {
+        name: (tensor.detach().clone(), getattr(tensor, "requires_grad", False))
+        for name, tensor in model.state_dict(keep_vars=True).items()
+    }
     grads = {name: p.requires_grad for name, p in model.named_parameters()}
     extra = {}
     if isinstance(model, graphpeft.GraphPeftModel):
@@ -203,9 +206,10 @@ def check_case(case: Case, shared: tuple[Any, ...], tmp_path: Path, capfd: pytes
         faulthandler.cancel_dump_traceback_later()
     message = str(caught.value)
     assert case.fragment in message
-    assert len(message) < 1500 and len(message.splitlines()) <= 8, "messages stay short"
+    assert len(message) < 1500, "messages stay short"
+    assert len(message.splitlines()) <= 8, "messages stay short"
     assert len(capfd.readouterr().err.splitlines()) <= 3, "no trace dumped to stderr"
-    for model, snap in zip(models, before):
+    for model, snap in zip(models, before, strict=True):
         assert_unchanged(snap, snapshot(model))
 
 

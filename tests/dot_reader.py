@@ -7,8 +7,11 @@ written DOT is well formed without graphviz installed.
 from __future__ import annotations
 
 import re
+from itertools import pairwise
 
-_TOKEN = re.compile(r'\s*(?:(->)|([{}\[\];,=])|"((?:[^"\\]|\\.)*)"|([A-Za-z_][A-Za-z_0-9.]*|-?\d+(?:\.\d+)?))', re.S)
+_TOKEN = re.compile(
+    r'\s*(?:(->)|([{}\[\];,=])|"((?:[^"\\]|\\.)*)"|([A-Za-z_][A-Za-z_0-9.]*|-?\d+(?:\.\d+)?))', re.DOTALL
+)
 
 
 def _tokens(text: str) -> list[tuple[str, str]]:
@@ -17,7 +20,7 @@ def _tokens(text: str) -> list[tuple[str, str]]:
     while pos < len(text):
         found = _TOKEN.match(text, pos)
         if not found:
-            raise SyntaxError(f"unexpected character at {pos}: {text[pos:pos + 20]!r}")
+            raise SyntaxError(f"unexpected character at {pos}: {text[pos : pos + 20]!r}")
         arrow, punct, quoted, bare = found.groups()
         if arrow:
             out.append(("op", "->"))
@@ -41,7 +44,7 @@ def read_dot(text: str) -> tuple[dict[str, dict[str, str]], list[tuple[str, str]
     def expect(kind: str, value: str | None = None) -> str:
         nonlocal pos
         if pos >= len(tokens) or tokens[pos][0] != kind or (value is not None and tokens[pos][1] != value):
-            raise SyntaxError(f"expected {value or kind} at token {pos}: {tokens[pos:pos + 3]}")
+            raise SyntaxError(f"expected {value or kind} at token {pos}: {tokens[pos : pos + 3]}")
         pos += 1
         return tokens[pos - 1][1]
 
@@ -71,7 +74,9 @@ def read_dot(text: str) -> tuple[dict[str, dict[str, str]], list[tuple[str, str]
                 if tokens[pos][0] == "id":
                     pos += 1
                 block()
-            elif tokens[pos][1] in ("node", "edge", "graph") and pos + 1 < len(tokens) and tokens[pos + 1] == ("op", "["):
+            elif (
+                tokens[pos][1] in ("node", "edge", "graph") and pos + 1 < len(tokens) and tokens[pos + 1] == ("op", "[")
+            ):
                 pos += 1
                 attrs()
             else:
@@ -87,7 +92,7 @@ def read_dot(text: str) -> tuple[dict[str, dict[str, str]], list[tuple[str, str]
                     attrs()
                     for name in chain:
                         nodes.setdefault(name, {})
-                    edges.extend(zip(chain, chain[1:]))
+                    edges.extend(pairwise(chain))
                 else:
                     nodes.setdefault(first, {}).update(attrs())
             if peek(";"):
@@ -102,5 +107,5 @@ def read_dot(text: str) -> tuple[dict[str, dict[str, str]], list[tuple[str, str]
         pos += 1
     block()
     if pos != len(tokens):
-        raise SyntaxError(f"trailing tokens after the graph: {tokens[pos:pos + 3]}")
+        raise SyntaxError(f"trailing tokens after the graph: {tokens[pos : pos + 3]}")
     return nodes, edges

@@ -12,19 +12,18 @@ import contextlib
 import functools
 from collections.abc import Iterator
 
-from models import BUILDERS, tiny_llama
-
 import graphpeft
 from graphpeft import GraphPeftModel
+from models import BUILDERS, tiny_llama
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def llama_with_lora() -> GraphPeftModel:
     """Tiny Llama with the built-in ``lora`` rule (q and v, r=8); its graphs are traced on first use."""
     return graphpeft.apply(tiny_llama(), "lora")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def bare_model(kind: str) -> GraphPeftModel:
     """``BUILDERS[kind]()`` (seeded, so its weights equal every other build) wrapped without adapters, in eval mode."""
     return GraphPeftModel(BUILDERS[kind]()).eval()

@@ -65,10 +65,11 @@ def imported_modules(name: str, path: Path, node: ast.Import | ast.ImportFrom, m
         targets = [f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base for alias in node.names]
     found = set()
     for target in targets:
-        while target and target not in modules:  # ``import a.b.c`` of a name inside a module: the module
-            target = target.rpartition(".")[0]
-        if target:
-            found.add(target)
+        module = target
+        while module and module not in modules:  # ``import a.b.c`` of a name inside a module: the module
+            module = module.rpartition(".")[0]
+        if module:
+            found.add(module)
     return found
 
 
@@ -79,7 +80,9 @@ def import_graph(package: Path) -> nx.DiGraph:
     graph.add_nodes_from(modules)
     for name, path in modules.items():
         for node in run_time_imports(ast.parse(path.read_text(encoding="utf-8"))):
-            graph.add_edges_from((name, target) for target in imported_modules(name, path, node, modules) if target != name)
+            graph.add_edges_from(
+                (name, target) for target in imported_modules(name, path, node, modules) if target != name
+            )
     return graph
 
 
@@ -99,7 +102,11 @@ def test_no_module_imports_the_package_root():
 
 
 def test_no_file_under_graphpeft_is_over_400_lines():
-    long = {str(p.relative_to(PACKAGE)): n for p in PACKAGE.rglob("*.py") if (n := len(p.read_text().splitlines())) > MAX_LINES}
+    long = {
+        str(p.relative_to(PACKAGE)): n
+        for p in PACKAGE.rglob("*.py")
+        if (n := len(p.read_text().splitlines())) > MAX_LINES
+    }
     assert long == {}
 
 
@@ -117,28 +124,37 @@ def _write(root: Path, files: dict[str, str]) -> Path:
 
 
 def test_a_function_level_import_that_closes_a_loop_is_a_cycle(tmp_path):
-    package = _write(tmp_path, {
-        "pkg/__init__.py": "",
-        "pkg/a.py": "from .b import thing\n",
-        "pkg/b.py": "def thing():\n    from . import a\n    return a\n",
-    })
+    package = _write(
+        tmp_path,
+        {
+            "pkg/__init__.py": "",
+            "pkg/a.py": "from .b import thing\n",
+            "pkg/b.py": "def thing():\n    from . import a\n    return a\n",
+        },
+    )
     assert cycles(import_graph(package)) == [["pkg.a", "pkg.b"]]
 
 
 def test_an_import_under_type_checking_is_left_out(tmp_path):
-    package = _write(tmp_path, {
-        "pkg/__init__.py": "",
-        "pkg/a.py": "from .b import thing\n",
-        "pkg/b.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from .a import other\nthing = 1\n",
-    })
+    package = _write(
+        tmp_path,
+        {
+            "pkg/__init__.py": "",
+            "pkg/a.py": "from .b import thing\n",
+            "pkg/b.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from .a import other\nthing = 1\n",
+        },
+    )
     assert cycles(import_graph(package)) == []
 
 
 def test_from_package_import_name_resolves_to_the_submodule_of_that_name(tmp_path):
-    package = _write(tmp_path, {
-        "pkg/__init__.py": "",
-        "pkg/sub/__init__.py": "VALUE = 1\n",
-        "pkg/sub/leaf.py": "",
-        "pkg/user.py": "from .sub import leaf, VALUE\nfrom ..pkg.sub.leaf import x\n",
-    })
+    package = _write(
+        tmp_path,
+        {
+            "pkg/__init__.py": "",
+            "pkg/sub/__init__.py": "VALUE = 1\n",
+            "pkg/sub/leaf.py": "",
+            "pkg/user.py": "from .sub import leaf, VALUE\nfrom ..pkg.sub.leaf import x\n",
+        },
+    )
     assert sorted(import_graph(package).successors("pkg.user")) == ["pkg.sub", "pkg.sub.leaf"]

@@ -12,7 +12,7 @@ from rich.console import Console
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 sys.path.insert(0, str(EXAMPLES))
 
-from review_assets import assets_installed  # noqa: E402
+from review_assets import assets_installed  # noqa: E402 - importable once examples/ is on sys.path
 
 pytestmark = [
     pytest.mark.slow,

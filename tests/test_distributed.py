@@ -8,11 +8,11 @@ import gc
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from models import tiny_llama
 from safetensors.torch import load_file, save_file
 from torch.nn.parallel import DistributedDataParallel
 
 import graphpeft
+from models import tiny_llama
 
 WORLD, STEPS, GLOBAL_BATCH, LENGTH, LR = 2, 5, 4, 8, 0.1
 
@@ -50,7 +50,7 @@ def worker(rank: int, init_file: str, out_file: str) -> None:
         adapters = {id(p) for p in model.adapter_parameters().values()}
         assert reduced == adapters, "DDP buckets hold parameters other than the adapter's"
         shard = GLOBAL_BATCH // WORLD
-        train(ddp, global_batch()[:, rank * shard:(rank + 1) * shard])
+        train(ddp, global_batch()[:, rank * shard : (rank + 1) * shard])
         if rank == 0:
             save_file(adapter_state(model), out_file)
         # DDP's reducer must go while its process group is alive: destroyed after it, it can hang in C++.

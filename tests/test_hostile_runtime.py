@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from catalogue import Case, case_test
-from models import tiny_bert, tiny_gpt2, tiny_llama
 from torch import nn
 
 import graphpeft
+from catalogue import Case, case_test
 from graphpeft import Pattern, Rule
 from graphpeft.errors import AdapterError, CallError
+from models import tiny_bert, tiny_gpt2, tiny_llama
 
 IDS = torch.tensor([[5, 6, 7, 8]])
 MASK = torch.ones_like(IDS)
@@ -53,13 +53,20 @@ def merged_and_unloaded() -> graphpeft.GraphPeftModel:
 def lora_on_tied_embedding() -> graphpeft.GraphPeftModel:
     """GPT-2 with LoRA on ``wte``, whose weight is also ``lm_head``'s (tied)."""
     with pytest.warns(UserWarning, match="tied"):
-        return graphpeft.apply(tiny_gpt2(), Rule("wte", "lora", [Pattern(op="embedding", module="transformer.wte")], {"init": "random"}))
+        return graphpeft.apply(
+            tiny_gpt2(), Rule("wte", "lora", [Pattern(op="embedding", module="transformer.wte")], {"init": "random"})
+        )
 
 
 def after_unload(action, make=unloaded) -> dict:
     """Case fields for ``action(wrapper)`` on a wrapper that was unloaded."""
-    return dict(act=lambda w: action(w.custom), error=AdapterError, fragment="GraphPeftModel that was unloaded", make=make)
+    return dict(
+        act=lambda w: action(w.custom), error=AdapterError, fragment="GraphPeftModel that was unloaded", make=make
+    )
 
+
+# One case per line, so that the catalogue reads as a table; the formatter leaves it as written.
+# fmt: off
 CASES = [
     # ---------------------------------------------------------------- adapter names and activation
     Case("set_adapter_twice_the_same_name", lambda w: w.wrapped.set_adapter(["default", "default"]), AdapterError, "names 'default' twice"),
@@ -94,7 +101,7 @@ CASES = [
     Case("adapter_names_as_a_string", call(input_ids=IDS, adapter_names="default"), CallError, "one adapter name per row"),
     Case("adapter_names_of_the_wrong_length", call(input_ids=IDS, adapter_names=["default", "default"]), CallError, "the batch has 1 rows"),
     Case("adapter_names_unknown", call(input_ids=IDS, adapter_names=["nope"]), AdapterError, "which is no adapter of this model"),
-    # ---------------------------------------------------------------- generate()
+    # ---------------------------------------------------------------- generate
     Case("generate_float_prompt", generate(IDS.float()), CallError, "input_ids must be a 2-d integer tensor"),
     Case("generate_prompt_beyond_the_vocabulary", generate(IDS + 200, max_new_tokens=2), CallError, "input_ids holds id 205, outside the vocabulary"),
     Case("generate_zero_new_tokens", generate(IDS, max_new_tokens=0), CallError, "max_new_tokens must be an integer >= 1"),
@@ -123,6 +130,7 @@ CASES = [
     Case("to_dtype_after_unload", **after_unload(lambda m: m.to(torch.float64))),
     Case("train_after_merge_and_unload", **after_unload(lambda m: m.train(), merged_and_unloaded)),
 ]
+# fmt: on
 
 
 test_hostile_input_raises_named_error_and_leaves_model_unchanged = case_test(CASES)
@@ -139,6 +147,8 @@ class Lookup(nn.Module):
 
 
 def test_an_index_error_of_a_plain_module_is_raised_as_it_is():
-    model = graphpeft.apply(Lookup(), Rule("proj", "lora", [Pattern(module="proj")], {"r": 2}), example_inputs=(torch.tensor([[1, 2]]),))
+    model = graphpeft.apply(
+        Lookup(), Rule("proj", "lora", [Pattern(module="proj")], {"r": 2}), example_inputs=(torch.tensor([[1, 2]]),)
+    )
     with pytest.raises(IndexError):
         model(torch.tensor([[1, 12]]))

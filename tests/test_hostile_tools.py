@@ -12,16 +12,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from catalogue import Case, apply, case_test, mkdir, touch
-from models import tiny_llama
 from torch import nn
 
 import graphpeft
+from catalogue import Case, apply, case_test, mkdir, touch
 from graphpeft import Pattern, Rule
 from graphpeft.errors import AdapterError, CallError, SaveError, UsageError
 from graphpeft.tools.cli import main
 from graphpeft.tools.viz import to_networkx, write
 from graphpeft.tools.viz_html import to_html
+from models import tiny_llama
 
 
 class HeadOnly(nn.Module):
@@ -60,6 +60,8 @@ def ids(length: int = 4) -> torch.Tensor:
     return torch.ones(1, length, dtype=torch.long)
 
 
+# One case per line, so that the catalogue reads as a table; the formatter leaves it as written.
+# fmt: off
 CASES = [
     # ---------------------------------------------------------------- quantize
     Case("quantize_unknown_scheme", apply("lora", quantize="int4"), CallError, "quantize must be one of 'int8', 'nf4', got 'int4'"),
@@ -90,6 +92,7 @@ CASES = [
     Case("explain_adapter_names_as_one_string", lambda w: w.wrapped.explain("default"), UsageError, "adapter_names takes a list of names"),
     Case("explain_dry_run_with_a_bad_adapter_name", lambda w: graphpeft.explain(w.base, "lora", adapter_name="a/b"), AdapterError, "may not contain '/'"),
 ]
+# fmt: on
 
 
 test_hostile_input_raises_named_error_and_leaves_model_unchanged = case_test(CASES)
@@ -114,6 +117,8 @@ def dirs(tmp_path_factory) -> Path:
     return root
 
 
+# One case per line, so that the catalogue reads as a table; the formatter leaves it as written.
+# fmt: off
 MISUSE = [
     # (argv with {root} for the fixture folder, exit code, fragment of the one stderr line)
     pytest.param(["frobnicate"], 2, "graphpeft: argument COMMAND: invalid choice: 'frobnicate'", id='unknown_command'),
@@ -135,6 +140,7 @@ MISUSE = [
     pytest.param(["viz", "{root}/llama", "--rules", "lora", "-o", "{root}/llama"], 2, "name the output *.html or *.dot", id='viz_output_without_format'),
     pytest.param(["diff", "{root}/llama", "--rules", "lora", "-o", "{root}/missing/d.html"], 1, "its folder {root}/missing does not exist", id='diff_output_folder_missing'),
 ]
+# fmt: on
 
 
 def filled(argv: list[str], root: Path) -> list[str]:
@@ -148,13 +154,14 @@ def one_stderr_line(capsys: pytest.CaptureFixture[str]) -> str:
     return lines[0]
 
 
-@pytest.mark.parametrize("argv, code, fragment", MISUSE)
+@pytest.mark.parametrize(("argv", "code", "fragment"), MISUSE)
 def test_cli_misuse_exits_with_its_code_and_one_line_on_stderr(argv, code, fragment, dirs, capsys, monkeypatch):
     monkeypatch.chdir(dirs)
     monkeypatch.syspath_prepend(str(dirs))
     assert main(filled(argv, dirs)) == code
     line = one_stderr_line(capsys)
-    assert fragment.format(root=dirs) in line and "Traceback" not in line
+    assert fragment.format(root=dirs) in line
+    assert "Traceback" not in line
 
 
 def test_cli_output_path_is_checked_before_the_model_is_built(dirs, capsys, monkeypatch):
@@ -173,7 +180,8 @@ def test_cli_unexpected_error_exits_3_with_one_line_pointing_to_debug(dirs, caps
     monkeypatch.setattr("graphpeft.tools.cli.load_model", broken)
     assert main(["inspect", str(dirs / "llama"), "--rules", "lora"]) == 3
     line = one_stderr_line(capsys)
-    assert "internal error: RuntimeError: internal bug" in line and "--debug" in line
+    assert "internal error: RuntimeError: internal bug" in line
+    assert "--debug" in line
 
 
 @pytest.mark.parametrize("how", ["flag", "environment"])
@@ -191,9 +199,11 @@ def test_cli_in_a_subprocess_prints_one_line_and_exits_1(dirs):
     script = Path(sys.executable).with_name("graphpeft")
     command = [str(script)] if script.exists() else [sys.executable, "-m", "graphpeft.tools.cli"]
     argv = ["viz", str(dirs / "llama"), "--rules", "lora", "-o", "/missing-graphpeft-folder/g.html"]
-    done = subprocess.run(command + argv, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(command + argv, capture_output=True, check=False, text=True, timeout=300)
     assert done.returncode == 1
     assert done.stderr.splitlines() == [
-        "graphpeft viz: cannot write /missing-graphpeft-folder/g.html: its folder /missing-graphpeft-folder does "
-        "not exist; create it first"
+        (
+            "graphpeft viz: cannot write /missing-graphpeft-folder/g.html: its folder /missing-graphpeft-folder does "
+            "not exist; create it first"
+        )
     ]

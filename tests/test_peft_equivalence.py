@@ -8,11 +8,11 @@ import copy
 
 import pytest
 import torch
-from models import BUILDERS, batch
 from peft import LoraConfig, PeftModel, get_peft_model
-from shared_models import bare_model, temporary_adapters
 
 import graphpeft
+from models import BUILDERS, batch
+from shared_models import bare_model, temporary_adapters
 
 VARIANTS = {
     "lora": {},
@@ -23,7 +23,9 @@ VARIANTS = {
 
 def peft_model(kind: str, **extra):
     base = BUILDERS[kind]()
-    config = LoraConfig(r=4, lora_alpha=8, init_lora_weights=False, task_type="SEQ_CLS" if kind == "bert" else None, **extra)
+    config = LoraConfig(
+        r=4, lora_alpha=8, init_lora_weights=False, task_type="SEQ_CLS" if kind == "bert" else None, **extra
+    )
     return base, get_peft_model(copy.deepcopy(base), config).eval()
 
 
@@ -93,8 +95,13 @@ def test_classifier_head_trains_in_full_like_peft_seq_cls(tmp_path):
 
 def test_bert_lora_pooler_rule_equals_peft_with_the_pooler_targeted(tmp_path):
     base = BUILDERS["bert"]()
-    config = LoraConfig(r=8, lora_alpha=8, target_modules=["query", "value", "pooler.dense"],
-                        init_lora_weights=False, task_type="SEQ_CLS")
+    config = LoraConfig(
+        r=8,
+        lora_alpha=8,
+        target_modules=["query", "value", "pooler.dense"],
+        init_lora_weights=False,
+        task_type="SEQ_CLS",
+    )
     reference = get_peft_model(copy.deepcopy(base), config).eval()
     reference.save_pretrained(tmp_path)
     model = graphpeft.load(copy.deepcopy(base), tmp_path)

@@ -48,6 +48,9 @@ def qv_lora_file(r: int, *options: str, model_types: list[str] | None = None) ->
     on both with rank ``r`` and ``options`` (TOML lines such as ``"alpha = 16"``); ``[model] types`` when given.
     Sections are separated by blank lines."""
     model = f"[model]\ntypes = {value(model_types)}\n\n" if model_types else ""
-    sites = '[sites]\nq = { op = "linear", module = "*.self_attn.q_proj" }\nv = { op = "linear", module = "*.self_attn.v_proj" }\n'
-    rule = "\n".join(['[[rules]]', 'name = "lora"', 'method = "lora"', 'targets = ["q", "v"]', f"r = {r}", *options])
+    sites = (
+        '[sites]\nq = { op = "linear", module = "*.self_attn.q_proj" }\n'
+        'v = { op = "linear", module = "*.self_attn.v_proj" }\n'
+    )
+    rule = "\n".join(["[[rules]]", 'name = "lora"', 'method = "lora"', 'targets = ["q", "v"]', f"r = {r}", *options])
     return f"{model}{sites}\n{rule}\n"

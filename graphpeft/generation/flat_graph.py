@@ -27,10 +27,12 @@ class FlatGraph:
 
     def __init__(self, gm: fx.GraphModule):
         kwargs_spec = gm._in_spec.child(1)
-        self.inputs = list(zip(kwargs_spec.context, (c.num_leaves for c in kwargs_spec.children())))
+        self.inputs = list(zip(kwargs_spec.context, (c.num_leaves for c in kwargs_spec.children()), strict=True))
         self.outputs: dict[str, slice] = {}
         start = 0
-        for name, child in zip(gm._out_spec.context, gm._out_spec.children()):
+        out_spec = gm._out_spec
+        assert out_spec is not None  # an exported graph always records its output structure
+        for name, child in zip(out_spec.context, out_spec.children(), strict=True):
             self.outputs[name] = slice(start, start + child.num_leaves)
             start += child.num_leaves
         graph = fx.Graph()

@@ -47,6 +47,7 @@ def generate(
             f"a {input_ids.shape[1]}-token prompt plus max_new_tokens={settings.max_new_tokens} exceeds the "
             f"model's {limit} positions (max_position_embeddings); shorten the prompt or lower max_new_tokens"
         )
+    extra: dict[str, torch.Tensor]
     if adapter_names is None:
         graphs, extra = generation_graphs(model), {}
     else:
@@ -58,16 +59,30 @@ def generate(
         return decode_loop(steps, input_ids, attention_mask, settings)
 
 
-def _check_prompt(input_ids: Any, attention_mask: Any, encoder_decoder: bool, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2 or input_ids.dtype not in (torch.long, torch.int):
-        got = f"a {input_ids.dim()}-d {input_ids.dtype} tensor" if isinstance(input_ids, torch.Tensor) else type(input_ids).__name__
-        raise CallError(f"input_ids must be a 2-d integer tensor (batch, length), got {got}; tokenize with return_tensors='pt'")
+def _check_prompt(
+    input_ids: Any, attention_mask: Any, encoder_decoder: bool, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    if (
+        not isinstance(input_ids, torch.Tensor)
+        or input_ids.dim() != 2
+        or input_ids.dtype not in (torch.long, torch.int)
+    ):
+        got = (
+            f"a {input_ids.dim()}-d {input_ids.dtype} tensor"
+            if isinstance(input_ids, torch.Tensor)
+            else type(input_ids).__name__
+        )
+        raise CallError(
+            f"input_ids must be a 2-d integer tensor (batch, length), got {got}; tokenize with return_tensors='pt'"
+        )
     if input_ids.shape[0] == 0 or input_ids.shape[1] == 0:
         raise CallError(f"input_ids is empty (shape {tuple(input_ids.shape)}); pass at least one prompt token per row")
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
     if not isinstance(attention_mask, torch.Tensor) or attention_mask.shape != input_ids.shape:
-        shape = tuple(attention_mask.shape) if isinstance(attention_mask, torch.Tensor) else type(attention_mask).__name__
+        shape = (
+            tuple(attention_mask.shape) if isinstance(attention_mask, torch.Tensor) else type(attention_mask).__name__
+        )
         raise CallError(f"attention_mask must have the shape of input_ids {tuple(input_ids.shape)}, got {shape}")
     if not encoder_decoder and bool((attention_mask[:, -1] == 0).any()):
         raise CallError(

@@ -68,8 +68,11 @@ def generation_graphs(model: GraphPeftModel) -> GenerationGraphs:
     return cached_generation_graphs(model, adapters, lambda: build_generation_graphs(model, adapters))
 
 
-def cached_generation_graphs(model: GraphPeftModel, tag: tuple, build: Callable[[], GenerationGraphs]) -> GenerationGraphs:
-    """The graphs cached in ``model._graphs`` under ``(generation signature of each phase, tag)``; ``build()`` makes them once."""
+def cached_generation_graphs(
+    model: GraphPeftModel, tag: tuple, build: Callable[[], GenerationGraphs]
+) -> GenerationGraphs:
+    """The graphs cached in ``model._graphs`` under ``(generation signature of each phase, tag)``;
+    ``build()`` makes them once."""
     device = str(next(model.base_model.parameters()).device)
     keys = [(generation_signature(phase, device), tag) for phase in PHASES]
     if not all(key in model._graphs for key in keys):
@@ -90,7 +93,7 @@ def build_generation_graphs(model: GraphPeftModel, adapters: tuple[str, ...], mi
     check_generative(base)
     layout = _describe(base, None, None)
     graphs = []
-    for phase, export in zip(PHASES, base_generation_graphs(model, layout)):
+    for phase, export in zip(PHASES, base_generation_graphs(model, layout), strict=True):
         # an encoder-decoder's decode step computes neither the encoder nor the cross-attention key/value
         # projections (their results sit in the cache), so those sites are absent there
         skip = phase == "decode" and layout.encoder_decoder
@@ -223,5 +226,5 @@ def _decode_example(
 
 def _with_static(example: dict[str, Any], shapes: dict[str, Any], graphs: GenerationGraphs) -> tuple[dict, dict]:
     example.update(graphs.static_inputs)
-    shapes.update({name: None for name in graphs.static_inputs})
+    shapes.update(dict.fromkeys(graphs.static_inputs))
     return example, shapes

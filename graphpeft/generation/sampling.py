@@ -16,7 +16,14 @@ from ..errors import CallError, did_you_mean
 
 DEFAULT_NEW_TOKENS = 20
 GENERATE_OPTIONS = (
-    "max_new_tokens", "do_sample", "temperature", "top_k", "top_p", "eos_token_id", "pad_token_id", "generator",
+    "max_new_tokens",
+    "do_sample",
+    "temperature",
+    "top_k",
+    "top_p",
+    "eos_token_id",
+    "pad_token_id",
+    "generator",
 )
 
 
@@ -76,12 +83,15 @@ def resolve_settings(
         temperature=_check_float("temperature", pick("temperature", 1.0)),
         top_k=_check_int("top_k", pick("top_k", 0), 0, "pass top_k=0 to disable top-k filtering"),
         top_p=_check_float("top_p", pick("top_p", 1.0)),
-        eos_token_ids=_token_ids("eos_token_id", given.get("eos_token_id", None), getattr(config, "eos_token_id", None)),
+        eos_token_ids=_token_ids("eos_token_id", given.get("eos_token_id"), getattr(config, "eos_token_id", None)),
         pad_token_id=0,
         generator=_check_generator(given.get("generator")),
     )
     if settings.do_sample and settings.temperature <= 0:
-        raise CallError(f"temperature must be > 0 when sampling, got {settings.temperature}; use do_sample=False for greedy decoding")
+        raise CallError(
+            f"temperature must be > 0 when sampling, got {settings.temperature}; "
+            "use do_sample=False for greedy decoding"
+        )
     if not 0 < settings.top_p <= 1:
         raise CallError(f"top_p must be in (0, 1], got {settings.top_p}; pass top_p=1.0 to disable nucleus filtering")
     pad = pick("pad_token_id", None)
@@ -111,7 +121,9 @@ def _check_bool(name: str, value: Any) -> bool:
 
 def _check_generator(value: Any) -> torch.Generator | None:
     if value is not None and not isinstance(value, torch.Generator):
-        raise CallError(f"generator must be a torch.Generator, got {type(value).__name__}; pass torch.Generator().manual_seed(0)")
+        raise CallError(
+            f"generator must be a torch.Generator, got {type(value).__name__}; pass torch.Generator().manual_seed(0)"
+        )
     return value
 
 

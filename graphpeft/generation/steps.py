@@ -38,7 +38,11 @@ class CausalSteps:
 
     def decode(self, tokens: torch.Tensor) -> torch.Tensor:
         self.length += 1
-        inputs = {"input_ids": tokens, "attention_mask": self.mask[:, : self.length], self.graphs.cache_name: self.cache}
+        inputs = {
+            "input_ids": tokens,
+            "attention_mask": self.mask[:, : self.length],
+            self.graphs.cache_name: self.cache,
+        }
         if self.graphs.takes_positions:
             self.position = self.position + 1
             inputs["position_ids"] = self.position
@@ -59,7 +63,10 @@ class Seq2SeqSteps:
         start = getattr(base.generation_config, "decoder_start_token_id", None)
         start = getattr(base.config, "decoder_start_token_id", None) if start is None else start
         if start is None:
-            raise CallError(f"{type(base).__name__} has no decoder_start_token_id; set model.generation_config.decoder_start_token_id")
+            raise CallError(
+                f"{type(base).__name__} has no decoder_start_token_id; "
+                "set model.generation_config.decoder_start_token_id"
+            )
         self.start = int(start)
 
     def first_tokens(self, input_ids: torch.Tensor) -> torch.Tensor:
@@ -68,16 +75,24 @@ class Seq2SeqSteps:
     def prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new: int) -> torch.Tensor:
         self.mask = attention_mask
         out = self.prefill_graph(
-            input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=self.first_tokens(input_ids),
-            **{self.graphs.cache_name: []}, **self.extra, **self.graphs.static_inputs,
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            decoder_input_ids=self.first_tokens(input_ids),
+            **{self.graphs.cache_name: []},
+            **self.extra,
+            **self.graphs.static_inputs,
         )
         self.encoder_outputs = out["encoder_last_hidden_state"]
         return self._logits(out)
 
     def decode(self, tokens: torch.Tensor) -> torch.Tensor:
         out = self.decode_graph(
-            attention_mask=self.mask, encoder_outputs=self.encoder_outputs, decoder_input_ids=tokens,
-            **{self.graphs.cache_name: self.cache}, **self.extra, **self.graphs.static_inputs,
+            attention_mask=self.mask,
+            encoder_outputs=self.encoder_outputs,
+            decoder_input_ids=tokens,
+            **{self.graphs.cache_name: self.cache},
+            **self.extra,
+            **self.graphs.static_inputs,
         )
         return self._logits(out)
 
@@ -86,7 +101,9 @@ class Seq2SeqSteps:
         return out["logits"][0][:, -1, :].float()
 
 
-def decode_loop(steps: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, settings: GenerationSettings) -> torch.Tensor:
+def decode_loop(
+    steps: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, settings: GenerationSettings
+) -> torch.Tensor:
     """Choose tokens until ``max_new_tokens`` or every row has produced an EOS token."""
     prompt = steps.first_tokens(input_ids)
     batch, start = prompt.shape

@@ -24,12 +24,16 @@ if TYPE_CHECKING:
     from ..runtime.model import GraphPeftModel
 
 
-def virtual_steps(model: GraphPeftModel, graphs: GenerationGraphs, extra: dict[str, Any]) -> CausalSteps | Seq2SeqSteps | None:
+def virtual_steps(
+    model: GraphPeftModel, graphs: GenerationGraphs, extra: dict[str, Any]
+) -> CausalSteps | Seq2SeqSteps | None:
     """Step runners that prefill through the virtual-token forward graph, or None without such an adapter."""
     if virtual_claim(model, model._graph_adapters()) is None:
         return None
     if extra:
-        raise AdapterError("generate(adapter_names=...) does not take virtual-token adapters; generate per adapter instead")
+        raise AdapterError(
+            "generate(adapter_names=...) does not take virtual-token adapters; generate per adapter instead"
+        )
     if graphs.encoder_decoder:
         return _VirtualSeq2SeqSteps(graphs, model)
     return _VirtualCausalSteps(graphs, model)
@@ -70,7 +74,11 @@ class _VirtualSeq2SeqSteps(Seq2SeqSteps):
         self.model = model
 
     def prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new: int) -> torch.Tensor:
-        inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "decoder_input_ids": self.first_tokens(input_ids)}
+        inputs = {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "decoder_input_ids": self.first_tokens(input_ids),
+        }
         kwargs, out = _prefill(self.model, inputs, self.graphs.cache_name, GraphEncoderDecoderCache())
         self.mask = kwargs["attention_mask"]
         self.encoder_outputs = [out["encoder_last_hidden_state"]]

@@ -23,16 +23,21 @@ class AdapterTrainer(Trainer):
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         model = self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
         if not isinstance(model, GraphPeftModel):
-            return super()._save(output_dir, state_dict)
-        if self.args.should_save:
-            save_into(model, Path(output_dir or self.args.output_dir))
+            super()._save(output_dir, state_dict)
+        elif self.args.should_save:
+            folder = output_dir or self.args.output_dir
+            assert folder is not None  # TrainingArguments sets a default output_dir
+            save_into(model, Path(folder))
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         model = self.accelerator.unwrap_model(model if model is not None else self.model, keep_torch_compile=False)
         if not isinstance(model, GraphPeftModel):
-            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+            super()._load_from_checkpoint(resume_from_checkpoint, model)
+            return
         for name in model.active_adapters:
-            restore_weights(model, resume_from_checkpoint if name == "default" else f"{resume_from_checkpoint}/{name}", name)
+            restore_weights(
+                model, resume_from_checkpoint if name == "default" else f"{resume_from_checkpoint}/{name}", name
+            )
 
 
 def save_into(model: GraphPeftModel, folder: Path) -> None:

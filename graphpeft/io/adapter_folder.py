@@ -28,7 +28,16 @@ from ..rules.registry import get_method
 from ..rules.rule_set import ResolvedRule
 from ..version import __version__
 from .adapter_paths import check_adapter_files, check_folder, check_sub_folder, link_root
-from .adapter_reading import MANIFEST, PEFT_CONFIG, SavedAdapter, fingerprint, key_of, option_difference, read_saved, read_weights
+from .adapter_reading import (
+    MANIFEST,
+    PEFT_CONFIG,
+    SavedAdapter,
+    fingerprint,
+    key_of,
+    option_difference,
+    read_saved,
+    read_weights,
+)
 from .atomic_dir import recover, write_directory
 from .manifest_schema import FORMAT, FORMAT_VERSION
 from .peft_format import peft_config
@@ -53,7 +62,9 @@ def adapter_tensors(model: GraphPeftModel, adapter: str) -> dict[str, torch.Tens
     with torch.no_grad():
         for site, claim in model.adapter_specs[adapter].claims.values():
             for suffix, tensor in get_method(claim.method).state(site, model.adapters, adapter).items():
-                out[tensor_key(model, adapter, site, claim.method, suffix)] = tensor.detach().to("cpu").contiguous().clone()
+                out[tensor_key(model, adapter, site, claim.method, suffix)] = (
+                    tensor.detach().to("cpu").contiguous().clone()
+                )
     return out
 
 
@@ -95,7 +106,9 @@ def _rule_record(resolved: ResolvedRule) -> dict[str, Any]:
     return record
 
 
-def save_pretrained(model: GraphPeftModel, directory: str | os.PathLike, adapter_names: list[str] | None = None, overwrite: bool = False) -> None:
+def save_pretrained(
+    model: GraphPeftModel, directory: str | os.PathLike, adapter_names: list[str] | None = None, overwrite: bool = False
+) -> None:
     """Write the adapters to ``directory`` (default at the top, others in sub-folders), atomically.
 
     With ``overwrite=True`` only the adapter files are replaced: other files and folders in
@@ -118,7 +131,11 @@ def save_pretrained(model: GraphPeftModel, directory: str | os.PathLike, adapter
 def _write_adapter(model: GraphPeftModel, name: str, folder: Path) -> None:
     tensors = adapter_tensors(model, name)
     claims = model.adapter_specs[name].claims
-    peft = prompt_learning_config(model.base_model, claims) if virtual_claims(claims) else peft_config(model.base_model, claims)
+    peft = (
+        prompt_learning_config(model.base_model, claims)
+        if virtual_claims(claims)
+        else peft_config(model.base_model, claims)
+    )
     save_file(tensors, str(folder / WEIGHTS), metadata={"format": "pt"})
     if peft is not None:
         (folder / PEFT_CONFIG).write_text(json.dumps(peft, indent=2, sort_keys=True) + "\n")
@@ -162,7 +179,9 @@ def prepare_folder(folder: Path) -> None:
     check_adapter_files(folder, OWNED_FILES)
 
 
-def load_into(model: GraphPeftModel, directory: str | os.PathLike, adapter_name: str = "default", is_trainable: bool = False) -> None:
+def load_into(
+    model: GraphPeftModel, directory: str | os.PathLike, adapter_name: str = "default", is_trainable: bool = False
+) -> None:
     """Add the adapter saved in ``directory`` to ``model``; on any error ``model`` is unchanged.
 
     The folder is read and checked in full (every config key, the weights' header against the shapes
@@ -172,7 +191,8 @@ def load_into(model: GraphPeftModel, directory: str | os.PathLike, adapter_name:
     check_adapter_name(adapter_name)
     if adapter_name in model.adapter_specs:
         raise AdapterError(
-            f"adapter {adapter_name!r} already exists; pass another adapter_name or delete_adapter({adapter_name!r}) first"
+            f"adapter {adapter_name!r} already exists; "
+            f"pass another adapter_name or delete_adapter({adapter_name!r}) first"
         )
     folder = _adapter_folder(directory)
     saved = read_saved(model, folder, adapter_name)
@@ -226,7 +246,10 @@ def _adapter_folder(directory: str | os.PathLike) -> Path:
 def _check_same_adapter(saved: SavedAdapter, claims: dict[str, tuple[Site, Any]], adapter: str) -> None:
     """The folder's adapter must be the live one but for its weights: same sites, methods and options."""
     if set(saved.claims) != set(claims):
-        raise LoadError(f"{saved.folder} holds an adapter for other sites than adapter {adapter!r}; load it as a new adapter instead")
+        raise LoadError(
+            f"{saved.folder} holds an adapter for other sites than adapter {adapter!r}; "
+            "load it as a new adapter instead"
+        )
     for key, (_, live) in claims.items():
         recorded = {"method": saved.claims[key][1].method, **saved.recorded[key]}
         difference = option_difference(recorded, {"method": live.method, **live.options})

@@ -144,14 +144,25 @@ def _check_regular_file(path: Path) -> None:
         if exc.errno == errno.ELOOP:
             raise LoadError(f"{path} is a symbolic link loop; replace it with the file") from None
         if exc.errno == errno.ENOENT:
-            raise LoadError(f"{path} is a symbolic link to {os.readlink(path)}, which does not exist; save the adapter again") from None
+            raise LoadError(
+                f"{path} is a symbolic link to {os.readlink(path)}, which does not exist; save the adapter again"
+            ) from None
         raise LoadError(f"cannot read {path}: {exc.strerror or exc}") from None
     if not stat.S_ISREG(mode):
-        raise LoadError(f"{path} is {kind_of(mode)}, not a regular file; an adapter folder holds plain files, save the adapter again")
+        raise LoadError(
+            f"{path} is {kind_of(mode)}, not a regular file; "
+            "an adapter folder holds plain files, save the adapter again"
+        )
 
 
 def kind_of(mode: int) -> str:
     """'a directory', 'a FIFO', ... for a file mode (for messages)."""
-    kinds = [(stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
-             (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"), (stat.S_ISLNK, "a symbolic link")]
+    kinds = [
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISLNK, "a symbolic link"),
+    ]
     return next((name for test, name in kinds if test(mode)), "a regular file")

@@ -72,14 +72,18 @@ def key_of(claims: Claims, site: Site, method: str, suffix: str) -> str:
 def read_json(path: Path) -> dict[str, Any]:
     try:
         if path.stat().st_size > MAX_JSON_BYTES:
-            raise LoadError(f"{path} is {path.stat().st_size:,} bytes, more than any adapter config or manifest; it is not one")
+            raise LoadError(
+                f"{path} is {path.stat().st_size:,} bytes, more than any adapter config or manifest; it is not one"
+            )
         data = json.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise LoadError(f"cannot read {path}: {exc.strerror or exc}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise LoadError(f"{path} is not valid JSON ({exc}); the file is corrupted, save the adapter again") from None
     except RecursionError:
-        raise LoadError(f"{path} nests JSON deeper than Python can read; it is not an adapter config or manifest") from None
+        raise LoadError(
+            f"{path} nests JSON deeper than Python can read; it is not an adapter config or manifest"
+        ) from None
     if not isinstance(data, dict):
         raise LoadError(f"{path} must hold a JSON object")
     return data
@@ -97,7 +101,10 @@ def read_saved(model: GraphPeftModel, folder: Path, adapter: str) -> SavedAdapte
             manifest = None
             rules = _rules_from_peft_config(model, folder)
         else:
-            raise LoadError(f"{folder} holds neither {MANIFEST} nor {PEFT_CONFIG}; it is not an adapter directory{pickle_hint(folder)}")
+            raise LoadError(
+                f"{folder} holds neither {MANIFEST} nor {PEFT_CONFIG}; "
+                f"it is not an adapter directory{pickle_hint(folder)}"
+            )
         claims = match(rules, model.sites(), adapter)
     except LoadError:
         raise
@@ -129,9 +136,13 @@ def _rules_from_manifest(record: dict[str, Any], folder: Path) -> list[ResolvedR
     try:
         for raw in record["rules"]:
             patterns = tuple(Pattern.from_dict(t, f"manifest rule {raw['name']!r}") for t in raw["targets"])
-            options = {k: v for k, v in raw.items() if k not in ("name", "method", "targets", "required", "source", "also")}
+            options = {
+                k: v for k, v in raw.items() if k not in ("name", "method", "targets", "required", "source", "also")
+            }
             rule = Rule(raw["name"], raw["method"], patterns, options, raw.get("required", True))
-            resolved.append(ResolvedRule(rule, tuple((repr(p.to_dict()), p) for p in patterns), raw.get("source", MANIFEST)))
+            resolved.append(
+                ResolvedRule(rule, tuple((repr(p.to_dict()), p) for p in patterns), raw.get("source", MANIFEST))
+            )
     except GraphPeftError as exc:
         raise LoadError(f"{folder / MANIFEST} holds an invalid rule: {exc}") from None
     return resolved
@@ -149,14 +160,19 @@ def _check_manifest(model: GraphPeftModel, claims: Claims, record: dict[str, Any
     expected = record["sites"]
     if set(claims) != set(expected):
         missing = sorted(set(expected) ^ set(claims))[:3]
-        raise LoadError(f"{folder}: the rules select other sites on this model than when saved (e.g. {missing}); wrong base model?")
+        raise LoadError(
+            f"{folder}: the rules select other sites on this model than when saved (e.g. {missing}); wrong base model?"
+        )
     for key, (_, claim) in claims.items():
         site = expected[key]
-        difference = option_difference({"method": site["method"], **site["options"]}, {"method": claim.method, **claim.options})
+        difference = option_difference(
+            {"method": site["method"], **site["options"]}, {"method": claim.method, **claim.options}
+        )
         if difference:
             name, saved_value, value = difference
             raise LoadError(
-                f"{folder / MANIFEST} records {name}={saved_value!r} for site {key}, but its rules give {name}={value!r}; "
+                f"{folder / MANIFEST} records {name}={saved_value!r} for site {key}, "
+                f"but its rules give {name}={value!r}; "
                 "the manifest was edited or damaged, save the adapter again"
             )
 
@@ -186,7 +202,7 @@ def read_weights(model: GraphPeftModel, saved: SavedAdapter) -> dict[str, torch.
         if header[key][0] != shape:
             raise _shape_error(model, path, key, header[key][0], shape, site, claim, suffix)
     if saved.manifest is not None:
-        _check_recorded_shapes(saved, header, path)
+        _check_recorded_shapes(saved, saved.manifest, header, path)
     copies = _base_layer_keys(model, saved.claims, header, set(expected), path)
     unused = sorted(set(header) - set(expected) - set(copies))
     if unused:
@@ -206,8 +222,16 @@ def _expected(model: GraphPeftModel, claims: Claims) -> dict[str, tuple[Site, Cl
     return out
 
 
-def _shape_error(model: GraphPeftModel, path: Path, key: str, got: tuple[int, ...], want: tuple[int, ...],
-                 site: Site, claim: Claim, suffix: str) -> LoadError:
+def _shape_error(
+    model: GraphPeftModel,
+    path: Path,
+    key: str,
+    got: tuple[int, ...],
+    want: tuple[int, ...],
+    site: Site,
+    claim: Claim,
+    suffix: str,
+) -> LoadError:
     behind = _option_behind(model, site, claim, suffix, got, want)
     if behind is None:
         return LoadError(
@@ -216,41 +240,47 @@ def _shape_error(model: GraphPeftModel, path: Path, key: str, got: tuple[int, ..
         )
     name, value, dim = behind
     saved = f", tensors {name}={got[dim]}" if want[dim] == value else ""
-    return LoadError(f"{path}: tensor {key!r} has shape {got}, but {name}={value} needs {want} (config {name}={value}{saved})")
+    return LoadError(
+        f"{path}: tensor {key!r} has shape {got}, but {name}={value} needs {want} (config {name}={value}{saved})"
+    )
 
 
-def _option_behind(model: GraphPeftModel, site: Site, claim: Claim, suffix: str, got: tuple[int, ...],
-                   want: tuple[int, ...]) -> tuple[str, int, int] | None:
+def _option_behind(
+    model: GraphPeftModel, site: Site, claim: Claim, suffix: str, got: tuple[int, ...], want: tuple[int, ...]
+) -> tuple[str, int, int] | None:
     """The integer option that sets exactly the sizes where ``got`` and ``want`` differ: ``(name, value, a dim)``.
 
     Found by asking the method for its shapes with that option one larger (a dry run, nothing allocated).
     """
     if len(got) != len(want):
         return None
-    differ = {i for i, (g, w) in enumerate(zip(got, want)) if g != w}
+    differ = {i for i, (g, w) in enumerate(zip(got, want, strict=True)) if g != w}
     method = get_method(claim.method)
     for name, value in claim.options.items():
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             continue
         moved = method.state_shapes(site, {**claim.options, name: value + 1}, model.base_model).get(suffix, want)
-        if {i for i, (m, w) in enumerate(zip(moved, want)) if m != w} == differ:
+        if {i for i, (m, w) in enumerate(zip(moved, want, strict=False)) if m != w} == differ:
             return name, value, min(differ)
     return None
 
 
-def _check_recorded_shapes(saved: SavedAdapter, header: Header, path: Path) -> None:
+def _check_recorded_shapes(saved: SavedAdapter, manifest: dict[str, Any], header: Header, path: Path) -> None:
     for key, (site, claim) in saved.claims.items():
-        for suffix, shape in saved.manifest["sites"][key]["tensors"].items():
+        for suffix, shape in manifest["sites"][key]["tensors"].items():
             name = key_of(saved.claims, site, claim.method, suffix)
             if name not in header or header[name][0] != tuple(shape):
                 found = header[name][0] if name in header else "nothing"
                 raise LoadError(
-                    f"{saved.folder / MANIFEST} records tensor {name!r} with shape {tuple(shape)}, but {path.name} holds "
+                    f"{saved.folder / MANIFEST} records tensor {name!r} with shape {tuple(shape)}, "
+                    f"but {path.name} holds "
                     f"{found}; the two files do not belong together"
                 )
 
 
-def _base_layer_keys(model: GraphPeftModel, claims: Claims, header: Header, expected: set[str], path: Path) -> dict[str, torch.Tensor]:
+def _base_layer_keys(
+    model: GraphPeftModel, claims: Claims, header: Header, expected: set[str], path: Path
+) -> dict[str, torch.Tensor]:
     """``key -> base parameter`` for PEFT's copies of adapted layers' own weights (``<host>.base_layer.<param>``).
 
     PEFT saves them for targeted embedding layers and writes them into the base on load; graphpeft never
@@ -258,11 +288,11 @@ def _base_layer_keys(model: GraphPeftModel, claims: Claims, header: Header, expe
     is read) hold exactly the base's values.
     """
     hosts = {site.host for site, claim in claims.values() if not get_method(claim.method).virtual_tokens}
-    out = {}
+    out: dict[str, torch.Tensor] = {}
     for key in set(header) - expected:
         if not key.startswith(PREFIX) or ".base_layer." not in key:
             continue
-        host, name = key[len(PREFIX):].split(".base_layer.", 1)
+        host, name = key[len(PREFIX) :].split(".base_layer.", 1)
         if host not in hosts:
             raise LoadError(
                 f"{path}: tensor {key!r} would overwrite base weight {host}.{name}, which this adapter does not adapt; "
@@ -273,7 +303,10 @@ def _base_layer_keys(model: GraphPeftModel, claims: Claims, header: Header, expe
         except AttributeError:
             raise LoadError(f"{path}: tensor {key!r} names no parameter of {host}; wrong base model?") from None
         if header[key][0] != tuple(param.shape):
-            raise LoadError(f"{path}: {key!r} has shape {header[key][0]}, the model's {host}.{name} is {tuple(param.shape)}; wrong base model?")
+            raise LoadError(
+                f"{path}: {key!r} has shape {header[key][0]}, "
+                f"the model's {host}.{name} is {tuple(param.shape)}; wrong base model?"
+            )
         out[key] = param
     return out
 

@@ -45,8 +45,10 @@ from pathlib import Path
 
 try:
     import fcntl
+
+    CAN_LOCK = True
 except ImportError:  # Windows: saves do not take turns there
-    fcntl = None
+    CAN_LOCK = False
 
 from ..errors import GraphPeftError, SaveError
 from .adapter_paths import save_target
@@ -56,7 +58,9 @@ LOCK_TIMEOUT_S = 600.0
 LEFTOVER = re.compile(r"(tmp|old)-(\d+)-[0-9a-z_]+")
 
 
-def write_directory(target: str | os.PathLike, write: Callable[[Path], None], overwrite: bool, owned_files: Collection[str]) -> None:
+def write_directory(
+    target: str | os.PathLike, write: Callable[[Path], None], overwrite: bool, owned_files: Collection[str]
+) -> None:
     """Make ``target`` hold what ``write(staging)`` writes, atomically, keeping entries not in ``owned_files``."""
     real = save_target(target)
     try:
@@ -76,7 +80,10 @@ def _prepare(real: Path, shown: str | os.PathLike, overwrite: bool, owned: Colle
         if os.path.lexists(real) and not real.is_dir():
             raise SaveError(f"cannot save to {shown}: it exists and is not a directory")
         if real.is_dir() and any(real.iterdir()) and not overwrite:
-            raise SaveError(f"{shown} already holds files; pass overwrite=True to replace the adapter in it, or choose a new directory")
+            raise SaveError(
+                f"{shown} already holds files; "
+                "pass overwrite=True to replace the adapter in it, or choose a new directory"
+            )
         _recover_held(real, owned, held)
         staging = sibling(real, "tmp")
         os.mkdir(staging, 0o777)  # the umask applies, as for any new folder
@@ -87,7 +94,9 @@ def _prepare(real: Path, shown: str | os.PathLike, overwrite: bool, owned: Colle
         raise SaveError(f"cannot write to {real.parent}: {reason(exc)}; choose a writable directory") from None
 
 
-def _fill_and_swap(staging: Path, real: Path, shown: str | os.PathLike, write: Callable[[Path], None], owned: Collection[str]) -> Path | None:
+def _fill_and_swap(
+    staging: Path, real: Path, shown: str | os.PathLike, write: Callable[[Path], None], owned: Collection[str]
+) -> Path | None:
     """Write the new files, carry the target's other entries, swap; return the previous folder (or None)."""
     try:
         write(staging)
@@ -180,7 +189,7 @@ def leftovers(real: Path) -> list[tuple[str, int, Path]]:
     prefix = f".{_short_name(real)}."
     found = []
     for entry in os.scandir(real.parent):
-        matched = LEFTOVER.fullmatch(entry.name[len(prefix):]) if entry.name.startswith(prefix) else None
+        matched = LEFTOVER.fullmatch(entry.name[len(prefix) :]) if entry.name.startswith(prefix) else None
         if matched:
             found.append((entry.stat(follow_symlinks=False).st_mtime, matched[1], int(matched[2]), Path(entry.path)))
     return [(kind, pid, path) for _, kind, pid, path in sorted(found, reverse=True)]
@@ -231,7 +240,7 @@ def parent_lock(parent: Path, wait: bool) -> Iterator[bool | None]:
 
 
 def _open_folder(parent: Path) -> int | None:
-    if fcntl is None:
+    if not CAN_LOCK:
         return None
     try:
         return os.open(parent, os.O_RDONLY | os.O_DIRECTORY)
@@ -252,7 +261,8 @@ def _acquire(handle: int | None, parent: Path, wait: bool) -> bool | None:
                 return False
             if time.monotonic() > deadline:
                 raise SaveError(
-                    f"another process has been saving into {parent} for {LOCK_TIMEOUT_S:.0f} s; wait for it to finish or save elsewhere"
+                    f"another process has been saving into {parent} for {LOCK_TIMEOUT_S:.0f} s; "
+                    "wait for it to finish or save elsewhere"
                 ) from None
             time.sleep(0.02)
         except OSError:

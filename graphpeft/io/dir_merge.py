@@ -39,7 +39,9 @@ def carry_foreign(old: Path, new: Path, owned: Collection[str], top: bool = True
         mode = entry.stat(follow_symlinks=False).st_mode
         if entry.name in owned:
             if not (stat.S_ISREG(mode) or stat.S_ISLNK(mode)):
-                raise SaveError(f"{path} is {kind_of(mode)}, not a file a save writes; move it out of the way, then save again")
+                raise SaveError(
+                    f"{path} is {kind_of(mode)}, not a file a save writes; move it out of the way, then save again"
+                )
             continue
         if top and adapter_only(path, owned):
             continue
@@ -57,7 +59,9 @@ def carry_foreign(old: Path, new: Path, owned: Collection[str], top: bool = True
 def _carry(source: Path, twin: Path, device: int) -> None:
     info = os.lstat(source)
     if info.st_dev != device:
-        raise SaveError(f"{source} is on another filesystem (a mount point); a save cannot keep it, move it out of the folder")
+        raise SaveError(
+            f"{source} is on another filesystem (a mount point); a save cannot keep it, move it out of the folder"
+        )
     if stat.S_ISLNK(info.st_mode):
         os.symlink(os.readlink(source), twin)
     elif stat.S_ISREG(info.st_mode):
@@ -71,7 +75,10 @@ def _carry(source: Path, twin: Path, device: int) -> None:
             _carry(Path(entry.path), twin / entry.name, device)
         shutil.copystat(source, twin, follow_symlinks=False)
     else:
-        raise SaveError(f"{source} is {kind_of(info.st_mode)}; a save replaces the folder and cannot keep it, move it out of the folder")
+        raise SaveError(
+            f"{source} is {kind_of(info.st_mode)}; "
+            "a save replaces the folder and cannot keep it, move it out of the folder"
+        )
 
 
 def retire(old: Path, new: Path, owned: Collection[str]) -> None:

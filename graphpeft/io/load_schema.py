@@ -58,8 +58,13 @@ class Field:
     required: bool = False
 
 
-def field(*kinds: str, check: Callable[[Any], str | None] | None = None, inert: tuple[Any, ...] | None = None,
-          why: str = "", required: bool = False) -> Field:
+def field(
+    *kinds: str,
+    check: Callable[[Any], str | None] | None = None,
+    inert: tuple[Any, ...] | None = None,
+    why: str = "",
+    required: bool = False,
+) -> Field:
     return Field(kinds, check, inert, why, required)
 
 
@@ -74,7 +79,9 @@ def check_record(record: Mapping[str, Any], schema: Mapping[str, Field], where: 
             raise LoadError(f"{where} is malformed: key {key!r} is missing; it is not {what}, or it was damaged")
     for key, value in record.items():
         if key not in schema:
-            raise LoadError(f"{where}: unknown key {key!r}{did_you_mean(str(key), schema)}; it is not a field of {what}")
+            raise LoadError(
+                f"{where}: unknown key {key!r}{did_you_mean(str(key), schema)}; it is not a field of {what}"
+            )
         check_value(value, schema[key], where, key)
 
 

@@ -17,6 +17,7 @@ FORMAT = "graphpeft-adapter"
 FORMAT_VERSION = 1
 WHAT = "a graphpeft manifest"
 
+
 def _non_negative_dims(shape: list[int]) -> str | None:
     return None if all(size >= 0 for size in shape) else "has a negative size"
 
@@ -29,7 +30,14 @@ _TOP = {
     "model": field("object", required=True),
     "rules": field("list of objects", required=True),
     "sites": field("object", required=True, check=mapping_of("object", lambda v: None, "site records (objects)")),
-    "weights": field("string", check=lambda v: None if v == "adapter_model.safetensors" else "must be 'adapter_model.safetensors', the only weights file graphpeft reads"),
+    "weights": field(
+        "string",
+        check=lambda v: (
+            None
+            if v == "adapter_model.safetensors"
+            else "must be 'adapter_model.safetensors', the only weights file graphpeft reads"
+        ),
+    ),
     "peft_compatible": field("boolean"),
 }
 _MODEL = {
@@ -50,7 +58,11 @@ _SITE = {
     "rule": field("string", required=True),
     "method": field("string", required=True),
     "options": field("object", required=True),
-    "tensors": field("object", required=True, check=mapping_of("list of integers", _non_negative_dims, "shapes (lists of sizes >= 0)")),
+    "tensors": field(
+        "object",
+        required=True,
+        check=mapping_of("list of integers", _non_negative_dims, "shapes (lists of sizes >= 0)"),
+    ),
 }
 
 
@@ -64,7 +76,10 @@ def check_manifest_record(record: dict[str, Any], path: Path) -> None:
     if record.get("format") != FORMAT or version is None:
         raise LoadError(f"{where} is not a graphpeft manifest")
     if version > FORMAT_VERSION:
-        raise LoadError(f"{where} has format_version {version}, newer than this graphpeft reads ({FORMAT_VERSION}); upgrade graphpeft")
+        raise LoadError(
+            f"{where} has format_version {version}, "
+            f"newer than this graphpeft reads ({FORMAT_VERSION}); upgrade graphpeft"
+        )
     check_record(record, _TOP, where, WHAT)
     check_record(record["model"], _MODEL, f"{where} (model)", WHAT)
     for i, rule in enumerate(record["rules"]):

@@ -38,7 +38,7 @@ def atomic_file(path: object) -> Iterator[Path]:
     target = check_output_path(path)
     temp = target.with_name(f".{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}{target.suffix}")
     try:
-        open(temp, "xb").close()  # noqa: SIM115  (creates it with the usual permissions, or fails now)
+        open(temp, "xb").close()  # creates it with the usual permissions, or fails now
     except OSError as exc:
         raise SaveError(f"cannot write {target}: {exc.strerror or exc}; choose a writable path") from None
     try:
@@ -56,4 +56,5 @@ def write_text(path: object, text: str) -> Path:
     """Write ``text`` (UTF-8) to ``path`` atomically; returns the path."""
     with atomic_file(path) as temp:
         temp.write_text(text, encoding="utf-8")
-    return Path(path)  # type: ignore[arg-type]
+    assert isinstance(path, (str, os.PathLike))  # atomic_file refused anything else
+    return Path(path)

@@ -142,7 +142,9 @@ def lora_config(model: nn.Module, claims: dict[str, tuple[Site, Any]]) -> dict[s
     shared = {(c.options["dropout"], c.options["rslora"], c.options["dora"]) for _, c in lora}
     if len(shared) > 1 or len({s.fqn for s, _ in lora}) != len(lora):
         return None  # PEFT has one dropout/rslora/dora per adapter and one LoRA per module
-    if any(s.host != s.fqn or s.op not in ("linear", "embedding", "conv2d") or c.options.get("slices") for s, c in lora):
+    if any(
+        s.host != s.fqn or s.op not in ("linear", "embedding", "conv2d") or c.options.get("slices") for s, c in lora
+    ):
         return None  # parameter sites and fused-output slices have no PEFT module to load into
     first = lora[0][1].options
     config = dict(LORA_CONFIG_DEFAULTS)
@@ -299,11 +301,12 @@ def _peft_layer_index(fqn: str, patterns: Any) -> int | None:
 
 
 def _inside_saved_module(fqn: str, saved: Any) -> bool:
-    """PEFT adapts nothing inside (or named as) a module of ``modules_to_save``: its parts appear in a row in ``fqn``."""
+    """PEFT adapts nothing inside (or named as) a module of ``modules_to_save``: its parts appear in a row
+    in ``fqn``."""
     parts = fqn.split(".")
     for name in saved or []:
         wanted = name.split(".")
-        if any(parts[i:i + len(wanted)] == wanted for i in range(len(parts) - len(wanted) + 1)):
+        if any(parts[i : i + len(wanted)] == wanted for i in range(len(parts) - len(wanted) + 1)):
             return True
     return False
 

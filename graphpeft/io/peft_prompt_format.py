@@ -34,7 +34,7 @@ def prompt_learning_config(model: nn.Module, claims: dict[str, tuple[Site, Any]]
     virtual = virtual_claims(claims)
     if not virtual or any(c.method != "train" and not get_method(c.method).virtual_tokens for _, c in claims.values()):
         return None
-    site, claim = virtual[0]
+    _, claim = virtual[0]
     options = claim.options
     geometry = model_geometry(model.config)
     trained = sorted(s.fqn for s, c in claims.values() if c.method == "train")

@@ -33,7 +33,9 @@ def _plain_names(value: Any) -> str | None:
     names = [value] if isinstance(value, str) else value or []
     for name in names:
         if not (name.isascii() and name.replace("_", "").isalnum()):
-            return "must name modules plainly (letters, digits, '_'), e.g. 'layers'; graphpeft does not read regexes there"
+            return (
+                "must name modules plainly (letters, digits, '_'), e.g. 'layers'; graphpeft does not read regexes there"
+            )
     return None
 
 
@@ -56,7 +58,9 @@ LORA_FIELDS: dict[str, Field] = {
     "use_rslora": field("boolean"),
     "modules_to_save": field("list of strings", "null"),
     # Initialisations that touch only A and B are harmless: the file's weights replace them.
-    "init_lora_weights": field("boolean", "string", inert=(True, False, "gaussian", "eva", "orthogonal"), why=_CHANGES_BASE),
+    "init_lora_weights": field(
+        "boolean", "string", inert=(True, False, "gaussian", "eva", "orthogonal"), why=_CHANGES_BASE
+    ),
     "layers_to_transform": field("integer", "list of integers", "null"),
     "layers_pattern": field(*NAMES, check=_plain_names),
     "rank_pattern": field("object", check=mapping_of("integer", positive, "ranks > 0")),
@@ -71,7 +75,9 @@ LORA_FIELDS: dict[str, Field] = {
     "lora_ga_config": field("object", "null"),
     "use_dora": field("boolean"),
     "velora_config": field("object", "null", inert=(None,), why=_NEW_LAYERS),
-    "alora_invocation_tokens": field("list of integers", "null", inert=(None,), why="activated LoRA changes which tokens the adapter sees"),
+    "alora_invocation_tokens": field(
+        "list of integers", "null", inert=(None,), why="activated LoRA changes which tokens the adapter sees"
+    ),
     "use_qalora": field("boolean", inert=(False,), why="QA-LoRA pools the input before A"),
     "qalora_group_size": field("integer"),  # read only with use_qalora
     "monteclora_config": field("object", "null", inert=(None,), why=_NEW_LAYERS),
@@ -110,14 +116,19 @@ PROMPT_FIELDS: dict[str, dict[str, Field]] = {
     "PROMPT_TUNING": {
         **_PROMPT_COMMON,
         # How the table was initialised; the file's table replaces it.
-        "prompt_tuning_init": field("string", check=lambda v: None if v in ("RANDOM", "SAMPLE_VOCAB", "TEXT") else "must be RANDOM, SAMPLE_VOCAB or TEXT"),
+        "prompt_tuning_init": field(
+            "string",
+            check=lambda v: None if v in ("RANDOM", "SAMPLE_VOCAB", "TEXT") else "must be RANDOM, SAMPLE_VOCAB or TEXT",
+        ),
         "prompt_tuning_init_text": field("string", "null"),
         "tokenizer_name_or_path": field("string", "null"),
         "tokenizer_kwargs": field("object", "null"),
     },
     "P_TUNING": {
         **_PROMPT_COMMON,
-        "encoder_reparameterization_type": field("string", check=lambda v: None if v in ("MLP", "LSTM") else "must be MLP or LSTM"),
+        "encoder_reparameterization_type": field(
+            "string", check=lambda v: None if v in ("MLP", "LSTM") else "must be MLP or LSTM"
+        ),
         "encoder_hidden_size": field("integer", "null", check=lambda v: None if v is None or v > 0 else "must be > 0"),
         "encoder_num_layers": field("integer", check=positive),
         "encoder_dropout": field("number", check=probability),

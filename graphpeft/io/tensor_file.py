@@ -10,6 +10,7 @@ finite values. Pickles (``adapter_model.bin``, ``*.pt``) are never opened.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Protocol
 
 import torch
 from safetensors import safe_open
@@ -40,9 +41,11 @@ def read_header(path: Path) -> Header:
         raise LoadError(f"{path} is missing; an adapter directory needs {WEIGHTS}{pickle_hint(path.parent)}")
     try:
         with safe_open(str(path), framework="pt", device="cpu") as handle:
-            header = {key: _entry(handle.get_slice(key)) for key in handle.keys()}
-    except Exception as exc:  # safetensors raises its own error types for truncated or corrupt files
-        raise LoadError(f"{path} is not a readable safetensors file ({type(exc).__name__}: {exc}); it may be truncated or corrupted") from None
+            header = {key: _entry(handle.get_slice(key)) for key in handle.keys()}  # noqa: SIM118 - not a dict
+    except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types for truncated or corrupt files
+        raise LoadError(
+            f"{path} is not a readable safetensors file ({type(exc).__name__}: {exc}); it may be truncated or corrupted"
+        ) from None
     for key, (_, dtype) in header.items():
         if dtype not in FLOAT_DTYPES:
             raise LoadError(
@@ -52,17 +55,28 @@ def read_header(path: Path) -> Header:
     return header
 
 
-def _entry(view: object) -> tuple[tuple[int, ...], str]:
+class _Slice(Protocol):
+    """What a safetensors slice offers (its stubs leave ``get_slice``'s result untyped)."""
+
+    def get_shape(self) -> list[int]: ...
+
+    def get_dtype(self) -> str: ...
+
+
+def _entry(view: _Slice) -> tuple[tuple[int, ...], str]:
     return tuple(view.get_shape()), view.get_dtype()
 
 
 def read_tensors(path: Path, keys: list[str] | None = None) -> dict[str, torch.Tensor]:
-    """The tensors ``keys`` (all by default) of a file whose header :func:`read_header` accepted; each must be finite."""
+    """The tensors ``keys`` (all by default) of a file whose header :func:`read_header` accepted; each must
+    be finite."""
     try:
         with safe_open(str(path), framework="pt", device="cpu") as handle:
             tensors = {key: handle.get_tensor(key) for key in (handle.keys() if keys is None else keys)}
-    except Exception as exc:
-        raise LoadError(f"{path} is not a readable safetensors file ({type(exc).__name__}: {exc}); it may be truncated or corrupted") from None
+    except Exception as exc:  # noqa: BLE001 - as above: any failure to read is a corrupt file
+        raise LoadError(
+            f"{path} is not a readable safetensors file ({type(exc).__name__}: {exc}); it may be truncated or corrupted"
+        ) from None
     for key, tensor in tensors.items():
         if tensor.dtype.is_floating_point and not bool(torch.isfinite(tensor).all()):
             bad = int((~torch.isfinite(tensor)).sum())

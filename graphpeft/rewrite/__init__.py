@@ -1,1 +1,2 @@
-"""Rewrite: sites of a graph, matching rules against them, and materializing the claimed adapters (plus graph passes)."""
+"""Rewrite: sites of a graph, matching rules against them, and materializing the claimed adapters
+(plus graph passes)."""

@@ -34,8 +34,15 @@ class SiteEditor:
     """
 
     def __init__(
-        self, gm: fx.GraphModule, node: fx.Node | None, site: Site, claim: Claim, store: nn.Module, training: bool,
-        output: fx.Node | None = None, inner: frozenset[fx.Node] = frozenset(),
+        self,
+        gm: fx.GraphModule,
+        node: fx.Node | None,
+        site: Site,
+        claim: Claim,
+        store: nn.Module,
+        training: bool,
+        output: fx.Node | None = None,
+        inner: frozenset[fx.Node] = frozenset(),
     ):
         self.gm = gm
         self.node = node
@@ -56,6 +63,12 @@ class SiteEditor:
     @property
     def options(self) -> dict[str, Any]:
         return self.claim.options
+
+    @property
+    def site_node(self) -> fx.Node:
+        """The node of an op site (a module site, which only the train method claims, has none)."""
+        assert self.node is not None
+        return self.node
 
     def _tag(self, new: fx.Node, role: str) -> fx.Node:
         if self.node is not None and "nn_module_stack" in self.node.meta:
@@ -97,15 +110,14 @@ class SiteEditor:
     def call(self, target: Callable[..., Any], *args: Any, role: str) -> fx.Node:
         """Insert ``target(*args)`` after the previous inserted node."""
         with self.gm.graph.inserting_after(self._cursor):
-            new = self.gm.graph.create_node(
-                "call_function", target, args, {}, name=f"{self._prefix}_{role}"
-            )
+            new = self.gm.graph.create_node("call_function", target, args, {}, name=f"{self._prefix}_{role}")
         self._cursor = new
         return self._tag(new, role)
 
     def redirect(self, output: fx.Node, original: fx.Node | None = None) -> None:
         """Make every user of the site's result (but our own nodes) read ``output``."""
         original = original or self.output
+        assert original is not None
         original.replace_all_uses_with(output, delete_user_cb=lambda user: user not in self.created)
         if original is self.output:
             self.output = output
@@ -114,16 +126,18 @@ class SiteEditor:
     def site_input(self) -> fx.Node:
         """The site op's activation input as it was before any claim rewrote it (x of linear/addmm/mm/
         matmul/bmm/grouped mm, ids of embedding)."""
-        args = self.node.meta.get(ORIGINAL_ARGS, self.node.args)
-        return args[1] if self.site.op == "embedding" else args[input_index(self.node)]
+        node = self.site_node
+        args = node.meta.get(ORIGINAL_ARGS, node.args)
+        return args[1] if self.site.op == "embedding" else args[input_index(node)]
 
     def before(self) -> None:
         """Insert the next nodes right before the site node (to rewrite its inputs)."""
-        self._cursor = self.node.prev
+        self._cursor = self.site_node.prev
 
     def replace_input(self, old: fx.Node, new: fx.Node) -> None:
         """Make the site node, and the earlier claims' nodes, read ``new`` instead of ``old``."""
-        self.node.meta.setdefault(ORIGINAL_ARGS, self.node.args)
-        for user in [self.node, *self.inner]:
+        node = self.site_node
+        node.meta.setdefault(ORIGINAL_ARGS, node.args)
+        for user in [node, *self.inner]:
             if user is not new and old in user.all_input_nodes:
                 user.replace_input_with(old, new)

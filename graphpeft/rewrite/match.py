@@ -15,9 +15,7 @@ from .claims import Claim
 from .sites import Site
 
 
-def match(
-    resolved: Sequence[ResolvedRule], sites: Sequence[Site], adapter: str
-) -> dict[str, tuple[Site, Claim]]:
+def match(resolved: Sequence[ResolvedRule], sites: Sequence[Site], adapter: str) -> dict[str, tuple[Site, Claim]]:
     """Site key -> (site, claim) for one adapter.
 
     Raises :class:`RuleError` when two rules share a name, and :class:`MatchError` when a required rule
@@ -30,9 +28,7 @@ def match(
     return claimed
 
 
-def claim_sites(
-    resolved: Sequence[ResolvedRule], sites: Sequence[Site], adapter: str
-) -> dict[str, tuple[Site, Claim]]:
+def claim_sites(resolved: Sequence[ResolvedRule], sites: Sequence[Site], adapter: str) -> dict[str, tuple[Site, Claim]]:
     """:func:`match`, except that rules which are all optional may claim nothing (``explain`` reports that)."""
     check_unique_names([item.rule.name for item in resolved], ", ".join(dict.fromkeys(i.source for i in resolved)))
     claimed: dict[str, tuple[Site, Claim]] = {}
@@ -80,9 +76,17 @@ def no_sites_message(resolved: Sequence[ResolvedRule], sites: Sequence[Site], ad
     """Why adapter ``adapter`` would have no sites: every rule (all optional) matches nothing."""
     names = ", ".join(repr(item.rule.name) for item in resolved[:4]) + (" ..." if len(resolved) > 4 else "")
     source = resolved[0].source
-    rules = (f"its rule {names} ({source}) is optional and matches" if len(resolved) == 1
-             else f"its rules {names} ({source}) are optional and match")
-    lines = [f"adapter {adapter!r} would have no sites: {rules} no site in this model; an adapter with no sites adapts nothing."]
+    rules = (
+        f"its rule {names} ({source}) is optional and matches"
+        if len(resolved) == 1
+        else f"its rules {names} ({source}) are optional and match"
+    )
+    lines = [
+        (
+            f"adapter {adapter!r} would have no sites: {rules} no site in this model; "
+            "an adapter with no sites adapts nothing."
+        )
+    ]
     targets = [(item.rule.name, label, pattern) for item in resolved for label, pattern in item.patterns]
     for rule, label, pattern in targets[:3]:
         lines.append(f"  rule {rule!r} target {label}: {target_hint(pattern, sites)}")
@@ -113,18 +117,18 @@ def no_match_message(
     return "\n".join(lines)
 
 
-def _near_parameters(pattern: Pattern, sites: Sequence[Site]) -> str:
-    """Hint for a ``param`` glob: the parameters ops read that look most like it."""
-    weights = list(dict.fromkeys(s.weight for s in sites if s.weight and (pattern.op is None or s.op == pattern.op)))
-    probe = pattern.param[0].replace("*", "").strip(".")
+def _near_parameters(op: str | None, param_glob: str, sites: Sequence[Site]) -> str:
+    """Hint for a ``param`` glob: the parameters ``op`` ops (any when None) read that look most like it."""
+    weights = list(dict.fromkeys(s.weight for s in sites if s.weight and (op is None or s.op == op)))
+    probe = param_glob.replace("*", "").strip(".")
     near = (closest(probe, weights, n=3) if probe else []) or weights[:3]
-    return f"closest parameters read by {pattern.op or 'any'} ops: {', '.join(near) or '(none)'}"
+    return f"closest parameters read by {op or 'any'} ops: {', '.join(near) or '(none)'}"
 
 
 def target_hint(pattern: Pattern, sites: Sequence[Site]) -> str:
     """Why ``pattern`` selects nothing: the key that excludes near-matching sites, else the closest FQNs."""
     if pattern.param:
-        return _near_parameters(pattern, sites)
+        return _near_parameters(pattern.op, pattern.param[0], sites)
     if pattern.op is not None:
         other_ops = [s for s in sites if s.op != pattern.op and replace(pattern, op=s.op).matches(s.op, s.fqn, s.cls)]
         if other_ops:

@@ -28,7 +28,8 @@ def materialize(
 ) -> fx.GraphModule:
     """Apply every claim of the plan (``node`` is None for whole-module sites), then lint and recompile."""
     for site, node, claims in plan:
-        output, inner = node, frozenset()
+        output: fx.Node | None = node
+        inner: frozenset[fx.Node] = frozenset()
         for claim in claims:
             edit = SiteEditor(gm, node, site, claim, store, training, output, inner)
             get_method(claim.method).rewrite(edit)
@@ -44,5 +45,3 @@ def finish(gm: fx.GraphModule) -> fx.GraphModule:
     gm.graph.lint()
     gm.recompile()
     return gm
-
-

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 import torch
 import torch.utils._pytree as pytree
 from torch import fx, nn
+from torch.fx.graph import _PyTreeCodeGen
 
 from ..errors import AdapterError, CallError, TraceError, did_you_mean
 from ..rules.registry import get_method
@@ -37,7 +38,9 @@ if TYPE_CHECKING:
 ROWS = "graphpeft_adapter_rows"
 
 
-def mixed_rows(model: GraphPeftModel, adapter_names: Sequence[str], batch: int | None) -> tuple[tuple[str, ...], torch.Tensor]:
+def mixed_rows(
+    model: GraphPeftModel, adapter_names: Sequence[str], batch: int | None
+) -> tuple[tuple[str, ...], torch.Tensor]:
     """(the batch's adapters in slot order, (batch,) int64 slot per row; ``__base__`` is the last slot)."""
     order = slot_order(model, adapter_names, batch)
     device = next(model.base_model.parameters()).device
@@ -50,17 +53,25 @@ def slot_order(model: GraphPeftModel, adapter_names: Sequence[str], batch: int |
     if isinstance(adapter_names, str) or not isinstance(adapter_names, Sequence):
         raise CallError(f"adapter_names must be a list with one adapter name per row, got {adapter_names!r}")
     if batch is not None and len(adapter_names) != batch:
-        raise CallError(f"adapter_names has {len(adapter_names)} entries but the batch has {batch} rows; give one per row")
+        raise CallError(
+            f"adapter_names has {len(adapter_names)} entries but the batch has {batch} rows; give one per row"
+        )
     for name in adapter_names:
         if not isinstance(name, str):
-            raise CallError(f"adapter_names holds {name!r}; give one adapter name (a string) per row, or {BASE!r} for the base model")
+            raise CallError(
+                f"adapter_names holds {name!r}; give one adapter name (a string) per row, "
+                f"or {BASE!r} for the base model"
+            )
         if name != BASE and name not in model.adapter_specs:
             raise AdapterError(
-                f"adapter_names names {name!r}, which is no adapter of this model{did_you_mean(str(name), model.adapter_specs)}; "
+                f"adapter_names names {name!r}, "
+                f"which is no adapter of this model{did_you_mean(str(name), model.adapter_specs)}; "
                 f"adapters: {', '.join(model.adapter_specs) or '(none)'}, or {BASE!r} for the base model"
             )
     if model._merged:
-        raise AdapterError(f"adapters {', '.join(model._merged)} are merged; call unmerge() before mixed-adapter batches")
+        raise AdapterError(
+            f"adapters {', '.join(model._merged)} are merged; call unmerge() before mixed-adapter batches"
+        )
     wanted = set(adapter_names)
     return tuple(a for a in model.adapter_specs if a in wanted)
 
@@ -71,6 +82,8 @@ def add_rows_input(gm: fx.GraphModule) -> fx.Node:
     with gm.graph.inserting_after(placeholders[-1]):
         rows = gm.graph.placeholder(ROWS)
     codegen = gm.graph._codegen
+    if not isinstance(codegen, _PyTreeCodeGen):
+        raise TraceError("mixed-adapter batches need a graph traced with keyword inputs")
     info = codegen.pytree_info
     args_spec, kwargs_spec = info.in_spec.children()
     if kwargs_spec.type is not dict:
@@ -113,7 +126,8 @@ def rewrite_mixed(
                 continue
             raise TraceError(f"site {key} is not in the graph traced for this call, so the adapters cannot be placed")
         site, node = located[key]
-        output, inner = node, frozenset()
+        output: fx.Node | None = node
+        inner: frozenset[fx.Node] = frozenset()
         for method_name, claims in per_method.items():
             method = get_method(method_name)
             label = Claim("mixed", "+".join(c.rule for c in claims if c), method_name, {})
@@ -131,7 +145,7 @@ def gather_rows(edit: SiteEditor, slices: list[fx.Node], rows: fx.Node, role: st
 
 def row_shape(edit: SiteEditor, gathered: fx.Node) -> fx.Node:
     """``gathered`` (batch, d) viewed as (batch, 1, ..., 1, d) to broadcast against the site's tensors."""
-    value = edit.node.meta.get("val")
+    value = edit.site_node.meta.get("val")
     rank = value.dim() if value is not None else 3
     for _ in range(rank - 2):
         gathered = edit.call(torch.ops.aten.unsqueeze.default, gathered, 1, role="mixed_unsqueeze")

@@ -17,6 +17,8 @@ from typing import Any
 import torch
 from torch import fx
 
+from ..tracing.graph_utils import attr_path
+
 aten = torch.ops.aten
 
 ViewChain = tuple[tuple[str, tuple[Any, ...]], ...]
@@ -44,11 +46,12 @@ def param_of(gm: fx.GraphModule, node: fx.Node) -> str | None:
     """The FQN of the parameter a ``get_attr`` node reads, or None."""
     if node.op != "get_attr":
         return None
+    target = attr_path(node)
     try:
-        gm.get_parameter(node.target)
+        gm.get_parameter(target)
     except AttributeError:
         return None
-    return str(node.target)
+    return target
 
 
 def trace_view(gm: fx.GraphModule, arg: Any) -> tuple[str, ViewChain] | None:

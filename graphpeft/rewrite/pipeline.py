@@ -86,16 +86,20 @@ def adapt_graph(
 
 
 def _place(
-    gm: fx.GraphModule, adapters: Sequence[tuple[str, AdapterClaims]], base: nn.Module, store: nn.Module, settings: GraphSettings
+    gm: fx.GraphModule,
+    adapters: Sequence[tuple[str, AdapterClaims]],
+    base: nn.Module,
+    store: nn.Module,
+    settings: GraphSettings,
 ) -> None:
     located: dict[str, tuple[Site, fx.Node | None]] = {s.key: (s, n) for s, n in graph_sites(gm)}
     located.update({s.key: (s, None) for s in module_sites(base)})
     wanted: dict[str, list[Claim]] = {}
-    for _, claims in adapters:
-        for key, (_, claim) in claims.items():
+    for _, adapter_claims in adapters:
+        for key, (_, claim) in adapter_claims.items():
             if not get_method(claim.method).virtual_tokens:  # they enter through the inputs instead
                 wanted.setdefault(key, []).append(claim)
-    plan = []
+    plan: list[tuple[Site, fx.Node | None, list[Claim]]] = []
     for key, claims in wanted.items():
         if key not in located:
             if settings.skip_missing:

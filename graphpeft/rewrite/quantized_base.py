@@ -28,15 +28,29 @@ from ..errors import AdapterError, CallError
 SCHEMES = ("int8", "nf4")
 NF4_BLOCK = 64
 # The 16 NormalFloat-4 levels (quantiles of N(0, 1) scaled to [-1, 1], zero exact), from the QLoRA paper.
-NF4_LEVELS = torch.tensor([
-    -1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453, -0.28444138169288635,
-    -0.18477343022823334, -0.09105003625154495, 0.0, 0.07958029955625534, 0.16093020141124725,
-    0.24611230194568634, 0.33791524171829224, 0.44070982933044434, 0.5626170039176941,
-    0.7229568362236023, 1.0,
-])
+NF4_LEVELS = torch.tensor(
+    [
+        -1.0,
+        -0.6961928009986877,
+        -0.5250730514526367,
+        -0.39491748809814453,
+        -0.28444138169288635,
+        -0.18477343022823334,
+        -0.09105003625154495,
+        0.0,
+        0.07958029955625534,
+        0.16093020141124725,
+        0.24611230194568634,
+        0.33791524171829224,
+        0.44070982933044434,
+        0.5626170039176941,
+        0.7229568362236023,
+        1.0,
+    ]
+)
 STORED = "graphpeft_quantized"  # module attribute: {parameter name: StoredCodes}
 # How a graph reads a parameter as a linear weight: op -> kind, and kind -> the weight's argument index.
-WEIGHT_READS = {torch.ops.aten.linear.default: "linear", torch.ops.aten.addmm.default: "addmm"}
+WEIGHT_READS: dict[object, str] = {torch.ops.aten.linear.default: "linear", torch.ops.aten.addmm.default: "addmm"}
 WEIGHT_INDEX = {"linear": 1, "addmm": 2}
 
 
@@ -80,7 +94,9 @@ def quantize_weight(weight: torch.Tensor, scheme: str) -> tuple[torch.Tensor, to
     return (index[0::2] << 4) | index[1::2], scales
 
 
-def dequantize_weight(codes: torch.Tensor, scales: torch.Tensor, shape: Any, scheme: str, dtype: torch.dtype) -> torch.Tensor:
+def dequantize_weight(
+    codes: torch.Tensor, scales: torch.Tensor, shape: Any, scheme: str, dtype: torch.dtype
+) -> torch.Tensor:
     """The weight (out, in) in ``dtype`` from its codes and scales."""
     if scheme == "int8":
         return (codes.float() * scales).to(dtype)
@@ -90,7 +106,9 @@ def dequantize_weight(codes: torch.Tensor, scales: torch.Tensor, shape: Any, sch
 
 
 # ---------------------------------------------------------------------- choosing and storing weights
-def quantize_base(model: nn.Module, scheme: str, graph: fx.GraphModule, skip: tuple[str, ...] = ("lm_head",)) -> Quantization:
+def quantize_base(
+    model: nn.Module, scheme: str, graph: fx.GraphModule, skip: tuple[str, ...] = ("lm_head",)
+) -> Quantization:
     """Quantize every frozen base linear weight that ``graph`` (an export of ``model``) reads, but those of
     modules named in ``skip``; returns what was done. Raises, changing nothing, when the scheme is unknown,
     the base is already quantized, a chosen weight is on the meta device, or there is nothing to quantize."""
@@ -119,7 +137,9 @@ def quantize_base(model: nn.Module, scheme: str, graph: fx.GraphModule, skip: tu
     return Quantization(scheme, tuple(name for name, _ in chosen), tuple(kept))
 
 
-def plan_weights(model: nn.Module, graph: fx.GraphModule, skip: tuple[str, ...]) -> tuple[list[tuple[str, bool]], list[tuple[str, str]]]:
+def plan_weights(
+    model: nn.Module, graph: fx.GraphModule, skip: tuple[str, ...]
+) -> tuple[list[tuple[str, bool]], list[tuple[str, str]]]:
     """``(chosen, kept)``: the linear weights to quantize as ``(name, stored (in, out))`` and those to
     keep in full precision as ``(name, reason)``, in graph order."""
     aliases: dict[int, list[str]] = {}
@@ -161,7 +181,9 @@ def read_kind(user: fx.Node, param: fx.Node) -> str:
     return str(user.target) if user.op == "call_function" else user.op
 
 
-def _reason_to_keep(name: str, param: torch.Tensor, kinds: list[str], names: list[str], skip: tuple[str, ...]) -> str | None:
+def _reason_to_keep(
+    name: str, param: torch.Tensor, kinds: list[str], names: list[str], skip: tuple[str, ...]
+) -> str | None:
     module = name.rpartition(".")[0]
     if module.rpartition(".")[2] in skip:
         return "output head, kept in full precision as QLoRA does"
@@ -185,7 +207,8 @@ def _store_codes(model: nn.Module, name: str, scheme: str, transposed: bool) -> 
     module.register_buffer(f"{param_name}_codes", codes)
     module.register_buffer(f"{param_name}_scales", scales)
     stored = module.__dict__.setdefault(STORED, {})
-    stored[param_name] = StoredCodes(scheme, tuple(as_linear.shape), transposed)
+    rows, columns = as_linear.shape
+    stored[param_name] = StoredCodes(scheme, (rows, columns), transposed)
     placeholder = torch.zeros((), dtype=weight.dtype, device=weight.device).expand(weight.shape)
     setattr(module, param_name, nn.Parameter(placeholder, requires_grad=False))
 
@@ -214,7 +237,8 @@ def quantized_scheme(model: nn.Module) -> str | None:
 
 
 def stored_codes(model: nn.Module, target: str) -> tuple[nn.Module, str, StoredCodes] | None:
-    """``(module, parameter name, how it is stored)`` of the parameter ``target`` if it is stored as codes, else None."""
+    """``(module, parameter name, how it is stored)`` of the parameter ``target`` if it is stored as codes,
+    else None."""
     module_name, _, param_name = str(target).rpartition(".")
     try:
         module = model.get_submodule(module_name)

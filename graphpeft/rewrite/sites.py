@@ -84,6 +84,12 @@ class Site:
         return self.adapter_path or self.fqn
 
     @property
+    def weight_fqn(self) -> str:
+        """FQN of the weight parameter, for a site whose op reads one (every site but attention and module)."""
+        assert self.weight is not None
+        return self.weight
+
+    @property
     def experts(self) -> int:
         """Number of stacked weights (experts) a 3-D operand holds; 0 for a plain matrix."""
         shape = self.operand_shape
@@ -203,7 +209,9 @@ def input_index(node: fx.Node) -> int:
 
 def input_operand(node: fx.Node) -> fx.Node:
     """The activation ``x`` of an ``x @ W`` site node."""
-    return node.args[input_index(node)]
+    operand = node.args[input_index(node)]
+    assert isinstance(operand, fx.Node)
+    return operand
 
 
 _LEGACY_WEIGHT_OPS = ("linear", "embedding", "conv2d")
@@ -225,11 +233,12 @@ def _with_hosts(found: list[tuple[Site, fx.Node]]) -> list[tuple[Site, fx.Node]]
     for site, node in found:
         shared = site.op in _LEGACY_WEIGHT_OPS and per_module[site.fqn] > 1
         if site.op in PARAM_SITE_OPS or shared:
-            path = site.weight.removesuffix(".weight")
+            path = site.weight_fqn.removesuffix(".weight")
             n = uses[path]
             uses[path] += 1
-            site = replace(site, adapter_path=path if n == 0 else f"{path}_{n}")
-        out.append((site, node))
+            out.append((replace(site, adapter_path=path if n == 0 else f"{path}_{n}"), node))
+        else:
+            out.append((site, node))
     return out
 
 

@@ -100,7 +100,8 @@ def with_prompt(base: Any, kwargs: dict[str, Any], table: torch.Tensor, nv: int,
 
 
 def prefix_cache(base: Any, table: torch.Tensor, nv: int, batch: int) -> GraphCache | GraphEncoderDecoderCache:
-    """The prefix as a cache: layer l's keys are ``table``'s block 2l, values block 2l+1, each (B, kv_heads, nv, head_dim)."""
+    """The prefix as a cache: layer l's keys are ``table``'s block 2l, values block 2l+1, each
+    (B, kv_heads, nv, head_dim)."""
     layers, kv_heads, head_dim = prefix_geometry(base.config)
     dtype = next(base.parameters()).dtype
     blocks = table.to(dtype).view(nv, 2 * layers, kv_heads, head_dim).permute(1, 2, 0, 3).unbind(0)
@@ -125,4 +126,3 @@ def with_prefix(base: Any, kwargs: dict[str, Any], table: torch.Tensor, nv: int)
     if kwargs.get("position_ids") is not None:
         kwargs["position_ids"] = kwargs["position_ids"] + nv
     return kwargs
-

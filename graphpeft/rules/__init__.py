@@ -1,1 +1,2 @@
-"""Rules: which graph sites get which adapter. Rule/Pattern/RuleSet, rule files, built-in rule lookup, option schemas."""
+"""Rules: which graph sites get which adapter. Rule/Pattern/RuleSet, rule files, built-in rule lookup,
+option schemas."""

@@ -74,8 +74,12 @@ _REASONS = (
 # a repeat as Python reads it ({,n} is {0,n}, which RE2 would read as text); any other { is a literal
 _QUANTIFIER = re.compile(r"\{(\d*)(,?)(\d*)\}")
 _NEEDS_BACKTRACKING = {
-    ASSERT: "a lookaround assertion", ASSERT_NOT: "a lookaround assertion", GROUPREF: "a backreference",
-    GROUPREF_EXISTS: "a conditional group", ATOMIC_GROUP: "an atomic group", POSSESSIVE_REPEAT: "a possessive quantifier",
+    ASSERT: "a lookaround assertion",
+    ASSERT_NOT: "a lookaround assertion",
+    GROUPREF: "a backreference",
+    GROUPREF_EXISTS: "a conditional group",
+    ATOMIC_GROUP: "an atomic group",
+    POSSESSIVE_REPEAT: "a possessive quantifier",
 }
 _REWRITE_ADVICE = "rewrite it so that no repeated piece can match the same text in two ways (as (a|aa)+ or (a+)+ can)"
 _INLINE_FLAGS = re.compile(r"\(\?([a-zA-Z]*(?:-[a-zA-Z]*)?)[:)]")
@@ -95,7 +99,9 @@ class _Budget:
         """Seconds the next match may run: the per-name limit, or what is left of the budget if less."""
         with self._lock:
             now = time.monotonic()
-            self._left = min(BACKTRACKING_BUDGET_SECONDS, self._left + (now - self._at) * BACKTRACKING_REFILL_PER_SECOND)
+            self._left = min(
+                BACKTRACKING_BUDGET_SECONDS, self._left + (now - self._at) * BACKTRACKING_REFILL_PER_SECOND
+            )
             self._at = now
             return min(BACKTRACKING_SECONDS_PER_NAME, self._left)
 
@@ -127,8 +133,11 @@ class Matcher:
         except UnicodeEncodeError:
             raise self._refuse(name, "is not valid Unicode text") from None
         if self.ascii_only and not (name.isascii() and name.isprintable()):
-            raise self._refuse(name, f"holds characters outside printable ASCII, where {self.ascii_only} means "
-                                     "something else in Python; spell those characters out")
+            raise self._refuse(
+                name,
+                f"holds characters outside printable ASCII, where {self.ascii_only} means "
+                "something else in Python; spell those characters out",
+            )
         if self.dollar and "\n" in name:
             raise self._refuse(name, "holds a newline, where $ means something else in Python; use \\Z")
         if self.empty_boundary and not name:
@@ -155,9 +164,11 @@ class Matcher:
         return self.error(f"{self.what} {shown(self.text)} cannot be matched against name {shown(name)}: it {why}")
 
     def _too_slow(self, name: str, allowance: float) -> Exception:
-        spent = (f"takes more than {BACKTRACKING_SECONDS_PER_NAME} s of CPU time on name {shown(name)}"
-                 if allowance >= BACKTRACKING_SECONDS_PER_NAME else
-                 f"has used up its budget of {BACKTRACKING_BUDGET_SECONDS} s of CPU time (at name {shown(name)})")
+        spent = (
+            f"takes more than {BACKTRACKING_SECONDS_PER_NAME} s of CPU time on name {shown(name)}"
+            if allowance >= BACKTRACKING_SECONDS_PER_NAME
+            else f"has used up its budget of {BACKTRACKING_BUDGET_SECONDS} s of CPU time (at name {shown(name)})"
+        )
         return self.error(
             f"{self.what} {shown(self.text)} {spent}: it uses {self.backtracking}, so it runs on a backtracking "
             f"engine, where it backtracks catastrophically.\n  Fix: {_REWRITE_ADVICE}, "
@@ -322,7 +333,9 @@ def _regex(text: str, what: str, error: type[Exception], whole: bool, shown_text
     if survey.lookbehind_width:
         raise error(f"{named} does not compile: look-behind requires fixed-width pattern")
     if survey.verbose or parsed.state.flags & re.VERBOSE:
-        raise error(f"{named} uses verbose mode (?x), which graphpeft does not read; write it without spaces and comments")
+        raise error(
+            f"{named} uses verbose mode (?x), which graphpeft does not read; write it without spaces and comments"
+        )
     rewritten, traits = _python_meaning(text, "\\Z" if survey.backtracking else "\\z")
     if traits.ignorecase and (traits.code_escape or not _ASCII_PRINTABLE.fullmatch(text)):
         raise error(
@@ -333,8 +346,18 @@ def _regex(text: str, what: str, error: type[Exception], whole: bool, shown_text
         program = _compile_re2(rewritten, shown_text, what, error)
         return Matcher(shown_text, what, error, program, whole, traits.ascii_only, traits.dollar, traits.empty_boundary)
     program = _compile_backtracking(rewritten, pieces, named, survey.backtracking, error)
-    return Matcher(shown_text, what, error, program, whole, traits.ascii_only, traits.dollar, traits.empty_boundary,
-                   survey.backtracking, _Budget())
+    return Matcher(
+        shown_text,
+        what,
+        error,
+        program,
+        whole,
+        traits.ascii_only,
+        traits.dollar,
+        traits.empty_boundary,
+        survey.backtracking,
+        _Budget(),
+    )
 
 
 def compile_regex(text: Any, what: str, error: type[Exception]) -> Matcher:
@@ -345,13 +368,13 @@ def compile_regex(text: Any, what: str, error: type[Exception]) -> Matcher:
     (``q{1001}``) or one that needs backtracking with more than :data:`MAX_UNROLLED_PIECES` pieces.
     """
     text = _checked_text(text, what, error)
-    return _regex(text, what, error, True, text)
+    return _regex(text, what, error, True, text)  # type: ignore[arg-type]  # mypy takes a class for unhashable
 
 
 def compile_peft_key(key: Any, what: str, error: type[Exception]) -> Matcher:
     """A PEFT ``rank_pattern``/``alpha_pattern`` key: matches as ``re.match(rf"(.*\\.)?({key})$", name)``."""
     key = _checked_text(key, what, error)
-    return _regex(rf"(.*\.)?({key})$", what, error, False, key)
+    return _regex(rf"(.*\.)?({key})$", what, error, False, key)  # type: ignore[arg-type]  # mypy takes a class for unhashable
 
 
 @functools.lru_cache(maxsize=4096)
@@ -362,4 +385,4 @@ def _glob(text: str, what: str, error: type[Exception]) -> Matcher:
 
 def compile_glob(text: Any, what: str, error: type[Exception]) -> Matcher:
     """A shell glob on the whole name, as ``fnmatch.fnmatchcase(name, text)``."""
-    return _glob(_checked_text(text, what, error), what, error)
+    return _glob(_checked_text(text, what, error), what, error)  # type: ignore[arg-type]  # mypy takes a class for unhashable

@@ -6,7 +6,7 @@ import functools
 import importlib.util
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 from torch import nn
 
@@ -28,14 +28,14 @@ def passes_dir() -> Path:
     return Path(__file__).resolve().parents[2] / "passes"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def builtin_rulesets() -> tuple[RuleSet, ...]:
     return tuple(RuleSet.from_toml(p) for p in sorted(passes_dir().glob("*.toml")))
 
 
 def ruleset_for(model_type: str) -> RuleSet:
     """The built-in rule file serving ``config.model_type``."""
-    known = []
+    known: list[str] = []
     for ruleset in builtin_rulesets():
         if model_type in ruleset.model_types:
             return ruleset
@@ -43,6 +43,16 @@ def ruleset_for(model_type: str) -> RuleSet:
     raise RuleError(
         f"no built-in rule file serves model type {model_type!r}{did_you_mean(model_type, known)}; "
         f"built-in types are {', '.join(sorted(known))}. Write a rule file and pass its path, or pass Rule objects."
+    )
+
+
+def _is_rule_list(rules: object) -> TypeGuard[Sequence[Rule]]:
+    """A non-empty list (or tuple) of :class:`Rule` objects."""
+    return (
+        isinstance(rules, Sequence)
+        and not isinstance(rules, str)
+        and bool(rules)
+        and all(isinstance(r, Rule) for r in rules)
     )
 
 
@@ -80,7 +90,7 @@ def resolve_rules(
         ruleset, chosen = rules, rules.with_also(rules.rules[0])
     elif isinstance(rules, Rule):
         ruleset, chosen = _ruleset_of(model), [rules]
-    elif isinstance(rules, Sequence) and rules and all(isinstance(r, Rule) for r in rules):
+    elif _is_rule_list(rules):
         check_unique_names([r.name for r in rules], "the rules passed")
         ruleset, chosen = _ruleset_of(model), list(rules)
     else:

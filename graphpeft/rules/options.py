@@ -52,9 +52,7 @@ def _type_name(kind: type | tuple[type, ...]) -> str:
     return " or ".join(k.__name__ for k in kinds)
 
 
-def validate_options(
-    schema: Mapping[str, Option], given: Mapping[str, Any], where: str
-) -> dict[str, Any]:
+def validate_options(schema: Mapping[str, Option], given: Mapping[str, Any], where: str) -> dict[str, Any]:
     """Fill defaults and check ``given`` against ``schema``.
 
     ``where`` names the rule (``"rule 'lora' in passes/llama.toml"``) for the message.
@@ -75,8 +73,7 @@ def validate_options(
         bad_bool = isinstance(value, bool) and bool not in kinds
         if bad_bool or not isinstance(value, kinds):
             raise RuleError(
-                f"{where}: key {key!r} must be {_type_name(opt.kind)}, got {shown(value)} "
-                f"({type(value).__name__})"
+                f"{where}: key {key!r} must be {_type_name(opt.kind)}, got {shown(value)} ({type(value).__name__})"
             )
         if not _finite(value):
             raise RuleError(f"{where}: key {key!r} = {shown(value)} must be a finite number (not inf or nan)")
@@ -89,9 +86,8 @@ def validate_options(
             problem = opt.check(value)
             if problem:
                 raise RuleError(f"{where}: key {key!r} = {shown(value)} {problem}")
-        if isinstance(value, list) and tuple in kinds:
-            value = tuple(value)  # TOML gives lists; one canonical form keeps rules comparable
-        out[key] = value
+        # TOML gives lists; one canonical form keeps rules comparable
+        out[key] = tuple(value) if isinstance(value, list) and tuple in kinds else value
     return out
 
 

@@ -81,9 +81,12 @@ class Pattern:
                 raise RuleError("pattern globs must be non-empty strings, got ''")
             if glob.count("[") != glob.count("]"):
                 raise RuleError(f"pattern glob {shown(glob)} has unbalanced brackets")
-        # compiled once here (bounded: graphpeft.rules.bounded_regex), so a bad pattern fails when the rule is made, not when it matches
-        globs = {key: tuple(compile_glob(g, "pattern glob", RuleError) for g in getattr(self, key) or ())
-                 for key in ("module", "exclude", "param")}
+        # compiled once here (bounded: graphpeft.rules.bounded_regex), so a bad pattern fails when the rule is
+        # made, not when it matches
+        globs = {
+            key: tuple(compile_glob(g, "pattern glob", RuleError) for g in getattr(self, key) or ())
+            for key in ("module", "exclude", "param")
+        }
         regex = None if self.regex is None else compile_regex(self.regex, "pattern regex", RuleError)
         object.__setattr__(self, "_matchers", (globs, regex))
         if self.cls is not None and not isinstance(self.cls, str):
@@ -162,7 +165,9 @@ def _as_globs(value: Any, key: str) -> tuple[str, ...] | None:
 
 def _check_split(split: Any) -> None:
     if not isinstance(split, tuple) or not all(isinstance(part, tuple) and len(part) == 2 for part in split):
-        raise RuleError(f"pattern split must map part names to sizes, e.g. {{q = 768, k = 768, v = 768}}, got {shown(split)}")
+        raise RuleError(
+            f"pattern split must map part names to sizes, e.g. {{q = 768, k = 768, v = 768}}, got {shown(split)}"
+        )
     names = [name for name, _ in split]
     if not split:
         raise RuleError("pattern split is empty; name the parts, e.g. split = {q = 768, k = 768, v = 768}")
@@ -170,7 +175,9 @@ def _check_split(split: Any) -> None:
         raise RuleError(f"pattern split names must be distinct non-empty strings, got {shown(names)}")
     for name, size in split:
         if isinstance(size, bool) or not isinstance(size, (int, float)) or not math.isfinite(size) or size <= 0:
-            raise RuleError(f"pattern split part {name!r} must be a finite positive size or proportion, got {shown(size)}")
+            raise RuleError(
+                f"pattern split part {name!r} must be a finite positive size or proportion, got {shown(size)}"
+            )
 
 
 _LAYER = re.compile(r"(?:^|\.)(\d+)(?:\.|$)")
@@ -182,15 +189,23 @@ def layer_index(fqn: str) -> int | None:
     return int(found.group(1)) if found else None
 
 
-_PATTERN_KINDS = {
-    "op": str, "module": (str, list), "regex": str, "class": str, "layers": (int, list),
-    "exclude": (str, list), "param": (str, list), "split": Mapping,
+_PATTERN_KINDS: dict[str, type | tuple[type, ...]] = {
+    "op": str,
+    "module": (str, list),
+    "regex": str,
+    "class": str,
+    "layers": (int, list),
+    "exclude": (str, list),
+    "param": (str, list),
+    "split": Mapping,
 }
 
 
 def pattern_from_dict(data: Any, where: str) -> Pattern:
     if not isinstance(data, Mapping):
-        raise RuleError(f"{where}: a pattern must be a table like {{op = \"linear\", module = \"*.q_proj\"}}, got {shown(data)}")
+        raise RuleError(
+            f'{where}: a pattern must be a table like {{op = "linear", module = "*.q_proj"}}, got {shown(data)}'
+        )
     for key in data:
         if key not in PATTERN_KEYS:
             raise RuleError(

@@ -81,7 +81,11 @@ class Rule:
 def check_unique_names(names: Sequence[str], source: str) -> None:
     """Refuse two rules of one name: ``also``, ``file.toml#name`` and claims find rules by name."""
     seen: set[str] = set()
-    twice = list(dict.fromkeys(name for name in names if name in seen or seen.add(name)))
+    twice: list[str] = []
+    for name in names:
+        if name in seen and name not in twice:
+            twice.append(name)
+        seen.add(name)
     if twice:
         raise RuleError(
             f"{source}: rule names must be unique; {listed(twice)} {'appears' if len(twice) == 1 else 'appear'} "
@@ -94,5 +98,3 @@ def listed(names: Any, n: int = 8) -> str:
     names = list(names)
     shown_names = ", ".join(shown(name) for name in names[:n]) or "(none)"
     return shown_names + (f" (+{len(names) - n} more)" if len(names) > n else "")
-
-

@@ -47,7 +47,9 @@ def parse_rule_file(text: str, source: str = "<string>") -> dict[str, Any]:
     except tomllib.TOMLDecodeError as exc:
         raise RuleError(f"{source} is not valid TOML: {exc}") from None
     except RecursionError:
-        raise RuleError(f"{source}: arrays or tables are nested too deeply to read; a rule file needs a few levels") from None
+        raise RuleError(
+            f"{source}: arrays or tables are nested too deeply to read; a rule file needs a few levels"
+        ) from None
     return data
 
 
@@ -59,7 +61,9 @@ def _check_size(size: int, source: str) -> None:
         )
 
 
-def rule_file_parts(data: Mapping[str, Any], source: str = "<dict>") -> tuple[list[str], dict[str, Pattern], list[Rule]]:
+def rule_file_parts(
+    data: Mapping[str, Any], source: str = "<dict>"
+) -> tuple[list[str], dict[str, Pattern], list[Rule]]:
     """``(model types, named sites, rules)`` of a rule file's tables, each checked (``source`` names it in errors)."""
     if not isinstance(data, Mapping):
         raise RuleError(f"{source}: a rule file is a table of [model], [sites] and [[rules]], got {shown(data)}")
@@ -120,4 +124,6 @@ def _rule_from_dict(raw: Any, where: str) -> Rule:
         return Rule(raw["name"], raw["method"], tuple(resolved), options, required, tuple(also))
     except RuleError as exc:
         message = str(exc)
-        raise RuleError(message if message.startswith(where.split(":")[0]) else f"{where.split(': rule')[0]}: {message}") from None
+        raise RuleError(
+            message if message.startswith(where.split(":")[0]) else f"{where.split(': rule')[0]}: {message}"
+        ) from None

@@ -121,7 +121,7 @@ def _also_cycle(rules: Mapping[str, Rule]) -> list[str] | None:
                 state[path.pop()] = "done"
                 stack.pop()
             elif state.get(child) == "open":
-                return path[path.index(child):] + [child]
+                return [*path[path.index(child) :], child]
             elif child not in state:
                 state[child] = "open"
                 path.append(child)

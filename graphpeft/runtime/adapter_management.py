@@ -1,4 +1,5 @@
-"""Adapter bookkeeping of :class:`~graphpeft.runtime.model.GraphPeftModel`: add, activate, delete, save and load adapters.
+"""Adapter bookkeeping of :class:`~graphpeft.runtime.model.GraphPeftModel`: add, activate, delete, save and
+load adapters.
 
 An adapter is an :class:`AdapterSpec` (its resolved rules and the sites they claimed) plus its
 parameters under ``model.adapters.<base fqn>.<slot>.<adapter>``; this mixin keeps the two in step.
@@ -10,7 +11,7 @@ import contextlib
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import nn
@@ -24,8 +25,12 @@ from ..rewrite.sites import Site
 from ..rules.builtin import resolve_rules
 from ..rules.registry import get_method
 from ..rules.rule_set import ResolvedRule
+from .model_state import ModelState
 from .ownership import hold
 from .tied_weights import tied_parameters, warn_tied
+
+if TYPE_CHECKING:
+    from .model import GraphPeftModel  # the one class this part belongs to
 
 
 @dataclass
@@ -39,14 +44,9 @@ class AdapterSpec:
         return {claim.method for _, claim in self.claims.values()}
 
 
-class AdapterManagement:
+class AdapterManagement(ModelState):
     """The adapter half of ``GraphPeftModel``; it reads ``base_model``, ``adapters``, ``adapter_specs``,
     ``active_adapters``, ``_merged``, ``_disabled`` and ``_graphs`` set up by ``GraphPeftModel.__init__``."""
-
-    base_model: nn.Module
-    adapters: nn.Module
-    adapter_specs: dict[str, AdapterSpec]
-    active_adapters: list[str]
 
     @property
     def active_adapter(self) -> str | None:
@@ -137,16 +137,20 @@ class AdapterManagement:
         if not is_main_process:
             return
         names = adapter_names if adapter_names is not None else selected_adapters
-        save_pretrained(self, save_directory, list(names) if names is not None else None, overwrite)
+        save_pretrained(
+            cast("GraphPeftModel", self), save_directory, list(names) if names is not None else None, overwrite
+        )
 
     def load_adapter(self, directory: str, adapter_name: str, is_trainable: bool = False) -> None:
         """Add an adapter from a graphpeft or PEFT directory (this model is unchanged if it fails)."""
         self._ensure_live("load_adapter()")
-        load_into(self, directory, adapter_name, is_trainable)
+        load_into(cast("GraphPeftModel", self), directory, adapter_name, is_trainable)
 
     def _spec(self, name: str) -> AdapterSpec:
         if not isinstance(name, str):
-            raise AdapterError(f"adapter names are strings, got {name!r}; adapters: {', '.join(self.adapter_specs) or '(none)'}")
+            raise AdapterError(
+                f"adapter names are strings, got {name!r}; adapters: {', '.join(self.adapter_specs) or '(none)'}"
+            )
         if name not in self.adapter_specs:
             raise AdapterError(
                 f"no adapter named {name!r}{did_you_mean(name, self.adapter_specs)}; "
@@ -180,7 +184,10 @@ class AdapterManagement:
 
     def print_trainable_parameters(self) -> None:
         trainable, total = self.get_nb_trainable_parameters()
-        print(f"trainable params: {trainable:,d} || all params: {total:,d} || trainable%: {100 * trainable / total:.4f}")
+        counts = (
+            f"trainable params: {trainable:,d} || all params: {total:,d} || trainable%: {100 * trainable / total:.4f}"
+        )
+        print(counts)  # noqa: T201 - PEFT's method of this name prints
 
     def adapter_parameters(self, adapter_name: str | None = None) -> dict[str, nn.Parameter]:
         """``name -> parameter`` of one adapter (all adapters when None).
@@ -191,7 +198,9 @@ class AdapterManagement:
         out = {}
         for path, slot in adapter_slots(self.adapters):
             for name in [adapter_name] if adapter_name is not None else list(slot.keys()):
-                entry = slot[name] if name in slot else None
+                if name not in slot:
+                    continue
+                entry = slot[name]
                 if isinstance(entry, nn.Parameter):
                     out[f"{path}.{name}"] = entry
                 elif isinstance(entry, nn.Module):
@@ -216,5 +225,3 @@ def _active_now(active: list[str]) -> str:
     if len(active) == 1:
         return f"the active adapter is now {active[0]!r}"
     return f"the active adapters are now {', '.join(map(repr, active))}"
-
-

@@ -20,8 +20,10 @@ def bind_inputs(model: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> di
     (``None`` values dropped, ``use_cache=False`` for transformers models that take it)."""
     names = [p for p in model._params if p not in ("self", "args", "kwargs")]
     if len(args) > len(names):
-        raise CallError(f"{type(model.base_model).__name__} takes at most {len(names)} positional inputs, got {len(args)}")
-    for name, value in zip(names, args):
+        raise CallError(
+            f"{type(model.base_model).__name__} takes at most {len(names)} positional inputs, got {len(args)}"
+        )
+    for name, value in zip(names, args, strict=False):
         if name in kwargs:
             raise CallError(f"input {name!r} given both positionally and by keyword")
         kwargs[name] = value
@@ -39,14 +41,24 @@ def bind_inputs(model: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> di
         kwargs["use_cache"] = False
     for name in ("cache", "past_key_values", "encoder_outputs"):
         if name in kwargs:
-            raise CallError(f"input {name!r} is not supported by GraphPeftModel.forward(); use generate() for cached decoding")
+            raise CallError(
+                f"input {name!r} is not supported by GraphPeftModel.forward(); use generate() for cached decoding"
+            )
     if model._transformers:
         check_model_inputs(model.base_model, kwargs)
     return kwargs
 
 
 TOKEN_INPUTS = ("input_ids", "decoder_input_ids")
-SEQUENCE_INPUTS = (*TOKEN_INPUTS, "attention_mask", "decoder_attention_mask", "token_type_ids", "position_ids", "inputs_embeds", "labels")
+SEQUENCE_INPUTS = (
+    *TOKEN_INPUTS,
+    "attention_mask",
+    "decoder_attention_mask",
+    "token_type_ids",
+    "position_ids",
+    "inputs_embeds",
+    "labels",
+)
 
 
 def check_model_inputs(base: nn.Module, kwargs: dict[str, Any]) -> None:
@@ -54,20 +66,28 @@ def check_model_inputs(base: nn.Module, kwargs: dict[str, Any]) -> None:
     so no device sync). Out-of-range values are named when the model fails on them (:func:`explained_failures`)."""
     for name in SEQUENCE_INPUTS:
         if name in kwargs and not isinstance(kwargs[name], torch.Tensor):
-            raise CallError(f"{name} must be a torch.Tensor, got {type(kwargs[name]).__name__}; tokenize with return_tensors='pt'")
+            raise CallError(
+                f"{name} must be a torch.Tensor, got {type(kwargs[name]).__name__}; tokenize with return_tensors='pt'"
+            )
     for name in TOKEN_INPUTS:
         ids = kwargs.get(name)
         if ids is not None and (ids.dtype.is_floating_point or ids.dtype.is_complex or ids.dtype == torch.bool):
-            raise CallError(f"{name} must hold integer token ids, got a {ids.dtype} tensor; tokenize with return_tensors='pt'")
+            raise CallError(
+                f"{name} must hold integer token ids, got a {ids.dtype} tensor; tokenize with return_tensors='pt'"
+            )
         if ids is not None and ids.dim() < 2:
-            raise CallError(f"{name} must be (batch, length), got shape {tuple(ids.shape)}; add the batch dimension ({name}[None])")
+            raise CallError(
+                f"{name} must be (batch, length), got shape {tuple(ids.shape)}; add the batch dimension ({name}[None])"
+            )
     if "input_ids" in kwargs and "inputs_embeds" in kwargs:
         raise CallError("pass input_ids or inputs_embeds, not both")
     if "inputs_embeds" in kwargs:
         _check_embeds(base, kwargs["inputs_embeds"])
     labels = kwargs.get("labels")
     if labels is not None and labels.dtype.is_floating_point and _is_language_model(base):
-        raise CallError(f"labels of a language model are token ids (integers, -100 to ignore), got a {labels.dtype} tensor")
+        raise CallError(
+            f"labels of a language model are token ids (integers, -100 to ignore), got a {labels.dtype} tensor"
+        )
     for name in SEQUENCE_INPUTS:
         value = kwargs.get(name)
         if value is not None and value.dim() and value.shape[0] == 0:
@@ -79,23 +99,30 @@ def check_model_inputs(base: nn.Module, kwargs: dict[str, Any]) -> None:
 def _check_embeds(base: nn.Module, embeds: torch.Tensor) -> None:
     if not embeds.dtype.is_floating_point:
         raise CallError(f"inputs_embeds must be floating point (batch, length, width), got a {embeds.dtype} tensor")
-    table = _input_embeddings(base)
-    width = table.weight.shape[1] if table is not None else None
+    table = _input_embedding_table(base)
+    width = table.shape[1] if table is not None else None
     if width is not None and (embeds.dim() != 3 or embeds.shape[-1] != width):
-        raise CallError(f"inputs_embeds must be (batch, length, {width}) for the model's embedding width {width}, got {tuple(embeds.shape)}")
+        raise CallError(
+            f"inputs_embeds must be (batch, length, {width}) for the model's embedding width {width}, "
+            f"got {tuple(embeds.shape)}"
+        )
 
 
-def _input_embeddings(base: nn.Module) -> nn.Module | None:
+def _input_embedding_table(base: nn.Module) -> torch.Tensor | None:
+    """The (vocab, width) input embedding weight of a transformers model, or None."""
+    get_embeddings = getattr(base, "get_input_embeddings", None)
     try:
-        table = base.get_input_embeddings()
+        table = get_embeddings() if get_embeddings is not None else None
     except (AttributeError, NotImplementedError):
         return None
-    return table if isinstance(getattr(table, "weight", None), torch.Tensor) and table.weight.dim() == 2 else None
+    weight = getattr(table, "weight", None)
+    return weight if isinstance(weight, torch.Tensor) and weight.dim() == 2 else None
 
 
 def _is_language_model(base: nn.Module) -> bool:
+    get_head = getattr(base, "get_output_embeddings", None)
     try:
-        return base.get_output_embeddings() is not None
+        return get_head is not None and get_head() is not None
     except (AttributeError, NotImplementedError):
         return False
 
@@ -127,14 +154,17 @@ def explained_failures(model: Any, kwargs: dict[str, Any]) -> Iterator[None]:
 
 
 def _out_of_range(base: nn.Module, kwargs: dict[str, Any]) -> str | None:
-    table = _input_embeddings(base)
-    vocab = table.weight.shape[0] if table is not None else None
+    table = _input_embedding_table(base)
+    vocab = table.shape[0] if table is not None else None
     for name in TOKEN_INPUTS:
         ids = kwargs.get(name)
         if vocab is not None and isinstance(ids, torch.Tensor):
             bad = ids[(ids < 0) | (ids >= vocab)]
             if bad.numel():
-                return f"{name} holds id {int(bad[0])}, outside the vocabulary 0..{vocab - 1}; check the tokenizer matches the model"
+                return (
+                    f"{name} holds id {int(bad[0])}, outside the vocabulary 0..{vocab - 1}; "
+                    "check the tokenizer matches the model"
+                )
     labels = kwargs.get("labels")
     classes = vocab if _is_language_model(base) else getattr(base.config, "num_labels", None)
     if classes is not None and isinstance(labels, torch.Tensor) and not labels.dtype.is_floating_point:
@@ -171,7 +201,7 @@ def extra_kwargs(model: nn.Module) -> set[str]:
         return set()
     extra = {"return_dict", "output_attentions", "output_hidden_states"}
     try:
-        from transformers.utils.generic import TransformersKwargs  # optional: older transformers lack it
+        from transformers.utils.generic import TransformersKwargs  # noqa: PLC0415 - older transformers lack it
 
         extra |= set(TransformersKwargs.__annotations__)
     except ImportError:
@@ -189,5 +219,7 @@ def as_kwargs(model: nn.Module, params: list[str], example: Any) -> dict[str, An
         example = (example,)
     names = [p for p in params if p not in ("self", "args", "kwargs")]
     if len(example) > len(names):
-        raise CallError(f"example_inputs has {len(example)} entries but {type(model).__name__}.forward takes {len(names)}")
-    return dict(zip(names, example))
+        raise CallError(
+            f"example_inputs has {len(example)} entries but {type(model).__name__}.forward takes {len(names)}"
+        )
+    return dict(zip(names, example, strict=False))

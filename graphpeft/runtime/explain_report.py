@@ -163,14 +163,17 @@ class ExplainReport:
 def explain_model(model: GraphPeftModel, adapter_names: Sequence[str] | None = None) -> ExplainReport:
     """The report of the adapters ``model`` already has (all of them by default)."""
     if isinstance(adapter_names, str):
-        raise UsageError(f"adapter_names takes a list of names, got the string {adapter_names!r}; write [{adapter_names!r}]")
+        raise UsageError(
+            f"adapter_names takes a list of names, got the string {adapter_names!r}; write [{adapter_names!r}]"
+        )
     names = list(adapter_names) if adapter_names is not None else list(model.adapter_specs)
-    quantized = set(model.quantization.weights) if model.quantization else set()
+    quantization = model.quantization
+    quantized = set(quantization.weights) if quantization else set()
     reports, rules, unmatched = [], [], []
     for name in names:
         spec = model._spec(name)
         for site, claim in spec.claims.values():
-            scheme = model.quantization.scheme if site.weight in quantized else None
+            scheme = quantization.scheme if quantization and site.weight in quantized else None
             reports.append(replace(site_report(site, claim, model.adapters), quantized=scheme))
         claimed = {claim.rule for _, claim in spec.claims.values()}
         for item in spec.rules:

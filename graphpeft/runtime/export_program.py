@@ -48,7 +48,7 @@ class _Deployable(nn.Module):
 
     def forward(self, **kwargs: Any) -> Any:
         out = self.adapted(**kwargs, **self.constants)
-        return {k: v for k, v in out.items()} if isinstance(out, Mapping) else out
+        return dict(out.items()) if isinstance(out, Mapping) else out
 
 
 def _deployable(graph: fx.GraphModule, constants: dict[str, Any], names: list[str]) -> _Deployable:
@@ -60,7 +60,7 @@ def _deployable(graph: fx.GraphModule, constants: dict[str, Any], names: list[st
     def forward(self: _Deployable, **kwargs: Any) -> Any:
         return _Deployable.forward(self, **kwargs)
 
-    forward.__signature__ = signature  # type: ignore[attr-defined]
+    setattr(forward, "__signature__", signature)  # noqa: B010 - typing declares no __signature__ on functions
     cls = type("DeployedModel", (_Deployable,), {"forward": forward})
     return cls(graph, constants)
 
@@ -95,7 +95,7 @@ def export_program(model: GraphPeftModel, path: str | os.PathLike, merged: bool,
 
 
 # ---------------------------------------------------------------------- aten-only programs
-def grouped_mm_segments(input: torch.Tensor, weight: torch.Tensor, offs: torch.Tensor) -> torch.Tensor:
+def grouped_mm_segments(input: torch.Tensor, weight: torch.Tensor, offs: torch.Tensor) -> torch.Tensor:  # noqa: A002 - the op schema's names
     """transformers' ``grouped_mm_fallback`` in aten ops: rows ``[offs[e-1], offs[e])`` of ``input``
     (S, in), sorted by expert, times ``weight[e]`` (in, out); rows past ``offs[-1]`` are zero.
     Returns (S, out). ``offs`` (experts,) becomes data-dependent sizes, checked at run time."""

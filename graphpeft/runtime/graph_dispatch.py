@@ -22,17 +22,13 @@ from ..tracing.export import export_graph
 from ..tracing.graph_utils import clone_graph
 from ..tracing.signature import fits, signature_of
 from .call_inputs import canonical_kwargs
+from .model_state import ModelState
 
 
-class GraphDispatch:
+class GraphDispatch(ModelState):
     """The graph half of ``GraphPeftModel``; it reads ``base_model``, ``adapters``, ``training``,
     ``checkpointing``, ``quantization``, the call settings (``_transformers``, ``_example``, ``_dynamic_shapes``)
     and the caches (``_graphs``, ``_base_graphs``, ``_sites``) set up by ``GraphPeftModel.__init__``."""
-
-    base_model: nn.Module
-    adapters: nn.Module
-    checkpointing: bool
-    quantization: str | None
 
     def sites(self) -> list[Site]:
         """Every site of the base model's graph (traced once on demand), plus module sites."""
@@ -76,7 +72,13 @@ class GraphDispatch:
                 fuse_head_loss=training,
                 checkpointing=self.checkpointing and training,
             )
-            graph = adapt_graph(clone_graph(self._traced(signature, kwargs)), self.adapter_claims(adapters), self.base_model, self.adapters, settings)
+            graph = adapt_graph(
+                clone_graph(self._traced(signature, kwargs)),
+                self.adapter_claims(adapters),
+                self.base_model,
+                self.adapters,
+                settings,
+            )
             self._graphs[key] = graph
         return graph
 
@@ -102,7 +104,9 @@ class GraphDispatch:
                 example, shapes = example_inputs(self.base_model, signature)
             else:
                 example, shapes = kwargs, self._dynamic_shapes
-            graph = export_graph(self.base_model, (), example, shapes, signature.training, reuse_blocks=self.reuse_blocks)
+            graph = export_graph(
+                self.base_model, (), example, shapes, signature.training, reuse_blocks=self.reuse_blocks
+            )
             prepare_export(graph)
             self._base_graphs[signature] = graph
         return graph
@@ -141,8 +145,12 @@ class BaseIdentity:
     """
 
     def __init__(self, model: nn.Module):
-        slots = [(d, k, v) for m in model.modules() for d in (m._parameters, m._buffers, m._modules) for k, v in d.items()]
-        self._dicts, self._keys, self._values = (list(column) for column in zip(*slots)) if slots else ([], [], [])
+        slots = [
+            (d, k, v) for m in model.modules() for d in (m._parameters, m._buffers, m._modules) for k, v in d.items()
+        ]
+        self._dicts, self._keys, self._values = (
+            (list(column) for column in zip(*slots, strict=True)) if slots else ([], [], [])
+        )
 
     def unchanged(self) -> bool:
         return all(map(operator.is_, map(dict.get, self._dicts, self._keys), self._values))

@@ -25,7 +25,13 @@ def mixed_call(model: GraphPeftModel, kwargs: dict[str, Any], adapter_names: Seq
     graph = model._graphs.get(key)
     if graph is None:
         settings = GraphSettings(signature.training, mixed=True)
-        graph = adapt_graph(clone_graph(model._traced(signature, kwargs)), model.adapter_claims(order), model.base_model, model.adapters, settings)
+        graph = adapt_graph(
+            clone_graph(model._traced(signature, kwargs)),
+            model.adapter_claims(order),
+            model.base_model,
+            model.adapters,
+            settings,
+        )
         model._graphs[key] = graph
     return graph(**kwargs, **{ROWS: rows})
 

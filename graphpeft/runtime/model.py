@@ -9,7 +9,8 @@ The class is assembled from one module per idea:
 - :mod:`graphpeft.runtime.adapter_management`: add / set / delete / save / load adapters, parameter counts;
 - :mod:`graphpeft.runtime.weight_folding`: merge / unmerge / unload, quantize / dequantize the base weights;
 - :mod:`graphpeft.runtime.graph_dispatch`: the export and rewritten-graph caches, sites, tracing;
-- :mod:`graphpeft.runtime.call_inputs`: binding and checking a call's inputs.
+- :mod:`graphpeft.runtime.call_inputs`: binding and checking a call's inputs;
+- :mod:`graphpeft.runtime.model_state`: the state those parts share, declared once for the type checker.
 
 This module keeps the calling surface: construction, ``forward``, ``generate``, ``export``, ``explain``,
 delegating to :mod:`.mixed_batches` (mixed-adapter batches), :mod:`graphpeft.generation`,
@@ -29,6 +30,7 @@ from torch import fx, nn
 
 from ..errors import AdapterError, TraceError
 from ..generation.generate import generate
+from ..rewrite.quantized_base import Quantization
 from ..rewrite.sites import Site
 from ..rewrite.virtual_inputs import expand
 from ..tracing.model_facts import forward_parameters, is_transformers_model
@@ -75,13 +77,14 @@ class GraphPeftModel(AdapterManagement, WeightFolding, GraphDispatch, nn.Module)
         # Code that inspects ``model.forward`` to learn the inputs (transformers' Trainer keeps only the
         # dataset columns named there) must see the base model's parameters, not ``*args, **kwargs``.
         signed_forward = functools.partial(type(self).forward, self)
-        signed_forward.__signature__ = inspect.signature(model.forward)
+        setattr(signed_forward, "__signature__", inspect.signature(model.forward))  # noqa: B010 - typing declares none on partial
         self.__dict__["forward"] = signed_forward
         self._sites: list[Site] | None = None  # every site, once sites() traced the base graph
         self.training = model.training
-        self.checkpointing = False  # training graphs recompute each block in backward (graphpeft.rewrite.graph_passes.activation_checkpointing)
+        # training graphs recompute each block in backward (graphpeft.rewrite.graph_passes.activation_checkpointing)
+        self.checkpointing = False
         self.reuse_blocks = True  # export a few repeated blocks and copy the rest (graphpeft.tracing.block_reuse)
-        self.quantization: str | None = None  # "int8" / "nf4" once quantize() ran (graphpeft.rewrite.quantized_base)
+        self.quantization: Quantization | None = None  # what quantize() did (graphpeft.rewrite.quantized_base)
         self._unloaded = False  # unload() / merge_and_unload() handed the base back (graphpeft.runtime.ownership)
         self._base_identity = BaseIdentity(model)  # the base tensors the cached graphs read
 
@@ -148,16 +151,22 @@ class GraphPeftModel(AdapterManagement, WeightFolding, GraphDispatch, nn.Module)
         """Greedy or sampled decoding on the adapted prefill and decode graphs, with a KV cache.
 
         ``None`` options take the model's ``generation_config``; ``eos_token_id=[]`` never stops early.
-        Returns token ids like transformers' ``generate``: prompt + new tokens (decoder-only), or decoder ids with the start token first
-        (encoder-decoder). ``adapter_names`` (one per row, ``"__base__"`` for none) generates each row with its
-        own adapter in one batched computation. See :mod:`graphpeft.generation`.
+        Returns token ids like transformers' ``generate``: prompt + new tokens (decoder-only), or decoder ids with
+        the start token first (encoder-decoder). ``adapter_names`` (one per row, ``"__base__"`` for none)
+        generates each row with its own adapter in one batched computation. See :mod:`graphpeft.generation`.
         """
         self._ensure_live("generate()")
         self._refuse_quantized("generate()")
         self._drop_graphs_of_replaced_tensors()
         options = dict(
-            max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p,
-            eos_token_id=eos_token_id, pad_token_id=pad_token_id, generator=generator,
+            max_new_tokens=max_new_tokens,
+            do_sample=do_sample,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            eos_token_id=eos_token_id,
+            pad_token_id=pad_token_id,
+            generator=generator,
         )
         with explained_failures(self, {"input_ids": input_ids}):
             return generate(self, input_ids, attention_mask, adapter_names, **options, **unsupported)

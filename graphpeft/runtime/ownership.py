@@ -38,7 +38,7 @@ def holder_of(base: nn.Module) -> GraphPeftModel | None:
     return ref()
 
 
-def hold(base: nn.Module, wrapper: GraphPeftModel) -> None:
+def hold(base: nn.Module, wrapper: nn.Module) -> None:
     """Record that ``wrapper`` holds ``base``; refuse if another live wrapper does."""
     ref = _HOLDERS.get(base)
     if ref is not None and ref() is wrapper:
@@ -48,7 +48,7 @@ def hold(base: nn.Module, wrapper: GraphPeftModel) -> None:
     _HOLDERS[base] = weakref.ref(wrapper)
 
 
-def release(base: nn.Module, wrapper: GraphPeftModel) -> None:
+def release(base: nn.Module, wrapper: nn.Module) -> None:
     """Forget that ``wrapper`` holds ``base`` (no-op if it does not)."""
     ref = _HOLDERS.get(base)
     if ref is not None and ref() is wrapper:

@@ -61,6 +61,7 @@ def warn_tied(name: str, claims: dict[str, tuple[Site, Claim]], tied: dict[str, 
     for site, own, others in tied_sites(claims, tied):
         warnings.warn(
             f"adapter {name!r}: {own} is tied to {others} (one tensor); the adapter changes only its use at "
-            f"{site.fqn}, and merge() will be refused (folding the update into the shared tensor would change every use)",
+            f"{site.fqn}, and merge() will be refused "
+            "(folding the update into the shared tensor would change every use)",
             stacklevel=3,
         )

@@ -4,26 +4,21 @@ them and back out, quantize and dequantize them, and hand the base model back (`
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 from torch import nn
 
 from ..errors import AdapterError
 from ..rewrite.adapter_names import adapter_name_list
-from ..rewrite.quantized_base import dequantize_base, quantize_base, refuse_on_quantized
+from ..rewrite.quantized_base import Quantization, dequantize_base, quantize_base, refuse_on_quantized
 from ..rules.registry import get_method
+from .model_state import ModelState
 from .ownership import release
 from .tied_weights import refuse_tied, tied_parameters
 
 
-class WeightFolding:
+class WeightFolding(ModelState):
     """The base-weight half of ``GraphPeftModel``; it reads ``base_model``, ``adapters``, ``active_adapters``,
     ``_merged``, ``quantization``, ``_grad_before`` and the graph caches set up by ``GraphPeftModel.__init__``."""
-
-    base_model: nn.Module
-    adapters: nn.Module
-    active_adapters: list[str]
-    quantization: Any  # graphpeft.rewrite.quantized_base.Quantization once quantize() ran, else None
 
     def merge(self, adapter_names: str | Sequence[str] | None = None) -> None:
         """Fold the adapters (one name, a list, or the active ones) into the base weights; forward then runs
@@ -57,9 +52,10 @@ class WeightFolding:
             for site, claim in reversed(list(self._spec(name).claims.values())):
                 get_method(claim.method).unmerge(site, claim.options, self.base_model, self.adapters, name)
 
-    def quantize(self, scheme: str) -> Any:
-        """Store the frozen base linear weights as ``"int8"`` or ``"nf4"`` codes (see :mod:`graphpeft.rewrite.quantized_base`);
-        returns (and keeps as ``quantization``) the :class:`~graphpeft.rewrite.quantized_base.Quantization` report."""
+    def quantize(self, scheme: str) -> Quantization:
+        """Store the frozen base linear weights as ``"int8"`` or ``"nf4"`` codes
+        (see :mod:`graphpeft.rewrite.quantized_base`); returns (and keeps as ``quantization``) the
+        :class:`~graphpeft.rewrite.quantized_base.Quantization` report."""
         self._ensure_live("quantize()")
         if self._merged:
             raise AdapterError("unmerge() before quantizing: merged adapters would be rounded into the codes")
@@ -105,4 +101,3 @@ class WeightFolding:
         self._unloaded = True
         release(self.base_model, self)
         return self.base_model
-

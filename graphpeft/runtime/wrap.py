@@ -61,7 +61,10 @@ def apply(
         wrapped.add_adapter(adapter_name, rules, **overrides)
         if quantize is not None:
             if any(c.options.get("dora") for _, c in wrapped.adapter_specs[adapter_name].claims.values()):
-                raise CallError("DoRA reads the base weight itself, so it cannot run on a quantized base; drop dora=True or quantize=")
+                raise CallError(
+                    "DoRA reads the base weight itself, so it cannot run on a quantized base; "
+                    "drop dora=True or quantize="
+                )
             wrapped.quantize(quantize)
     except BaseException:
         wrapped.unload()

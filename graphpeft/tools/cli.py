@@ -175,7 +175,9 @@ class _Parser(argparse.ArgumentParser):
 
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(
-        prog="graphpeft", description="Inspect and visualize graphpeft rewrites.", epilog=__doc__.split("\n\n")[1],
+        prog="graphpeft",
+        description="Inspect and visualize graphpeft rewrites.",
+        epilog=__doc__.split("\n\n")[1],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
@@ -198,7 +200,9 @@ def _parser() -> argparse.ArgumentParser:
             sub.add_argument("--level", choices=("op", "module"), default="op", help="DOT detail (default: op)")
         if name == "diff":
             sub.add_argument("-o", "--output", help="also write the HTML viewer opened on the diff")
-        sub.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show the traceback of an error")
+        sub.add_argument(
+            "--debug", action="store_true", default=argparse.SUPPRESS, help="show the traceback of an error"
+        )
         sub.set_defaults(run=run)
     return parser
 
@@ -231,7 +235,10 @@ def _status(exc: Exception) -> tuple[int, str]:
         return 2, str(exc)
     if isinstance(exc, GraphPeftError):
         return 1, str(exc)
-    return 3, f"internal error: {type(exc).__name__}: {_summary(exc)}; rerun with --debug for the traceback and report it"
+    return (
+        3,
+        f"internal error: {type(exc).__name__}: {_summary(exc)}; rerun with --debug for the traceback and report it",
+    )
 
 
 if __name__ == "__main__":

@@ -7,19 +7,18 @@ that ``GraphPeftModel.explain()`` gives for the adapters a model already has.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
 from torch import nn
 
 from ..errors import MatchError
 from ..rewrite.adapter_names import check_adapter_name
 from ..rewrite.claims import Claim
 from ..rewrite.match import claim_sites, no_sites_message
+from ..rewrite.methods.dry_run import MetaShadow
 from ..rewrite.sites import Site
 from ..rules.builtin import resolve_rules
 from ..rules.registry import get_method
@@ -53,7 +52,7 @@ def explain(
     probe = GraphPeftModel(model, example_inputs=example_inputs, dynamic_shapes=dynamic_shapes)
     sites = probe.sites()
     claims, unmatched, problems = _dry_match(resolved, sites, adapter_name)
-    view = _MetaView(model)
+    view = MetaShadow(model)
     reports = []
     for site, claim in claims:
         scratch = nn.Module()
@@ -70,8 +69,10 @@ def _dry_match(
 ) -> tuple[list[tuple[Site, Claim]], list[UnmatchedRule], list[str]]:
     """Claims as ``match`` makes them, with misses and conflicts collected instead of raised."""
     optional = [replace(item, rule=replace(item.rule, required=False)) for item in resolved]
-    unmatched, problems, per_rule = [], [], []
-    for original, item in zip(resolved, optional):
+    unmatched: list[UnmatchedRule] = []
+    problems: list[str] = []
+    per_rule: list[tuple[Site, Claim]] = []
+    for original, item in zip(resolved, optional, strict=True):
         try:
             found = claim_sites([item], sites, adapter)
         except MatchError as exc:
@@ -89,22 +90,3 @@ def _dry_match(
     if resolved and not combined and not problems and not any(u.required for u in unmatched):
         problems.append(no_sites_message(resolved, sites, adapter))  # apply refuses an adapter with no sites
     return combined, unmatched, problems
-
-
-class _MetaView:
-    """Stands in for the model in ``Method.create``: parameters and modules come back on the
-    meta device, so sizing an adapter allocates nothing and touches no real weight."""
-
-    def __init__(self, model: nn.Module):
-        self.model = model
-
-    def get_parameter(self, target: str) -> torch.Tensor:
-        return torch.empty_like(self.model.get_parameter(target), device="meta")
-
-    def get_submodule(self, target: str) -> nn.Module:
-        module = self.model.get_submodule(target)
-        memo: dict[int, Any] = {}
-        for tensor in list(module.parameters()) + list(module.buffers()):
-            meta = torch.empty_like(tensor, device="meta")
-            memo[id(tensor)] = nn.Parameter(meta, tensor.requires_grad) if isinstance(tensor, nn.Parameter) else meta
-        return copy.deepcopy(module, memo)

@@ -24,7 +24,13 @@ def graphs_of(obj: Any) -> tuple[fx.GraphModule, fx.GraphModule | None]:
     if isinstance(obj, GraphPeftModel):
         base = obj._base_graph()
         rewritten = clone_graph(base)  # shares the base's tensors
-        adapt_graph(rewritten, obj.adapter_claims(obj._graph_adapters()), obj.base_model, obj.adapters, GraphSettings(obj.training))
+        adapt_graph(
+            rewritten,
+            obj.adapter_claims(obj._graph_adapters()),
+            obj.base_model,
+            obj.adapters,
+            GraphSettings(obj.training),
+        )
         return rewritten, base
     if isinstance(obj, fx.GraphModule):
         return obj, None
@@ -80,16 +86,18 @@ def node_records(gm: fx.GraphModule) -> list[dict[str, Any]]:
     for node in gm.graph.nodes:
         adapter = node.meta.get(ADAPTER_NODE)
         claims = [f"{c.adapter}:{c.rule}:{c.method}" for c in node.meta.get(CLAIMS) or []]
-        records.append({
-            "id": node.name,
-            "op": node.op,
-            "target": _target(node),
-            "kind": _kind(node),
-            "stack": module_stack(node, known),
-            "adapter": dict(adapter) if adapter else None,
-            "claims": claims,
-            "inputs": [arg.name for arg in node.all_input_nodes],
-        })
+        records.append(
+            {
+                "id": node.name,
+                "op": node.op,
+                "target": _target(node),
+                "kind": _kind(node),
+                "stack": module_stack(node, known),
+                "adapter": dict(adapter) if adapter else None,
+                "claims": claims,
+                "inputs": [arg.name for arg in node.all_input_nodes],
+            }
+        )
     return records
 
 
@@ -121,12 +129,11 @@ class GraphDiff:
                 role = record["adapter"]["role"] if record["adapter"] else ""
                 lines.append(f"    + {record['id']}  {record['target']}  ({role})  <- {', '.join(record['inputs'])}")
         for name, before, after in self.rewired:
-            changed = [f"{b} -> {a}" for b, a in zip(before, after) if a != b] or [f"{before} -> {after}"]
+            changed = [f"{b} -> {a}" for b, a in zip(before, after, strict=False) if a != b] or [f"{before} -> {after}"]
             lines.append(f"~ {name}: input {'; '.join(changed)}")
-        for name in self.removed:
-            lines.append(f"- {name}")
+        lines.extend(f"- {name}" for name in self.removed)
         counts = f"{len(self.added)} added, {len(self.rewired)} rewired, {len(self.removed)} removed"
-        return "\n".join([f"rewrite diff: {counts}"] + lines)
+        return "\n".join([f"rewrite diff: {counts}", *lines])
 
 
 def graph_diff(base: fx.GraphModule, rewritten: fx.GraphModule) -> GraphDiff:

@@ -81,8 +81,16 @@ def collapse(graph: nx.DiGraph, classes: dict[str, str], depth: int | None = Non
 
 
 # ---------------------------------------------------------------------- DOT
-_FILL = {"adapter": "#b7ebb0", "site": "#ffe08a", "adapted": "#d9f5d3", "input": "#e3e3e3",
-         "output": "#e3e3e3", "param": "#f4f4f4", "op": "#ffffff", "module": "#eef3fb"}
+_FILL = {
+    "adapter": "#b7ebb0",
+    "site": "#ffe08a",
+    "adapted": "#d9f5d3",
+    "input": "#e3e3e3",
+    "output": "#e3e3e3",
+    "param": "#f4f4f4",
+    "op": "#ffffff",
+    "module": "#eef3fb",
+}
 
 
 def dot_quote(text: Any) -> str:
@@ -104,13 +112,21 @@ def _dot_label(name: str, data: dict[str, Any]) -> str:
 
 def to_dot(graph: nx.DiGraph) -> str:
     """DOT text of a graph from :func:`to_networkx`; op-level graphs cluster ops by module."""
-    lines = ["digraph graphpeft {", "  rankdir=TB;", '  node [shape=box, style="rounded,filled", fontname="Helvetica"];']
+    lines = [
+        "digraph graphpeft {",
+        "  rankdir=TB;",
+        '  node [shape=box, style="rounded,filled", fontname="Helvetica"];',
+    ]
     clusters: dict[str, list[str]] = defaultdict(list)
     for name, data in graph.nodes(data=True):
-        attrs = f"label={dot_quote(_dot_label(name, data))}, fillcolor={dot_quote(_FILL.get(data.get('kind'), '#ffffff'))}"
+        attrs = (
+            f"label={dot_quote(_dot_label(name, data))}, fillcolor={dot_quote(_FILL.get(data.get('kind'), '#ffffff'))}"
+        )
         if data.get("kind") in ("adapter", "adapted"):
             attrs += ', color="#2e8b2e", penwidth=2'
-        clusters[data.get("module", "") if graph.graph.get("level") == "op" else ""].append(f"{dot_quote(name)} [{attrs}];")
+        clusters[data.get("module", "") if graph.graph.get("level") == "op" else ""].append(
+            f"{dot_quote(name)} [{attrs}];"
+        )
     for index, (module, statements) in enumerate(sorted(clusters.items())):
         if not module:
             lines.extend("  " + s for s in statements)

@@ -25,7 +25,9 @@ def page_data(obj: Any, open_diff: bool = False) -> dict[str, Any]:
     records = node_records(gm)
     diff = graph_diff(base, gm) if base is not None else None
     added = {r["id"] for r in diff.added} if diff else set()
-    rewired = {name: [src for src in after if src not in before] for name, before, after in diff.rewired} if diff else {}
+    rewired = (
+        {name: [src for src in after if src not in before] for name, before, after in diff.rewired} if diff else {}
+    )
     for record in records:
         record["added"] = record["id"] in added
         record["rewired"] = rewired.get(record["id"])

@@ -51,7 +51,9 @@ class BlockList:
     blocks: nn.ModuleList
 
 
-def export_reusing_blocks(model: nn.Module, kwargs: Mapping[str, Any], export: Callable[[], fx.GraphModule]) -> fx.GraphModule | None:
+def export_reusing_blocks(
+    model: nn.Module, kwargs: Mapping[str, Any], export: Callable[[], fx.GraphModule]
+) -> fx.GraphModule | None:
     """``export()`` run on ``model`` cut to ``TRACED_BLOCKS`` blocks and stamped back to full depth,
     or None when reuse does not apply (then export the whole model)."""
     if not enabled() or any(kwargs.get(flag) is True for flag in _PER_LAYER_OUTPUT_FLAGS):
@@ -64,7 +66,7 @@ def export_reusing_blocks(model: nn.Module, kwargs: Mapping[str, Any], export: C
     try:
         with _truncated(model, found):
             graph = export()
-    except Exception:  # the cut model may not export where the whole one does; correctness first
+    except Exception:  # noqa: BLE001 - the cut model may not export where the whole one does; correctness first
         return None
     return stamp_blocks(graph, Blocks(found.fqn, found.blocks, TRACED_BLOCKS))
 
@@ -109,7 +111,7 @@ def _uniform(blocks: nn.ModuleList, shared: set[int]) -> bool:
             if all(type(value) is int and value - index == first for index, value in enumerate(values)):
                 continue  # a block counter (layer_idx, layer_number): read by caches, not by a training graph
             return False
-    except Exception:  # an attribute that does not compare (an array): not provably identical
+    except Exception:  # noqa: BLE001 - an attribute that does not compare (an array): not provably identical
         return False
     return True
 

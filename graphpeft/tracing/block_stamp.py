@@ -15,14 +15,14 @@ but the last may be read after the list (per-layer outputs such as hidden-state 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import fx, nn
 
-from .graph_utils import container
+from .graph_utils import attr_path, container
 
 REUSED = "graphpeft.reused_blocks"  # GraphModule.meta of a stamped export: (list fqn, traced blocks, all blocks)
 
@@ -32,7 +32,7 @@ class Blocks:
     """The block list ``fqn`` (``model.layers``), its blocks, and how many of them the graph traced (>= 3)."""
 
     fqn: str
-    modules: Sequence[nn.Module]
+    modules: nn.ModuleList
     traced: int
 
     def path(self, index: int) -> str:
@@ -49,7 +49,7 @@ def stamp_blocks(gm: fx.GraphModule, blocks: Blocks) -> fx.GraphModule | None:
         stamp.expand()
         gm.graph.lint()
         gm.recompile()
-    except Exception:  # e.g. a block reads a tensor constant of its own: not ours to copy
+    except Exception:  # noqa: BLE001 - e.g. a block reads a tensor constant of its own: not ours to copy
         return None
     gm.meta[REUSED] = (blocks.fqn, blocks.traced, len(blocks.modules))
     return gm
@@ -96,7 +96,9 @@ class _Stamp:
             rename = _Renamer(source, self.blocks.path(index))
             copies: dict[fx.Node, fx.Node] = {}
 
-            def lookup(arg: fx.Node) -> fx.Node:
+            def lookup(
+                arg: fx.Node, copies: dict[fx.Node, fx.Node] = copies, previous: dict[fx.Node, fx.Node] = previous
+            ) -> fx.Node:
                 if arg in copies:
                     return copies[arg]
                 if arg in self.position:  # the block before: its copy
@@ -106,13 +108,17 @@ class _Stamp:
             for node in template:
                 if node.op == "get_attr":
                     with graph.inserting_after(attr_anchor):
-                        new = graph.get_attr(rename.path(node.target))
+                        new = graph.get_attr(rename.path(attr_path(node)))
                     attr_anchor = new
                 else:
                     with graph.inserting_after(call_anchor):
                         new = graph.create_node(
-                            node.op, node.target, fx.map_arg(node.args, lookup), fx.map_arg(node.kwargs, lookup),
-                            name=node.name, type_expr=node.type,
+                            node.op,
+                            node.target,
+                            fx.map_arg(node.args, lookup),
+                            fx.map_arg(node.kwargs, lookup),
+                            name=node.name,
+                            type_expr=node.type,
                         )
                     call_anchor = new
                 new.meta = dict(node.meta)
@@ -136,7 +142,9 @@ class _Stamp:
                 target.register_parameter(field, block.get_parameter(f"{name}.{field}" if name else field))
             for field in module._buffers:
                 persistent = field not in module._non_persistent_buffers_set
-                target.register_buffer(field, block.get_buffer(f"{name}.{field}" if name else field), persistent=persistent)
+                target.register_buffer(
+                    field, block.get_buffer(f"{name}.{field}" if name else field), persistent=persistent
+                )
 
 
 def _partition(gm: fx.GraphModule, blocks: Blocks) -> tuple[list[list[fx.Node]], dict[fx.Node, int]] | None:
@@ -176,7 +184,7 @@ def _recurrent(traced: list[list[fx.Node]], blocks: Blocks) -> bool:
     """
     first, before, last = traced[-3], traced[-2], traced[-1]
     here = _Renamer(blocks.path(blocks.traced - 2), blocks.path(blocks.traced - 1))
-    if len(before) != len(last) or any(_key(a, here) != _key(b, None) for a, b in zip(before, last)):
+    if len(before) != len(last) or any(_key(a, here) != _key(b, None) for a, b in zip(before, last, strict=True)):
         return False
     chain = _align(first, before, _Renamer(blocks.path(blocks.traced - 3), blocks.path(blocks.traced - 2)))
     if chain is None:
@@ -194,18 +202,18 @@ def _recurrent(traced: list[list[fx.Node]], blocks: Blocks) -> bool:
                 return chain.get(a) == rank_before[b]
             return a is b  # shared: from outside, or computed once in block 0 (a symbolic size)
         if isinstance(a, (list, tuple)) or isinstance(b, (list, tuple)):
-            return type(a) is type(b) and len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
+            return type(a) is type(b) and len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
         if isinstance(a, Mapping) or isinstance(b, Mapping):
             return type(a) is type(b) and a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
         return type(a) is type(b) and a == b
 
-    return all(same(a.args, b.args) and same(a.kwargs, b.kwargs) for a, b in zip(before, last))
+    return all(same(a.args, b.args) and same(a.kwargs, b.kwargs) for a, b in zip(before, last, strict=True))
 
 
 def _key(node: fx.Node, rename: _Renamer | None) -> tuple:
     """What a node of one block must share with its counterpart in the next: op, target, module path
     and class, shape and dtype (``rename`` moves ``node``'s paths to the next block)."""
-    target = rename.path(node.target) if rename and node.op == "get_attr" else node.target
+    target = rename.path(attr_path(node)) if rename and node.op == "get_attr" else node.target
     stack = node.meta.get("nn_module_stack") or {}
     if rename:
         stack = rename.stack(stack)
@@ -240,7 +248,7 @@ class _Renamer:
 
     def path(self, path: str) -> str:
         if path == self.source or path.startswith(f"{self.source}."):
-            return self.target + path[len(self.source):]
+            return self.target + path[len(self.source) :]
         return path
 
     def stack(self, stack: dict[str, tuple[str, Any]]) -> dict[str, tuple[str, Any]]:
@@ -250,8 +258,7 @@ class _Renamer:
             renamed = {}
             for name, (path, cls) in stack.items():
                 new_path = self.path(path)
-                if new_path != path and name.endswith(path):
-                    name = name[: len(name) - len(path)] + new_path
-                renamed[name] = (new_path, cls)
+                moved = new_path != path and name.endswith(path)
+                renamed[name[: len(name) - len(path)] + new_path if moved else name] = (new_path, cls)
             self._stacks[key] = renamed
         return dict(renamed)

@@ -66,7 +66,7 @@ def _fill(name: str, dtype: torch.dtype, shape: tuple[int, ...], vocab: int, con
         return torch.randn(shape, dtype=dtype, device=device)
     if dtype == torch.bool or "attention_mask" in name:
         return torch.ones(shape, dtype=dtype, device=device)
-    if name in ("token_type_ids",):
+    if name == "token_type_ids":
         return torch.zeros(shape, dtype=dtype, device=device)
     if name.endswith("position_ids"):
         return torch.arange(shape[-1], device=device).expand(shape).to(dtype).contiguous()

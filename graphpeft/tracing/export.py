@@ -40,7 +40,10 @@ def _mode(model: nn.Module, training: bool):
 def quiet():
     """Silence export's logs, warnings and the partial graph it prints to stderr when it fails
     (hundreds of lines for a real model); the error itself is summarized by :class:`TraceError`."""
-    loggers = [logging.getLogger(n) for n in ("torch._export", "torch.export", "torch._dynamo", "torch.fx.experimental.symbolic_shapes")]
+    loggers = [
+        logging.getLogger(n)
+        for n in ("torch._export", "torch.export", "torch._dynamo", "torch.fx.experimental.symbolic_shapes")
+    ]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
         lg.setLevel(logging.CRITICAL)
@@ -49,7 +52,7 @@ def quiet():
             warnings.simplefilter("ignore")
             yield
     finally:
-        for lg, level in zip(loggers, levels):
+        for lg, level in zip(loggers, levels, strict=True):
             lg.setLevel(level)
 
 
@@ -74,7 +77,9 @@ def export_graph(
     if reuse_blocks:
 
         def export_cut() -> fx.GraphModule:
-            return export_graph(model, args, kwargs, dynamic_shapes, training, runtime_asserts=runtime_asserts, reuse_blocks=False)
+            return export_graph(
+                model, args, kwargs, dynamic_shapes, training, runtime_asserts=runtime_asserts, reuse_blocks=False
+            )
 
         graph = export_reusing_blocks(model, kwargs, export_cut)
         if graph is not None:
@@ -85,7 +90,11 @@ def export_graph(
 
             def run(shapes: Any) -> Any:
                 return torch.export.export(
-                    traced, args, kwargs, dynamic_shapes=shapes, strict=False,
+                    traced,
+                    args,
+                    kwargs,
+                    dynamic_shapes=shapes,
+                    strict=False,
                     prefer_deferred_runtime_asserts_over_guards=runtime_asserts,
                 )
 
@@ -122,9 +131,9 @@ class _ExplicitKeywords(nn.Module):
         def forward(**kwargs: Any) -> Any:
             return model(**kwargs)
 
-        forward.__signature__ = inspect.Signature(
-            [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY) for name in names]
-        )
+        keywords = inspect.Signature([inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY) for name in names])
+        # inspect.signature (and so torch.export) reads __signature__
+        setattr(forward, "__signature__", keywords)  # noqa: B010 - typing declares no __signature__ on functions
         object.__setattr__(self, "forward", forward)
 
 
@@ -154,12 +163,14 @@ def _apply_suggested_fixes(dynamic_shapes: Any, message: str) -> Any:
     out = {}
     for key, spec in dynamic_shapes.items():
         if isinstance(spec, dict):
-            spec = dict(spec)
+            fixed = dict(spec)
             for axis, dim in spec.items():
                 if getattr(dim, "__name__", None) in fixes:
-                    spec[axis] = fixes[dim.__name__]
+                    fixed[axis] = fixes[dim.__name__]
                     changed = True
-        out[key] = spec
+            out[key] = fixed
+        else:
+            out[key] = spec
     return out if changed else None
 
 

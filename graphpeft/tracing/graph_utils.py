@@ -1,11 +1,11 @@
-"""GraphModule tools every stage uses: copy a graph (sharing its tensors), drop export's check nodes, and reach
-(or create) a submodule by its dotted path."""
+"""GraphModule tools every stage uses: copy a graph (sharing its tensors), drop export's check nodes, read the
+path of a ``get_attr`` node, reach (or create) a submodule by its dotted path, and an adapter slot of one."""
 
 from __future__ import annotations
 
 import copy
 import warnings
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import fx, nn
@@ -44,6 +44,13 @@ def drop_checks(gm: fx.GraphModule, ops: tuple[Any, ...] = DTYPE_CHECKS) -> None
     gm.recompile()
 
 
+def attr_path(node: fx.Node) -> str:
+    """The dotted path a ``get_attr`` node reads (fx types every node target as ``str | Callable``)."""
+    if not isinstance(node.target, str):
+        raise TypeError(f"node {node.name} ({node.op}) reads no attribute path")
+    return node.target
+
+
 def container(root: nn.Module, path: str, create: bool = True) -> nn.Module:
     """The module at ``path`` under ``root``, creating empty modules along the way."""
     module = root
@@ -56,3 +63,19 @@ def container(root: nn.Module, path: str, create: bool = True) -> nn.Module:
             module.register_module(part, child)
         module = child
     return module
+
+
+SlotDict = TypeVar("SlotDict", nn.ParameterDict, nn.ModuleDict)
+
+
+def adapter_slot(host: nn.Module, name: str, kind: type[SlotDict], create: bool = False) -> SlotDict:
+    """``host``'s adapter slot ``name``: a ``kind`` keyed by adapter name (``lora_A``: a ParameterDict).
+
+    ``create`` registers an empty one first when ``host`` has none; otherwise a missing slot is a KeyError.
+    """
+    if create and name not in host._modules:
+        host.register_module(name, kind())
+    found = host._modules[name]
+    if not isinstance(found, kind):
+        raise TypeError(f"slot {name} holds a {type(found).__name__}, not a {kind.__name__}")
+    return found

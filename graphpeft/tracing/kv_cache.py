@@ -18,11 +18,12 @@ classes keep their behaviour everywhere else.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import torch
 from torch.utils import _pytree as pytree
-from transformers.cache_utils import DynamicCache, DynamicLayer, EncoderDecoderCache
+from transformers.cache_utils import CacheLayerMixin, DynamicCache, DynamicLayer, EncoderDecoderCache
 
 
 class GraphCache(DynamicCache):
@@ -43,13 +44,18 @@ class GraphCache(DynamicCache):
     def tensors(self) -> list[torch.Tensor]:
         out = []
         for layer in self.layers:
-            if layer.is_initialized and layer.keys is not None:
+            if not isinstance(layer, CacheLayerMixin) or not layer.is_initialized:
+                continue
+            if layer.keys is not None and layer.values is not None:
                 out += [layer.keys, layer.values]
         return out
 
 
 class GraphEncoderDecoderCache(EncoderDecoderCache):
     """Self- and cross-attention :class:`GraphCache` s that torch.export flattens to tensors."""
+
+    self_attention_cache: GraphCache
+    cross_attention_cache: GraphCache
 
     def __init__(self, self_attention: GraphCache | None = None, cross_attention: GraphCache | None = None):
         super().__init__(self_attention or GraphCache(), cross_attention or GraphCache())
@@ -63,7 +69,7 @@ def _flatten_cache(cache: GraphCache) -> tuple[list[torch.Tensor], int]:
     return tensors, len(tensors)
 
 
-def _unflatten_cache(tensors: list[torch.Tensor], count: int) -> GraphCache:
+def _unflatten_cache(tensors: Iterable[torch.Tensor], count: int) -> GraphCache:
     return GraphCache.from_tensors(list(tensors))
 
 
@@ -72,10 +78,10 @@ def _flatten_encoder_decoder(cache: GraphEncoderDecoderCache) -> tuple[list[torc
     return own + cross, (len(own), len(cross))
 
 
-def _unflatten_encoder_decoder(tensors: list[torch.Tensor], counts: tuple[int, int]) -> GraphEncoderDecoderCache:
-    tensors = list(tensors)
-    own = GraphCache.from_tensors(tensors[: counts[0]])
-    cross = GraphCache.from_tensors(tensors[counts[0]:])
+def _unflatten_encoder_decoder(tensors: Iterable[torch.Tensor], counts: tuple[int, int]) -> GraphEncoderDecoderCache:
+    leaves = list(tensors)
+    own = GraphCache.from_tensors(leaves[: counts[0]])
+    cross = GraphCache.from_tensors(leaves[counts[0] :])
     return GraphEncoderDecoderCache(own, cross)
 
 

@@ -31,7 +31,8 @@ def _first_attr(config: Any, names: tuple[str, ...]) -> int:
 
 
 def model_geometry(config: Any) -> dict[str, int]:
-    """``layers``, ``width``, ``heads``, ``kv_heads``, ``head_dim`` of a transformers config, read as PEFT reads them."""
+    """``layers``, ``width``, ``heads``, ``kv_heads``, ``head_dim`` of a transformers config, read as PEFT
+    reads them."""
     layers = _first_attr(config, ("num_hidden_layers", "num_layers", "n_layer"))
     width = _first_attr(config, ("hidden_size", "n_embd", "d_model"))
     heads = _first_attr(config, ("num_attention_heads", "n_head", "num_heads"))

@@ -51,7 +51,7 @@ def _roles(name: str, tensor: torch.Tensor, encoder_decoder: bool) -> tuple[Any,
 def signature_of(model: nn.Module, kwargs: Mapping[str, Any], training: bool, static: bool) -> Signature:
     """The graph key of a call. ``static`` keys on exact shapes (custom modules, out-of-range calls)."""
     encoder_decoder = is_encoder_decoder(model)
-    entries = []
+    entries: list[tuple[Any, ...]] = []
     device = "cpu"
     for name in sorted(kwargs):
         value = kwargs[name]
@@ -75,7 +75,10 @@ def _key_length_masks(entries: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
     spec = next((e[1] for e in entries if len(e) == 2 and isinstance(e[1], CacheSpec)), None)
     if spec is None:
         return entries
-    return [(e[0], e[1], (e[2][0], KEY_LENGTH, *e[2][2:])) if len(e) == 3 and e[0] == mask_name(spec) else e for e in entries]
+    return [
+        (e[0], e[1], (e[2][0], KEY_LENGTH, *e[2][2:])) if len(e) == 3 and e[0] == mask_name(spec) else e
+        for e in entries
+    ]
 
 
 def _freeze(value: Any) -> Any:

@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import pytest
 import torch
-from models import batch, tiny_llama
 
 import graphpeft
 from graphpeft import Pattern, Rule
 from graphpeft.errors import AdapterError, CallError
 from graphpeft.rewrite.mixed import ROWS
+from models import batch, tiny_llama
 
 NAMES = ["a", "__base__", "b", "c", "a"]
 NEW_TOKENS = 8
-
-
 
 
 def lora(name: str, modules: str, r: int) -> Rule:
@@ -38,7 +36,7 @@ def prompt():
 
 
 def generate_alone(model, prompt, index: int, name: str) -> torch.Tensor:
-    row = {k: v[index:index + 1] for k, v in prompt.items()}
+    row = {k: v[index : index + 1] for k, v in prompt.items()}
     if name == "__base__":
         with model.disable_adapter():
             return model.generate(**row, max_new_tokens=NEW_TOKENS, eos_token_id=[])
@@ -54,7 +52,7 @@ def test_each_row_of_a_mixed_batch_generates_what_it_generates_alone_with_its_ad
         base = model.generate(**prompt, max_new_tokens=NEW_TOKENS, eos_token_id=[])
 
     for i, name in enumerate(NAMES):
-        assert torch.equal(mixed[i:i + 1], alone[i]), f"row {i} ({name})"
+        assert torch.equal(mixed[i : i + 1], alone[i]), f"row {i} ({name})"
         assert torch.equal(mixed[i], base[i]) == (name == "__base__"), f"adapter {name} must change row {i}'s ids"
 
 

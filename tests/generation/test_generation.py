@@ -7,7 +7,6 @@ import warnings
 
 import pytest
 import torch
-from models import BUILDERS, batch, tiny_bert
 from peft import LoraConfig, get_peft_model
 from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
@@ -16,6 +15,7 @@ from graphpeft.errors import CallError
 from graphpeft.generation.generate import generation_graphs
 from graphpeft.generation.sampling import GenerationSettings, warp
 from graphpeft.rewrite.claims import adapter_nodes
+from models import BUILDERS, batch, tiny_bert
 
 TARGETS = {"llama": ["q_proj", "v_proj"], "gpt2": ["c_attn"], "opt": ["q_proj", "v_proj"], "t5": ["q", "v"]}
 _PAIRS: dict[str, tuple] = {}
@@ -57,7 +57,9 @@ def test_greedy_ids_equal_peft_generate_on_a_left_padded_batch(kind, tmp_path_fa
     ours = model.generate(**inputs, max_new_tokens=10)
     assert torch.equal(ours, peft_generate(peft_model, inputs, max_new_tokens=10))
     with peft_model.disable_adapter():
-        assert not torch.equal(peft_generate(peft_model, inputs, max_new_tokens=10), ours), "the adapter must change the ids"
+        assert not torch.equal(peft_generate(peft_model, inputs, max_new_tokens=10), ours), (
+            "the adapter must change the ids"
+        )
 
 
 def test_a_single_one_token_prompt_equals_peft_generate(tmp_path_factory):
@@ -79,10 +81,12 @@ def test_rows_that_reach_eos_are_filled_with_pad_as_transformers_does(tmp_path_f
     eos = int(free[1, inputs["input_ids"].shape[1] + 1])  # row 1 stops after its second new token
     ours = model.generate(**inputs, max_new_tokens=8, eos_token_id=eos, pad_token_id=0)
     assert torch.equal(ours, peft_generate(peft_model, inputs, max_new_tokens=8, eos_token_id=eos, pad_token_id=0))
-    assert (ours[1, inputs["input_ids"].shape[1] + 2:] == 0).all()
+    assert (ours[1, inputs["input_ids"].shape[1] + 2 :] == 0).all()
 
 
-def no_cache_greedy(model: graphpeft.GraphPeftModel, kind: str, inputs: dict[str, torch.Tensor], steps: int) -> torch.Tensor:
+def no_cache_greedy(
+    model: graphpeft.GraphPeftModel, kind: str, inputs: dict[str, torch.Tensor], steps: int
+) -> torch.Tensor:
     """Reference decoding: the whole sequence through the normal forward graph at every step."""
     ids, mask = inputs["input_ids"], inputs["attention_mask"]
     if kind == "t5":
@@ -126,8 +130,10 @@ def test_an_encoder_decoder_mixed_adapter_batch_generates_each_rows_own_ids(tmp_
     with model.disable_adapter():
         base = model.generate(**inputs, max_new_tokens=6, eos_token_id=[])
 
-    assert torch.equal(mixed[1], adapted[1]) and not torch.equal(mixed[1], base[1])
-    assert torch.equal(mixed[0::2], base[0::2]) and not torch.equal(mixed[0::2], adapted[0::2])
+    assert torch.equal(mixed[1], adapted[1])
+    assert not torch.equal(mixed[1], base[1])
+    assert torch.equal(mixed[0::2], base[0::2])
+    assert not torch.equal(mixed[0::2], adapted[0::2])
 
 
 def test_generation_graphs_are_cached_and_cleared_by_to(tmp_path_factory):
@@ -157,7 +163,9 @@ def test_sampling_with_a_seeded_generator_is_reproducible(tmp_path_factory):
 
     def sample(seed: int) -> torch.Tensor:
         generator = torch.Generator().manual_seed(seed)
-        return model.generate(**inputs, max_new_tokens=12, do_sample=True, temperature=5.0, top_k=0, generator=generator)
+        return model.generate(
+            **inputs, max_new_tokens=12, do_sample=True, temperature=5.0, top_k=0, generator=generator
+        )
 
     assert torch.equal(sample(0), sample(0))
     assert not torch.equal(sample(0), sample(1))
@@ -166,11 +174,15 @@ def test_sampling_with_a_seeded_generator_is_reproducible(tmp_path_factory):
 def test_top_k_one_sampling_equals_greedy(tmp_path_factory):
     _, model = pair("llama", tmp_path_factory)
     inputs = prompt("llama")
-    sampled = model.generate(**inputs, max_new_tokens=10, do_sample=True, top_k=1, generator=torch.Generator().manual_seed(3))
+    sampled = model.generate(
+        **inputs, max_new_tokens=10, do_sample=True, top_k=1, generator=torch.Generator().manual_seed(3)
+    )
     assert torch.equal(sampled, model.generate(**inputs, max_new_tokens=10))
 
 
-@pytest.mark.parametrize("temperature,top_k,top_p", [(0.7, 0, 1.0), (1.0, 5, 1.0), (1.0, 0, 0.8), (1.3, 20, 0.6)])
+@pytest.mark.parametrize(
+    ("temperature", "top_k", "top_p"), [(0.7, 0, 1.0), (1.0, 5, 1.0), (1.0, 0, 0.8), (1.3, 20, 0.6)]
+)
 def test_warping_equals_transformers_logits_warpers(temperature, top_k, top_p):
     logits = torch.randn(4, 96, generator=torch.Generator().manual_seed(0)) * 3
     settings = GenerationSettings(10, True, temperature, top_k, top_p, (), 0, None)
@@ -187,7 +199,7 @@ def test_warping_equals_transformers_logits_warpers(temperature, top_k, top_p):
 
 
 @pytest.mark.parametrize(
-    "options,message",
+    ("options", "message"),
     [
         ({"num_beams": 2}, "num_beams"),
         ({"max_new_tokens": 0}, "max_new_tokens"),

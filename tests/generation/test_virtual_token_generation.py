@@ -6,6 +6,7 @@ decode exports of an architecture serve all its methods.
 
 import pytest
 import torch
+
 from models import batch
 from shared_models import bare_model, temporary_adapters
 
@@ -28,7 +29,10 @@ def full_recompute_greedy(model, kind, ids, mask):
         return ids
 
 
-@pytest.mark.parametrize("kind,method", [("llama", "prompt_tuning"), ("llama", "prefix_tuning"), ("gpt2", "p_tuning"), ("t5", "prefix_tuning")])
+@pytest.mark.parametrize(
+    ("kind", "method"),
+    [("llama", "prompt_tuning"), ("llama", "prefix_tuning"), ("gpt2", "p_tuning"), ("t5", "prefix_tuning")],
+)
 def test_greedy_generate_equals_full_recompute_with_left_padding(kind, method):
     with temporary_adapters(bare_model(kind)) as model:
         model.add_adapter("default", method, num_virtual_tokens=3)
@@ -36,5 +40,7 @@ def test_greedy_generate_equals_full_recompute_with_left_padding(kind, method):
             for param in model.adapter_parameters().values():
                 param.mul_(3)  # strong virtual tokens, so ignoring or re-injecting them changes the tokens
         inputs = batch(kind)  # decoder-only rows: the first is left-padded
-        got = model.generate(inputs["input_ids"], inputs["attention_mask"], max_new_tokens=NEW, eos_token_id=[], do_sample=False)
+        got = model.generate(
+            inputs["input_ids"], inputs["attention_mask"], max_new_tokens=NEW, eos_token_id=[], do_sample=False
+        )
         assert torch.equal(got, full_recompute_greedy(model, kind, inputs["input_ids"], inputs["attention_mask"]))

@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from folder_state import tree
-from models import tiny_llama
 from transformers import Trainer, TrainingArguments
 
 import graphpeft
+from folder_state import tree
 from graphpeft.integrations.trainer import AdapterTrainer
 from graphpeft.io.adapter_folder import adapter_tensors, read_tensors
+from models import tiny_llama
 
 ROWS, LENGTH = 8, 8
 
@@ -26,9 +26,17 @@ def dataset() -> list[dict[str, torch.Tensor]]:
 
 def arguments(output_dir, max_steps: int, save_steps: int | None = None) -> TrainingArguments:
     return TrainingArguments(
-        output_dir=str(output_dir), per_device_train_batch_size=4, max_steps=max_steps, learning_rate=5e-2,
-        logging_steps=1, report_to=[], use_cpu=True, disable_tqdm=True, seed=0,
-        save_strategy="steps" if save_steps else "no", save_steps=save_steps or 500,
+        output_dir=str(output_dir),
+        per_device_train_batch_size=4,
+        max_steps=max_steps,
+        learning_rate=5e-2,
+        logging_steps=1,
+        report_to=[],
+        use_cpu=True,
+        disable_tqdm=True,
+        seed=0,
+        save_strategy="steps" if save_steps else "no",
+        save_steps=save_steps or 500,
     )
 
 
@@ -83,7 +91,9 @@ def test_adapter_trainer_checkpoint_loads_as_the_trained_adapter(checkpointed):
 def test_adapter_trainer_resumes_from_checkpoint_to_the_same_weights(checkpointed, tmp_path):
     model, out = checkpointed
     resumed = fresh_model()
-    trainer = AdapterTrainer(model=resumed, args=arguments(tmp_path, max_steps=4, save_steps=2), train_dataset=dataset())
+    trainer = AdapterTrainer(
+        model=resumed, args=arguments(tmp_path, max_steps=4, save_steps=2), train_dataset=dataset()
+    )
     trainer.train(resume_from_checkpoint=str(out / "checkpoint-2"))
     for name, param in model.adapter_parameters().items():
         assert torch.allclose(resumed.adapter_parameters()[name], param, atol=1e-6), name

@@ -8,24 +8,24 @@ import json
 import os
 import pickle
 
-import mlp
 import pytest
 import torch
 
+import mlp
 from graphpeft.errors import LoadError
 
 
-class Unpickling(Exception):
+class UnpicklingAttemptError(Exception):
     pass
 
 
-@pytest.fixture()
+@pytest.fixture
 def no_unpickling(monkeypatch):
     """``torch.load`` and ``pickle.load`` raise while the test runs, and every file Python opens is
     recorded. (``pickle.loads`` stays: torch.export round-trips its own in-memory objects with it.)"""
 
     def refuse(*args, **kwargs):
-        raise Unpickling("something tried to unpickle a file during load")
+        raise UnpicklingAttemptError("something tried to unpickle a file during load")
 
     monkeypatch.setattr(pickle, "load", refuse)
     monkeypatch.setattr(torch, "load", refuse)
@@ -80,6 +80,6 @@ def test_pickled_weights_are_refused_and_never_executed(tmp_path):
     (folder / "adapter_model.bin").write_bytes(pickle.dumps(WritesMarker(marker)))
     config = {"peft_type": "LORA", "r": 4, "lora_alpha": 8, "target_modules": ["fc1", "fc2"]}
     (folder / "adapter_config.json").write_text(json.dumps(config))
-    with pytest.raises(LoadError, match="adapter_model.safetensors is missing"):
+    with pytest.raises(LoadError, match=r"adapter_model\.safetensors is missing"):
         mlp.load(str(folder))
     assert not marker.exists()

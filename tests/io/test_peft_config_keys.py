@@ -14,15 +14,15 @@ import dataclasses
 import peft
 import pytest
 import torch
-from models import BUILDERS, batch
 from peft import LoraConfig, get_peft_model
 from peft.tuners.lora import LoraLayer
 from peft.tuners.lora.config import CordaConfig
-from shared_models import bare_model, temporary_adapters
 
 import graphpeft
 from graphpeft.errors import LoadError
 from graphpeft.io.peft_schema import SCHEMAS
+from models import BUILDERS, batch
+from shared_models import bare_model, temporary_adapters
 
 CONFIG_CLASSES = {
     "LORA": peft.LoraConfig,
@@ -48,7 +48,9 @@ def saved_peft_adapter(kind: str, config: LoraConfig, folder) -> tuple[torch.Ten
             if "lora_" in name:
                 param.copy_(torch.randn(param.shape, generator=generator) * 0.2)
     reference.eval().save_pretrained(folder)
-    adapted = sorted(n.removeprefix("base_model.model.") for n, m in reference.named_modules() if isinstance(m, LoraLayer))
+    adapted = sorted(
+        n.removeprefix("base_model.model.") for n, m in reference.named_modules() if isinstance(m, LoraLayer)
+    )
     return reference(**batch(kind)).logits.detach(), adapted
 
 
@@ -63,8 +65,13 @@ def loaded_logits(kind: str, folder) -> tuple[torch.Tensor, list[str]]:
 
 @pytest.mark.parametrize(
     "setting",
-    [{"init_lora_weights": False}, {"init_lora_weights": "gaussian"}, {"init_lora_weights": "orthogonal"},
-     {"init_lora_weights": "eva"}, {"corda_config": CordaConfig()}],
+    [
+        {"init_lora_weights": False},
+        {"init_lora_weights": "gaussian"},
+        {"init_lora_weights": "orthogonal"},
+        {"init_lora_weights": "eva"},
+        {"corda_config": CordaConfig()},
+    ],
     ids=["init_false", "init_gaussian", "init_orthogonal", "init_eva", "corda_config_without_corda_init"],
 )
 def test_settings_that_only_shape_the_saved_weights_load_like_peft(setting, tmp_path):
@@ -84,8 +91,15 @@ def test_inits_that_change_the_base_weights_are_refused_naming_the_init(init, tm
 SELECTIONS = {
     "exclude_modules": {"target_modules": ["q_proj", "v_proj"], "exclude_modules": ["model.layers.1.self_attn.q_proj"]},
     "layers_to_transform": {"target_modules": ["q_proj", "v_proj"], "layers_to_transform": [1]},
-    "layers_to_transform_with_pattern": {"target_modules": ["q_proj", "up_proj"], "layers_to_transform": 0, "layers_pattern": "layers"},
-    "exact_names_ignore_layers": {"target_modules": ["model.layers.0.self_attn.q_proj", "v_proj"], "layers_to_transform": [1]},
+    "layers_to_transform_with_pattern": {
+        "target_modules": ["q_proj", "up_proj"],
+        "layers_to_transform": 0,
+        "layers_pattern": "layers",
+    },
+    "exact_names_ignore_layers": {
+        "target_modules": ["model.layers.0.self_attn.q_proj", "v_proj"],
+        "layers_to_transform": [1],
+    },
 }
 
 

@@ -12,12 +12,12 @@ import os
 import stat
 from pathlib import Path
 
-import mlp
 import pytest
 import torch
-from folder_state import ADAPTER_FILES, files, leftovers, tree
 
 import graphpeft.io.atomic_dir as atomic_dir
+import mlp
+from folder_state import ADAPTER_FILES, files, leftovers, tree
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +76,7 @@ def test_save_replaces_adapter_files_in_a_sub_folder_it_writes_and_keeps_the_res
         old.save_pretrained(str(folder), overwrite=True)
     finally:
         old.delete_adapter("chat")
-    assert files(folder / "chat") == sorted(ADAPTER_FILES + ["notes.txt"])
+    assert files(folder / "chat") == sorted([*ADAPTER_FILES, "notes.txt"])
     assert (folder / "chat" / "notes.txt").read_text() == "chat adapter, run 3"
 
 

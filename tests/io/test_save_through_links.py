@@ -13,12 +13,12 @@ import shutil
 import uuid
 from pathlib import Path
 
-import mlp
 import pytest
 import torch
-from folder_state import ADAPTER_FILES, files, leftovers
 
 import graphpeft.io.atomic_dir as atomic_dir
+import mlp
+from folder_state import ADAPTER_FILES, files, leftovers
 
 
 @pytest.fixture(scope="module")
@@ -40,10 +40,12 @@ def linked_adapter(model, real: Path, link: Path) -> Path:
 
 
 def assert_saved_through(link: Path, real: Path, model) -> None:
-    assert link.is_symlink() and os.readlink(link) == str(real)
+    assert link.is_symlink()
+    assert os.readlink(link) == str(real)
     assert files(real) == ADAPTER_FILES
     assert_holds(link, model)
-    assert leftovers(link) == [] and leftovers(real) == []
+    assert leftovers(link) == []
+    assert leftovers(real) == []
 
 
 def test_save_through_a_symlink_writes_the_target_and_keeps_the_link(models, tmp_path):
@@ -53,7 +55,7 @@ def test_save_through_a_symlink_writes_the_target_and_keeps_the_link(models, tmp
     assert_saved_through(link, tmp_path / "real" / "adapter", new)
 
 
-@pytest.fixture()
+@pytest.fixture
 def other_filesystem(tmp_path):
     """A scratch folder on another filesystem than ``tmp_path`` (/dev/shm), removed afterwards."""
     shm = Path("/dev/shm")
@@ -93,7 +95,9 @@ def cannot_remove(*args, **kwargs):
     raise PermissionError(errno.EACCES, "Permission denied")
 
 
-def test_a_previous_folder_that_cannot_be_removed_is_reported_and_removed_by_the_next_save(models, tmp_path, monkeypatch):
+def test_a_previous_folder_that_cannot_be_removed_is_reported_and_removed_by_the_next_save(
+    models, tmp_path, monkeypatch
+):
     old, new = models
     folder = tmp_path / "adapter"
     old.save_pretrained(str(folder))
@@ -114,7 +118,7 @@ def test_a_previous_folder_left_behind_is_removed_by_the_next_load(models, tmp_p
     old.save_pretrained(str(folder))
     with monkeypatch.context() as patch:
         patch.setattr(atomic_dir, "retire", cannot_remove)
-        with pytest.warns(UserWarning):
+        with pytest.warns(UserWarning, match="the next save or load removes it"):
             new.save_pretrained(str(folder), overwrite=True)
     assert_holds(folder, new)
     assert leftovers(folder) == []

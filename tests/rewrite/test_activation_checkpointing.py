@@ -6,11 +6,11 @@ import copy
 
 import pytest
 import torch
-from models import batch, tiny_llama
 
 import graphpeft
 from graphpeft.errors import CallError
 from graphpeft.rewrite.graph_passes.activation_checkpointing import CheckpointedRegion
+from models import batch, tiny_llama
 
 
 def lora_gradients(base, checkpointing):
@@ -18,7 +18,11 @@ def lora_gradients(base, checkpointing):
     model = graphpeft.apply(copy.deepcopy(base), "lora", init="random", checkpointing=checkpointing).train()
     inputs = batch("llama")
     model(**inputs, labels=inputs["input_ids"]).loss.backward()
-    regions = [name for name, m in model.graph(**inputs, labels=inputs["input_ids"]).named_modules() if isinstance(m, CheckpointedRegion)]
+    regions = [
+        name
+        for name, m in model.graph(**inputs, labels=inputs["input_ids"]).named_modules()
+        if isinstance(m, CheckpointedRegion)
+    ]
     return {name: p.grad for name, p in model.adapter_parameters().items()}, regions
 
 
@@ -37,4 +41,3 @@ def test_checkpointed_training_gives_the_gradients_of_plain_training_with_one_re
 def test_checkpointing_must_be_a_bool():
     with pytest.raises(CallError, match="checkpointing must be True or False"):
         graphpeft.apply(tiny_llama(layers=1), "lora", checkpointing="yes")
-

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from models import batch, tiny_llama
-from shared_models import bare_model, temporary_adapters
 
 import graphpeft
 from graphpeft.errors import AdapterError
 from graphpeft.rewrite.claims import adapter_nodes
+from models import batch, tiny_llama
+from shared_models import bare_model, temporary_adapters
 
 
 def _adapted_sites(model, kind: str) -> list[str]:
@@ -17,8 +17,10 @@ def _adapted_sites(model, kind: str) -> list[str]:
     return sorted({n.meta["graphpeft.adapter_node"]["site"] for n in adapter_nodes(gm)})
 
 
-@pytest.mark.parametrize(("kind", "config"), [("llama", "houlsby"), ("gpt2", "parallel"), ("bert", "parallel"),
-                                              ("t5", "pfeiffer"), ("opt", "houlsby")])
+@pytest.mark.parametrize(
+    ("kind", "config"),
+    [("llama", "houlsby"), ("gpt2", "parallel"), ("bert", "parallel"), ("t5", "pfeiffer"), ("opt", "houlsby")],
+)
 def test_fresh_bottleneck_adapter_leaves_outputs_unchanged(kind, config):
     with temporary_adapters(bare_model(kind)) as model:
         with torch.no_grad():
@@ -48,9 +50,18 @@ def test_parallel_adapter_reads_the_feed_forward_input():
     with temporary_adapters(bare_model("llama")) as model:
         model.add_adapter("default", "parallel")
         gm = model.graph(**batch("llama"))
-    down = next(n for n in adapter_nodes(gm) if n.op == "call_function" and n.meta["graphpeft.adapter_node"]["role"] == "adapter_down")
-    gate = next(n for n in gm.graph.nodes if n.meta.get("nn_module_stack") and n.target is torch.ops.aten.linear.default
-                and list(n.meta["nn_module_stack"].values())[-1][0] == "model.layers.0.mlp.gate_proj")
+    down = next(
+        n
+        for n in adapter_nodes(gm)
+        if n.op == "call_function" and n.meta["graphpeft.adapter_node"]["role"] == "adapter_down"
+    )
+    gate = next(
+        n
+        for n in gm.graph.nodes
+        if n.meta.get("nn_module_stack")
+        and n.target is torch.ops.aten.linear.default
+        and list(n.meta["nn_module_stack"].values())[-1][0] == "model.layers.0.mlp.gate_proj"
+    )
 
     assert down.args[0] is gate.args[0]
 

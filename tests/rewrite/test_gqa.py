@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import torch
-from models import batch, tiny_llama, tiny_opt
 
 import graphpeft
 from graphpeft.rewrite.graph_passes.gqa import use_native_gqa
 from graphpeft.tracing.graph_utils import clone_graph
+from models import batch, tiny_llama, tiny_opt
 
 SDPA = torch.ops.aten.scaled_dot_product_attention.default
 
@@ -22,7 +22,8 @@ def test_llama_graphs_attend_with_enable_gqa_and_no_repeated_keys():
     model(**inputs, labels=inputs["input_ids"])
     for graph in model._graphs.values():
         nodes = attention_nodes(graph)
-        assert len(nodes) == 2 and all(node.kwargs.get("enable_gqa") for node in nodes)
+        assert len(nodes) == 2
+        assert all(node.kwargs.get("enable_gqa") for node in nodes)
         assert all(node.args[1].meta["val"].shape[1] == 2 for node in nodes)  # keys keep 2 heads
 
 
@@ -41,7 +42,7 @@ def test_rewrite_keeps_the_loss_and_adapter_gradients(monkeypatch):
     loss, grads = loss_and_grads(True)
     plain_loss, plain_grads = loss_and_grads(False)
     assert torch.allclose(loss, plain_loss, atol=1e-6)
-    for grad, plain in zip(grads, plain_grads):
+    for grad, plain in zip(grads, plain_grads, strict=True):
         assert torch.allclose(grad, plain, atol=1e-6)
 
 

@@ -1,18 +1,16 @@
-"""The fused head cross-entropy of training graphs (graphpeft.rewrite.graph_passes.head_loss): same loss and gradients as
-the unfused graph and as PEFT, and no vocabulary-sized tensor saved for backward besides the logits."""
+"""The fused head cross-entropy of training graphs (graphpeft.rewrite.graph_passes.head_loss): same loss and
+gradients as the unfused graph and as PEFT, and no vocabulary-sized tensor saved for backward besides the logits."""
 
 from __future__ import annotations
-
-import copy
 
 import pytest
 import torch
 import torch.nn.functional as F
-from models import VOCAB, batch, tiny_llama, tiny_t5
 
 import graphpeft
 from graphpeft.rewrite.graph_passes import head_loss
 from graphpeft.rewrite.graph_passes.head_loss import head_cross_entropy
+from models import VOCAB, batch, tiny_llama, tiny_t5
 
 
 def labelled(kind: str) -> dict[str, torch.Tensor]:
@@ -36,7 +34,9 @@ def lora_and_peft(builder, targets, tmp_path):
     """graphpeft and PEFT with the same base and the same (random) LoRA weights, in train mode."""
     from peft import LoraConfig, get_peft_model
 
-    peft_model = get_peft_model(without_dropout(builder()), LoraConfig(r=4, target_modules=targets, init_lora_weights=False))
+    peft_model = get_peft_model(
+        without_dropout(builder()), LoraConfig(r=4, target_modules=targets, init_lora_weights=False)
+    )
     peft_model.save_pretrained(tmp_path)
     ours = graphpeft.load(without_dropout(builder()), tmp_path, is_trainable=True)
     return ours.train(), peft_model.train()
@@ -46,7 +46,7 @@ def assert_same_adapter_grads(ours, peft_model) -> None:
     peft_grads = {name: p.grad for name, p in peft_model.named_parameters() if p.requires_grad}
     our_grads = [p.grad for p in ours.parameters() if p.requires_grad]
     assert len(our_grads) == len(peft_grads) > 0
-    for grad, (name, peft_grad) in zip(our_grads, peft_grads.items()):
+    for grad, (name, peft_grad) in zip(our_grads, peft_grads.items(), strict=True):
         assert torch.allclose(grad, peft_grad, atol=1e-6), name
 
 
@@ -155,7 +155,7 @@ def test_function_matches_autograd_in_every_input(reduction, dtype, monkeypatch)
     (loss, grads), (ref_loss, ref_grads) = run(True), run(False)
     tolerance = 1e-5 if dtype == torch.float32 else 2e-2
     assert torch.allclose(loss, ref_loss, rtol=tolerance, atol=tolerance)
-    for grad, ref in zip(grads, ref_grads):
+    for grad, ref in zip(grads, ref_grads, strict=True):
         assert grad.dtype == ref.dtype
         assert torch.allclose(grad.float(), ref.float(), rtol=tolerance, atol=tolerance)
 
@@ -166,4 +166,5 @@ def test_all_labels_ignored_gives_nan_like_pytorch():
     labels = torch.full((3,), -100)
     logits = F.linear(hidden, weight)
     fused = head_cross_entropy(hidden, weight, None, logits.detach(), labels)
-    assert torch.isnan(fused) and torch.isnan(F.cross_entropy(logits, labels))
+    assert torch.isnan(fused)
+    assert torch.isnan(F.cross_entropy(logits, labels))

@@ -6,10 +6,10 @@ import json
 
 import pytest
 import torch
-from models import BUILDERS, batch
 from peft import IA3Config, PeftModel, get_peft_model
 
 import graphpeft
+from models import BUILDERS, batch
 
 TASKS = {"llama": "CAUSAL_LM", "t5": "SEQ_2_SEQ_LM", "bert": "SEQ_CLS"}
 

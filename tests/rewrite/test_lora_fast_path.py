@@ -30,8 +30,10 @@ class Tokens(nn.Module):
 def adapted(dora: bool) -> tuple[graphpeft.GraphPeftModel, tuple[torch.Tensor, torch.Tensor]]:
     torch.manual_seed(0)
     base = Tokens()
-    example = (torch.randint(0, 10, (2, 3), generator=torch.Generator().manual_seed(1)),
-               torch.randn(2, 2, 5, 5, generator=torch.Generator().manual_seed(2)))
+    example = (
+        torch.randint(0, 10, (2, 3), generator=torch.Generator().manual_seed(1)),
+        torch.randn(2, 2, 5, 5, generator=torch.Generator().manual_seed(2)),
+    )
     options = {"r": R, "alpha": ALPHA, "init": "random", "dora": dora}
     targets = [Pattern(op="embedding", module="emb"), Pattern(op="linear", module="fc")]
     rules = [Rule("lora", "lora", targets, options)]
@@ -72,13 +74,13 @@ def check_same_values_and_gradients(dora: bool) -> None:
     model, (ids, image) = adapted(dora)
     ours = model(ids, image)
     ours_loss = sum((out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum() for out in ours)
-    ours_grads = torch.autograd.grad(ours_loss, [p for p in model.adapters.parameters()])
+    ours_grads = torch.autograd.grad(ours_loss, list(model.adapters.parameters()))
     reference = plain(model, ids, image, dora)
     ref_loss = sum((out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum() for out in reference)
-    ref_grads = torch.autograd.grad(ref_loss, [p for p in model.adapters.parameters()], allow_unused=True)
-    for got, want in zip(ours, reference):
+    ref_grads = torch.autograd.grad(ref_loss, list(model.adapters.parameters()), allow_unused=True)
+    for got, want in zip(ours, reference, strict=True):
         torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
-    for got, want in zip(ours_grads, ref_grads):
+    for got, want in zip(ours_grads, ref_grads, strict=True):
         torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
 
 

@@ -4,11 +4,11 @@ import copy
 
 import pytest
 import torch
-from models import batch, tiny_gpt2, tiny_llama, tiny_qwen3_moe
 from peft import LoraConfig, get_peft_model
 
 import graphpeft
 from graphpeft import Pattern, Rule
+from models import batch, tiny_gpt2, tiny_llama, tiny_qwen3_moe
 
 
 def ulp_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -59,7 +59,12 @@ def test_bf16_llama_logits_match_peft_with_the_same_weights(tmp_path):
 def c_attn_lora(**options) -> Rule:
     """LoRA on GPT-2's fused c_attn: the whole module, or the slices named in ``options``."""
     split = {"q": 32, "k": 32, "v": 32}
-    return Rule("c_attn", "lora", [Pattern(op="linear", module="*.attn.c_attn", split=split)], {"r": 4, "alpha": 8, "init": "random", **options})
+    return Rule(
+        "c_attn",
+        "lora",
+        [Pattern(op="linear", module="*.attn.c_attn", split=split)],
+        {"r": 4, "alpha": 8, "init": "random", **options},
+    )
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
@@ -76,7 +81,9 @@ def test_half_fused_slices_compute_in_fp32_and_round_once_like_a_module_adapter(
 
 
 EXPERTS = Rule(
-    "experts", "lora", [Pattern(param="*.experts.gate_up_proj"), Pattern(param="*.experts.down_proj")],
+    "experts",
+    "lora",
+    [Pattern(param="*.experts.gate_up_proj"), Pattern(param="*.experts.down_proj")],
     {"r": 4, "alpha": 8, "init": "random"},
 )
 

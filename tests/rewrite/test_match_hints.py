@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-from models import tiny_llama
 
 import graphpeft
 from graphpeft import Pattern, Rule
@@ -11,6 +10,7 @@ from graphpeft.errors import MatchError
 from graphpeft.rewrite.match import closest_fqns, no_match_message
 from graphpeft.rules.rule_set import ResolvedRule
 from graphpeft.runtime.model import GraphPeftModel
+from models import tiny_llama
 
 
 @pytest.fixture(scope="module")

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from models import batch, tiny_gpt2, tiny_llama
 
 import graphpeft
 from graphpeft import Pattern, Rule
 from graphpeft.errors import AdapterError, CallError
 from graphpeft.rewrite.mixed import ROWS
+from models import batch, tiny_gpt2, tiny_llama
 
 NAMES = ["a", "__base__", "b", "c", "a"]
 INPUTS = batch("llama", batch_size=len(NAMES))
@@ -19,14 +19,15 @@ INPUTS = batch("llama", batch_size=len(NAMES))
 def model():
     """LoRA r=8 on q/v, LoRA r=4 on q/k/v/o (ranks differ), IA3 with random vectors, plus the base."""
     model = graphpeft.apply(tiny_llama(), "lora", adapter_name="a", init="random")
-    model.add_adapter("b", Rule("qkvo", "lora", [Pattern(module="*.self_attn.[qkvo]_proj")], {"r": 4, "alpha": 16,
-                                                                                              "init": "random"}))
+    model.add_adapter(
+        "b", Rule("qkvo", "lora", [Pattern(module="*.self_attn.[qkvo]_proj")], {"r": 4, "alpha": 16, "init": "random"})
+    )
     model.add_adapter("c", "ia3", init="random")
     return model
 
 
 def _row_alone(model, index: int, name: str) -> torch.Tensor:
-    row = {k: v[index:index + 1] for k, v in INPUTS.items()}
+    row = {k: v[index : index + 1] for k, v in INPUTS.items()}
     if name == "__base__":
         with model.disable_adapter():
             return model(**row).logits
@@ -39,7 +40,7 @@ def test_each_row_of_a_mixed_batch_equals_that_row_run_alone_with_its_adapter(mo
     with torch.no_grad():
         mixed = model(**INPUTS, adapter_names=NAMES).logits
         for i, name in enumerate(NAMES):
-            torch.testing.assert_close(mixed[i:i + 1], _row_alone(model, i, name), atol=1e-5, rtol=0)
+            torch.testing.assert_close(mixed[i : i + 1], _row_alone(model, i, name), atol=1e-5, rtol=0)
 
 
 def test_the_mixed_graph_takes_the_row_index_as_an_input_and_gathers_once_per_site_and_method(model):

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import pytest
 import torch
-from models import batch, tiny_qwen3_moe
 
 import graphpeft
 from graphpeft import Pattern, Rule
+from models import batch, tiny_qwen3_moe
 
 EXPERTS = Rule(
-    "experts", "lora", [Pattern(param="*.experts.gate_up_proj"), Pattern(param="*.experts.down_proj")],
+    "experts",
+    "lora",
+    [Pattern(param="*.experts.gate_up_proj"), Pattern(param="*.experts.down_proj")],
     {"r": 4, "alpha": 8, "init": "random"},
 )
 SCALE = 8 / 4
@@ -31,8 +33,10 @@ def test_expert_stacks_are_grouped_mm_sites_with_one_adapter_per_expert(adapted)
     assert set(sites) == {f"model.layers.{i}.mlp.experts:grouped_mm{o}" for i in (0, 1) for o in ("", "#1")}
     gate_up = model.adapters.get_submodule("model.layers.0.mlp.experts.gate_up_proj")
     down = model.adapters.get_submodule("model.layers.0.mlp.experts.down_proj")
-    assert gate_up.lora_A["default"].shape == (4, 4, 32) and gate_up.lora_B["default"].shape == (4, 32, 4)
-    assert down.lora_A["default"].shape == (4, 4, 16) and down.lora_B["default"].shape == (4, 32, 4)
+    assert gate_up.lora_A["default"].shape == (4, 4, 32)
+    assert gate_up.lora_B["default"].shape == (4, 32, 4)
+    assert down.lora_A["default"].shape == (4, 4, 16)
+    assert down.lora_B["default"].shape == (4, 32, 4)
 
 
 def test_expert_lora_matches_hand_written_per_expert_weights(adapted):

@@ -32,8 +32,12 @@ class Block(nn.Module):
         return self.attn(x, kv, kv, need_weights=False)[0]
 
 
-IN_AND_OUT = Rule("mha", "lora", [Pattern(param="attn.in_proj_weight"), Pattern(param="attn.out_proj.weight")],
-                  {"r": R, "alpha": ALPHA})
+IN_AND_OUT = Rule(
+    "mha",
+    "lora",
+    [Pattern(param="attn.in_proj_weight"), Pattern(param="attn.out_proj.weight")],
+    {"r": R, "alpha": ALPHA},
+)
 
 
 def peft_mha(block: Block):
@@ -79,10 +83,14 @@ def test_self_attention_sites_are_in_proj_and_out_proj_with_their_own_adapters()
 def test_self_attention_in_and_out_proj_lora_match_hand_written_reference():
     block = Block()
     model = graphpeft.apply(block, IN_AND_OUT, example_inputs=(X,), init="random")
-    reference = reference_block(model, block, {
-        "attn.in_proj_weight": ("attn.in_proj_weight", slice(None)),
-        "attn.out_proj": ("attn.out_proj.weight", slice(None)),
-    })
+    reference = reference_block(
+        model,
+        block,
+        {
+            "attn.in_proj_weight": ("attn.in_proj_weight", slice(None)),
+            "attn.out_proj": ("attn.out_proj.weight", slice(None)),
+        },
+    )
     with torch.no_grad():
         torch.testing.assert_close(model(X), reference(X), atol=1e-5, rtol=0)
 
@@ -111,11 +119,15 @@ def test_cross_attention_views_of_in_proj_match_peft_multihead_attention():
 def test_cross_attention_lora_merges_through_the_split_view():
     block = Block(cross=True)
     model = graphpeft.apply(block, IN_AND_OUT, example_inputs=(X,), init="random")
-    reference = reference_block(model, block, {
-        "attn.in_proj_weight": ("attn.in_proj_weight", slice(0, E)),
-        "attn.in_proj_weight_1": ("attn.in_proj_weight", slice(E, 3 * E)),
-        "attn.out_proj": ("attn.out_proj.weight", slice(None)),
-    })
+    reference = reference_block(
+        model,
+        block,
+        {
+            "attn.in_proj_weight": ("attn.in_proj_weight", slice(0, E)),
+            "attn.in_proj_weight_1": ("attn.in_proj_weight", slice(E, 3 * E)),
+            "attn.out_proj": ("attn.out_proj.weight", slice(None)),
+        },
+    )
     with torch.no_grad():
         expected = reference(X)
         torch.testing.assert_close(model(X), expected, atol=1e-5, rtol=0)
@@ -136,7 +148,7 @@ def test_q_and_v_slices_of_in_proj_match_hand_written_reference():
     with torch.no_grad():
         delta = SCALE * b @ a  # (2E, E): q rows then v rows
         reference.attn.in_proj_weight[:E] += delta[:E]
-        reference.attn.in_proj_weight[2 * E:] += delta[E:]
+        reference.attn.in_proj_weight[2 * E :] += delta[E:]
         torch.testing.assert_close(model(X), reference(X), atol=1e-5, rtol=0)
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from models import tiny_gpt2
 from torch import nn
 
 import graphpeft
@@ -13,6 +12,7 @@ from graphpeft import Pattern, Rule
 from graphpeft.errors import MatchError, RuleError
 from graphpeft.rewrite.sites import graph_sites
 from graphpeft.runtime.model import GraphPeftModel
+from models import tiny_gpt2
 
 X = torch.randn(3, 6, generator=torch.Generator().manual_seed(0))
 
@@ -24,9 +24,9 @@ class Functional(nn.Module):
     def __init__(self):
         super().__init__()
         torch.manual_seed(0)
-        self.w_in_out = nn.Parameter(torch.randn(6, 5))     # used as x @ W: W is (in, out)
-        self.w_stored_t = nn.Parameter(torch.randn(5, 4))   # used as linear(h, W.t()): operand (out, in) = (4, 5)
-        self.stack = nn.Parameter(torch.randn(2, 4, 3))     # used as bmm(h, stack): per-group (in, out)
+        self.w_in_out = nn.Parameter(torch.randn(6, 5))  # used as x @ W: W is (in, out)
+        self.w_stored_t = nn.Parameter(torch.randn(5, 4))  # used as linear(h, W.t()): operand (out, in) = (4, 5)
+        self.stack = nn.Parameter(torch.randn(2, 4, 3))  # used as bmm(h, stack): per-group (in, out)
 
     def forward(self, x):
         h = torch.mm(x, self.w_in_out)
@@ -49,10 +49,16 @@ def test_functional_weights_are_matmul_sites_with_the_ops_orientation():
 
 def test_lora_on_functional_weights_matches_hand_written_reference():
     module = Functional()
-    model = graphpeft.apply(module, Rule("all", "lora", [Pattern(param="*")], {"r": 2, "alpha": 4, "init": "random"}),
-                            example_inputs=(X,))
-    lora = {name: (model.adapters.get_submodule(name).lora_A["default"], model.adapters.get_submodule(name).lora_B["default"])
-            for name in ("w_in_out", "w_stored_t", "stack")}
+    model = graphpeft.apply(
+        module, Rule("all", "lora", [Pattern(param="*")], {"r": 2, "alpha": 4, "init": "random"}), example_inputs=(X,)
+    )
+    lora = {
+        name: (
+            model.adapters.get_submodule(name).lora_A["default"],
+            model.adapters.get_submodule(name).lora_B["default"],
+        )
+        for name in ("w_in_out", "w_stored_t", "stack")
+    }
     with torch.no_grad():
         (a1, b1), (a2, b2), (a3, b3) = lora.values()
         h = X @ module.w_in_out + 2.0 * (X @ a1.T @ b1.T)
@@ -60,12 +66,15 @@ def test_lora_on_functional_weights_matches_hand_written_reference():
         stacked = torch.stack([h, 2 * h])
         expected = stacked @ module.stack + 2.0 * (stacked @ a3.transpose(1, 2) @ b3.transpose(1, 2))
         torch.testing.assert_close(model(X), expected, atol=1e-5, rtol=0)
-        assert a3.shape == (2, 2, 4) and b3.shape == (2, 3, 2)  # one A/B per stacked weight
+        assert a3.shape == (2, 2, 4)
+        assert b3.shape == (2, 3, 2)
 
 
 def test_merging_functional_weights_writes_through_their_views():
     module = Functional()
-    model = graphpeft.apply(module, Rule("all", "lora", [Pattern(param="*")], {"r": 3, "init": "random"}), example_inputs=(X,))
+    model = graphpeft.apply(
+        module, Rule("all", "lora", [Pattern(param="*")], {"r": 3, "init": "random"}), example_inputs=(X,)
+    )
     before = {name: p.detach().clone() for name, p in module.named_parameters()}
     with torch.no_grad():
         unmerged = model(X)
@@ -83,19 +92,21 @@ def test_param_pattern_selects_by_parameter_fqn():
 
 
 def test_param_pattern_matching_nothing_is_a_match_error():
-    with pytest.raises(MatchError, match="matches no site(.|\n)*closest parameters read by any ops: w_stored_t"):
+    with pytest.raises(MatchError, match=r"matches no site(.|\n)*closest parameters read by any ops: w_stored_t"):
         graphpeft.apply(Functional(), Rule("none", "lora", [Pattern(param="w_stored")]), example_inputs=(X,))
 
 
 def test_dora_on_a_parameter_site_names_the_fix():
     with pytest.raises(MatchError, match="set dora = false"):
-        graphpeft.apply(Functional(), Rule("d", "lora", [Pattern(param="w_in_out")], {"dora": True}), example_inputs=(X,))
+        graphpeft.apply(
+            Functional(), Rule("d", "lora", [Pattern(param="w_in_out")], {"dora": True}), example_inputs=(X,)
+        )
 
 
 def test_param_and_split_keys_round_trip_through_dicts():
     pattern = Pattern(op="grouped_mm", param=["*.gate_up_proj", "*.down_proj"], split={"gate": 1, "up": 1})
     assert Pattern.from_dict(pattern.to_dict(), "test") == pattern
-    with pytest.raises(RuleError, match="unknown pattern key 'params'.*did you mean 'param'"):
+    with pytest.raises(RuleError, match=r"unknown pattern key 'params'.*did you mean 'param'"):
         Pattern.from_dict({"params": "*.w"}, "test")
 
 

@@ -4,7 +4,6 @@ import copy
 
 import pytest
 import torch
-from models import batch, tiny_gpt2, tiny_llama
 from torch import nn
 
 import graphpeft
@@ -12,6 +11,7 @@ from graphpeft import Pattern, Rule
 from graphpeft.errors import AdapterError, CallError
 from graphpeft.rewrite.graph_passes.quantize import quantized_linear
 from graphpeft.rewrite.quantized_base import NF4_LEVELS, dequantize_weight, quantize_weight
+from models import batch, tiny_gpt2, tiny_llama
 
 # Measured on the one-layer tiny llama (|logits| <= 0.41): int8 0.0036, nf4 0.035.
 LOGIT_TOLERANCE = {"int8": 1e-2, "nf4": 1e-1}
@@ -28,10 +28,12 @@ def test_dequantized_weight_is_within_half_a_level_of_the_original(scheme):
     codes, scales = quantize_weight(weight, scheme)
     restored = dequantize_weight(codes, scales, weight.shape, scheme, torch.float32)
     if scheme == "int8":
-        assert codes.dtype == torch.int8 and codes.shape == weight.shape
+        assert codes.dtype == torch.int8
+        assert codes.shape == weight.shape
         bound = scales / 2  # (out, 1): half an int8 step per row
     else:
-        assert codes.dtype == torch.uint8 and codes.numel() == weight.numel() // 2
+        assert codes.dtype == torch.uint8
+        assert codes.numel() == weight.numel() // 2
         widest_gap = (NF4_LEVELS[1:] - NF4_LEVELS[:-1]).max()
         bound = (scales[:, None] * widest_gap / 2).expand(-1, 64).reshape(weight.shape)
     assert ((restored - weight).abs() <= bound + 1e-6).all()
@@ -101,7 +103,9 @@ def test_dora_on_a_quantized_base_is_refused(base):
 
 
 # ---------------------------------------------------------------------- GPT-2 Conv1D: weights stored (in, out)
-CONV1D = [f"transformer.h.{i}.{m}.weight" for i in (0, 1) for m in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")]
+CONV1D = [
+    f"transformer.h.{i}.{m}.weight" for i in (0, 1) for m in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
+]
 
 
 @pytest.fixture(scope="module")
@@ -149,7 +153,8 @@ def test_gpt2_quantized_logits_equal_a_reference_with_dequantized_weights(gpt2, 
 def test_report_says_which_weights_stay_in_full_precision_and_why(gpt2):
     model = graphpeft.apply(copy.deepcopy(gpt2), "lora", quantize="nf4")
     kept = dict(model.quantization.kept)
-    assert list(kept) == ["lm_head.weight"] and "output head" in kept["lm_head.weight"]
+    assert list(kept) == ["lm_head.weight"]
+    assert "output head" in kept["lm_head.weight"]
     assert str(model.quantization).startswith(f"nf4: {len(CONV1D)} base linear weights quantized")
 
 
@@ -180,7 +185,8 @@ def test_nf4_quantizes_a_weight_that_is_not_a_whole_number_of_blocks():
     assert sorted(model.quantization.weights) == ["out.weight", "proj.weight"]
     codes, scales = quantize_weight(plain.proj.weight, "nf4")
     restored = dequantize_weight(codes, scales, (5, 7), "nf4", torch.float32)
-    assert codes.numel() == 32 and scales.shape == (1,)
+    assert codes.numel() == 32
+    assert scales.shape == (1,)
     assert (restored - plain.proj.weight).abs().max() <= scales.max() * 0.2
     model.dequantize()
     assert torch.equal(model.base_model.proj.weight, restored)

@@ -8,12 +8,12 @@ import copy
 
 import pytest
 import torch
-from models import BUILDERS, VOCAB, batch
 from peft import PeftModel, PrefixTuningConfig, PromptEncoderConfig, PromptTuningConfig, get_peft_model
-from shared_models import bare_model, temporary_adapters
 
 import graphpeft
 from graphpeft.errors import AdapterError, GraphPeftError, RuleError
+from models import BUILDERS, VOCAB, batch
+from shared_models import bare_model, temporary_adapters
 
 NV = 3
 TASK = {"llama": "CAUSAL_LM", "gpt2": "CAUSAL_LM", "t5": "SEQ_2_SEQ_LM", "bert": "SEQ_CLS"}
@@ -58,7 +58,7 @@ def assert_same_outputs_as_peft_with_its_encoder(kind, method, inputs, extra=Non
         assert_same_outputs(reference(**inputs), model(**inputs))
 
 
-@pytest.mark.parametrize("kind,method", CASES)
+@pytest.mark.parametrize(("kind", "method"), CASES)
 def test_peft_adapter_loads_with_same_logits_and_loss(kind, method, tmp_path):
     _, reference = peft_model(kind, method)
     reference.save_pretrained(tmp_path)
@@ -68,7 +68,7 @@ def test_peft_adapter_loads_with_same_logits_and_loss(kind, method, tmp_path):
         assert_same_outputs(reference(**inputs), model(**inputs))
 
 
-@pytest.mark.parametrize("kind,method", CASES)
+@pytest.mark.parametrize(("kind", "method"), CASES)
 def test_peft_loads_graphpeft_directory_with_same_logits(kind, method, tmp_path):
     with temporary_adapters(bare_model(kind)) as model:
         model.add_adapter("default", method, num_virtual_tokens=NV)
@@ -82,7 +82,9 @@ def test_peft_loads_graphpeft_directory_with_same_logits(kind, method, tmp_path)
 
 
 # every method once, plus T5's 2·nv prompt rows and BERT's fully trained head
-@pytest.mark.parametrize("kind,method", [("llama", m) for m in CONFIGS] + [("t5", "prompt_tuning"), ("bert", "p_tuning")])
+@pytest.mark.parametrize(
+    ("kind", "method"), [("llama", m) for m in CONFIGS] + [("t5", "prompt_tuning"), ("bert", "p_tuning")]
+)
 def test_trainable_parameter_counts_equal_peft(kind, method):
     _, reference = peft_model(kind, method)
     with temporary_adapters(bare_model(kind)) as model:
@@ -91,10 +93,18 @@ def test_trainable_parameter_counts_equal_peft(kind, method):
 
 
 @pytest.mark.parametrize(
-    "method,extra,ours",
+    ("method", "extra", "ours"),
     [
-        ("p_tuning", {"encoder_reparameterization_type": "LSTM", "encoder_hidden_size": 8}, {"encoder": "lstm", "encoder_hidden_size": 8}),
-        ("prefix_tuning", {"prefix_projection": True, "encoder_hidden_size": 8}, {"prefix_projection": True, "encoder_hidden_size": 8}),
+        (
+            "p_tuning",
+            {"encoder_reparameterization_type": "LSTM", "encoder_hidden_size": 8},
+            {"encoder": "lstm", "encoder_hidden_size": 8},
+        ),
+        (
+            "prefix_tuning",
+            {"prefix_projection": True, "encoder_hidden_size": 8},
+            {"prefix_projection": True, "encoder_hidden_size": 8},
+        ),
     ],
 )
 def test_reparameterized_encoders_match_peft_in_training_form(method, extra, ours):

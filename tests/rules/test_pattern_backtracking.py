@@ -1,7 +1,8 @@
 """Regexes that need a backtracking engine (lookarounds, backreferences, atomic groups, possessive quantifiers,
-conditional groups) run on the ``regex`` module under a time budget (graphpeft.rules.bounded_regex): they mean what Python
-means (the tables and properties in tests/rules/test_bounded_regex.py), a catastrophic one is refused as too slow instead of
-hanging, and a PEFT adapter whose target_modules holds a lookaround loads with PEFT's logits."""
+conditional groups) run on the ``regex`` module under a time budget (graphpeft.rules.bounded_regex): they mean
+what Python means (the tables and properties in tests/rules/test_bounded_regex.py), a catastrophic one is refused
+as too slow instead of hanging, and a PEFT adapter whose target_modules holds a lookaround loads with PEFT's
+logits."""
 
 from __future__ import annotations
 
@@ -10,14 +11,14 @@ import time
 
 import pytest
 import regex as regex_module
-from models import batch, tiny_llama
 from peft import LoraConfig, get_peft_model
-from time_limits import watchdog
 
 import graphpeft
 from graphpeft.errors import LoadError, RuleError
 from graphpeft.rules import bounded_regex as patterns
 from graphpeft.rules.bounded_regex import compile_peft_key, compile_regex
+from models import batch, tiny_llama
+from time_limits import watchdog
 
 FQN = "model.layers.0.self_attn.q_proj"
 
@@ -25,9 +26,13 @@ FQN = "model.layers.0.self_attn.q_proj"
 @pytest.mark.parametrize(
     ("regex", "construct"),
     [
-        (r"^(?!.*vision).*q_proj", "a lookaround assertion"), (r".*(?<!visual)\.(q_proj|v_proj)", "a lookaround assertion"),
-        (r"(q)\1", "a backreference"), (r"(?P<a>q)(?P=a)", "a backreference"), (r"(?>q)", "an atomic group"),
-        (r"q++", "a possessive quantifier"), (r"(q)?(?(1)a|b)", "a conditional group"),
+        (r"^(?!.*vision).*q_proj", "a lookaround assertion"),
+        (r".*(?<!visual)\.(q_proj|v_proj)", "a lookaround assertion"),
+        (r"(q)\1", "a backreference"),
+        (r"(?P<a>q)(?P=a)", "a backreference"),
+        (r"(?>q)", "an atomic group"),
+        (r"q++", "a possessive quantifier"),
+        (r"(q)?(?(1)a|b)", "a conditional group"),
     ],
 )
 def test_regex_that_needs_backtracking_runs_on_the_backtracking_engine(regex, construct):
@@ -55,7 +60,10 @@ CATASTROPHIC = [
 def test_catastrophic_backtracking_regex_is_refused_as_too_slow(regex, name):
     matcher = compile_regex(regex, "target_modules", LoadError)
     started = time.process_time()
-    with watchdog(30), pytest.raises(LoadError, match=r"takes more than 0\.25 s of CPU time on name .* catastrophically"):
+    with (
+        watchdog(30),
+        pytest.raises(LoadError, match=r"takes more than 0\.25 s of CPU time on name .* catastrophically"),
+    ):
         matcher.matches(name)
     assert time.process_time() - started < 1.0
 
@@ -74,13 +82,18 @@ def test_too_slow_message_says_how_to_rewrite_the_pattern():
     assert "without a lookaround assertion (then it runs on RE2, in linear time)" in str(caught.value)
 
 
+def match_repeatedly(matcher, times: int = 500) -> None:
+    """Match ``FQN`` ``times`` times: enough for a pattern slow on every name to spend its budget."""
+    for _ in range(times):
+        matcher.matches(FQN)
+
+
 def test_pattern_slow_on_every_name_is_refused_once_its_budget_is_spent(monkeypatch):
     monkeypatch.setattr(patterns, "BACKTRACKING_BUDGET_SECONDS", 0.05)
     monkeypatch.setattr(patterns, "BACKTRACKING_REFILL_PER_SECOND", 0.0)
     matcher = compile_regex(r"(?=m)(\w|\w\w|\.)+\d", "regex", RuleError)  # milliseconds a name: under 0.25 s
     with watchdog(60), pytest.raises(RuleError, match=r"has used up its budget of 0\.05 s of CPU time"):
-        for _ in range(500):
-            matcher.matches(FQN)
+        match_repeatedly(matcher)
 
 
 def test_pattern_that_spent_its_budget_matches_again_once_the_budget_refills(monkeypatch):
@@ -88,8 +101,7 @@ def test_pattern_that_spent_its_budget_matches_again_once_the_budget_refills(mon
     monkeypatch.setattr(patterns, "BACKTRACKING_REFILL_PER_SECOND", 0.0)
     matcher = compile_regex(r"(?=m)(\w|\w\w|\.)+\d+", "regex", RuleError)
     with watchdog(60), pytest.raises(RuleError, match="has used up its"):
-        for _ in range(500):
-            matcher.matches(FQN)
+        match_repeatedly(matcher)
     monkeypatch.setattr(patterns, "BACKTRACKING_REFILL_PER_SECOND", 10.0)
     time.sleep(0.1)
     assert not matcher.matches("model.x")
@@ -124,7 +136,8 @@ def test_verbose_regex_is_refused(regex):
 def test_backtracking_regex_means_what_python_means_when_the_regex_module_defaults_to_v1(monkeypatch):
     monkeypatch.setattr(regex_module, "DEFAULT_VERSION", regex_module.V1)  # V1 reads [ab&&b] as {a, b} & {b}
     matcher = compile_regex(r"(?=.)[ab&&b]", "pattern regex", RuleError)
-    assert matcher.matches("a") and re.fullmatch(r"(?=.)[ab&&b]", "a")
+    assert matcher.matches("a")
+    assert re.fullmatch(r"(?=.)[ab&&b]", "a")
 
 
 @pytest.mark.parametrize(

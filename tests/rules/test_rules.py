@@ -1,8 +1,6 @@
 """Rule files and Rule objects: parsing, resolution, and the errors bad rules raise."""
 
 import pytest
-from models import tiny_gpt2, tiny_llama
-from toml_text import qv_lora_file
 
 import graphpeft
 from graphpeft.errors import MatchError, RuleError
@@ -10,6 +8,8 @@ from graphpeft.rules.builtin import builtin_rulesets, passes_dir
 from graphpeft.rules.pattern import Pattern
 from graphpeft.rules.rule import Rule
 from graphpeft.rules.rule_set import RuleSet
+from models import tiny_gpt2, tiny_llama
+from toml_text import qv_lora_file
 
 LLAMA_FILE = qv_lora_file(8, "alpha = 16", "dropout = 0.05", model_types=["llama"])
 
@@ -25,14 +25,21 @@ def test_builtin_rule_files_cover_the_architectures():
 
 
 def test_rule_files_ship_inside_the_package():
-    assert sorted(p.name for p in passes_dir().glob("*.toml")) == ["bert.toml", "gpt2.toml", "llama.toml", "opt.toml", "t5.toml"]
+    assert sorted(p.name for p in passes_dir().glob("*.toml")) == [
+        "bert.toml",
+        "gpt2.toml",
+        "llama.toml",
+        "opt.toml",
+        "t5.toml",
+    ]
 
 
 def test_toml_and_python_rules_are_equivalent():
     parsed = RuleSet.from_toml_text(LLAMA_FILE).rules[0]
     written = Rule("lora", "lora", ("q", "v"), {"r": 8, "alpha": 16, "dropout": 0.05})
     assert parsed == written
-    assert parsed.options["rslora"] is False and parsed.options["init"] == "default"
+    assert parsed.options["rslora"] is False
+    assert parsed.options["init"] == "default"
 
 
 def test_rule_file_path_applies_its_first_rule(tmp_path):
@@ -54,9 +61,7 @@ def test_rule_name_resolves_through_model_type_and_overrides_apply():
 def test_pattern_keys_class_layers_and_exclude_select_sites():
     pattern = Pattern(op="linear", cls="Linear", layers=(1,), exclude=("*.mlp.*",))
     model = graphpeft.apply(tiny_llama(), Rule("some", "lora", (pattern,), {"r": 2}))
-    assert set(model.adapter_specs["default"].claims) == {
-        f"model.layers.1.self_attn.{p}_proj:linear" for p in "qkvo"
-    }
+    assert set(model.adapter_specs["default"].claims) == {f"model.layers.1.self_attn.{p}_proj:linear" for p in "qkvo"}
 
 
 def test_regex_must_match_the_whole_fqn():
@@ -94,8 +99,14 @@ def test_unknown_site_name_lists_the_sites():
 
 
 def test_unknown_op_and_pattern_key_are_errors():
-    assert_edit_is_refused('op = "linear", module = "*.self_attn.q_proj"', 'op = "linaer"', r"op 'linaer' is unknown.*did you mean 'linear'")
-    assert_edit_is_refused('module = "*.self_attn.q_proj"', 'modul = "x"', r"unknown pattern key 'modul'.*did you mean 'module'")
+    assert_edit_is_refused(
+        'op = "linear", module = "*.self_attn.q_proj"',
+        'op = "linaer"',
+        r"op 'linaer' is unknown.*did you mean 'linear'",
+    )
+    assert_edit_is_refused(
+        'module = "*.self_attn.q_proj"', 'modul = "x"', r"unknown pattern key 'modul'.*did you mean 'module'"
+    )
 
 
 def test_malformed_toml_and_bad_regex_are_rule_errors():
@@ -107,14 +118,19 @@ def test_malformed_toml_and_bad_regex_are_rule_errors():
 
 def test_rule_matching_nothing_names_the_closest_fqns():
     rule = Rule("typo", "lora", (Pattern(op="linear", module="*.self_attn.q_prj"),))
-    with pytest.raises(MatchError, match=r"(?s)rule 'typo' \(<python>\) matches no site.*closest FQNs model\.layers\.\d\.self_attn\.q_proj"):
+    with pytest.raises(
+        MatchError,
+        match=r"(?s)rule 'typo' \(<python>\) matches no site.*closest FQNs model\.layers\.\d\.self_attn\.q_proj",
+    ):
         graphpeft.apply(tiny_llama(), rule)
 
 
 def test_two_rules_claiming_one_site_name_both_rules():
     first = Rule("first", "lora", (Pattern(op="linear", module="*.q_proj"),))
     second = Rule("second", "lora", (Pattern(op="linear", module="*.self_attn.*"),))
-    with pytest.raises(MatchError, match=r"rules 'first' and 'second' both claim site model\.layers\.0\.self_attn\.q_proj"):
+    with pytest.raises(
+        MatchError, match=r"rules 'first' and 'second' both claim site model\.layers\.0\.self_attn\.q_proj"
+    ):
         graphpeft.apply(tiny_llama(), [first, second])
 
 

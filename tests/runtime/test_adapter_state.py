@@ -9,10 +9,10 @@ import weakref
 
 import pytest
 import torch
-from models import VOCAB, batch, tiny_gpt2, tiny_llama
 
 import graphpeft
 from graphpeft import Pattern, Rule
+from models import VOCAB, batch, tiny_gpt2, tiny_llama
 
 INPUTS = batch("llama")
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from models import batch, tiny_llama
 
 import graphpeft
 from graphpeft import Pattern, Rule
 from graphpeft.errors import AdapterError
+from models import batch, tiny_llama
 
 INPUTS = batch("llama")
 
@@ -87,9 +87,12 @@ def test_save_pretrained_with_adapter_names_saves_only_those(tmp_path):
 @pytest.mark.parametrize("feedforward", [False, True], ids=["ia3_output", "ia3_input"])
 @pytest.mark.parametrize("order", [["lora", "ia3"], ["ia3", "lora"]], ids=["lora_first", "ia3_first"])
 def test_active_lora_and_ia3_on_one_site_compose_like_merging_them_in_order(order, feedforward):
-    model = graphpeft.apply(tiny_llama(), Rule("v", "lora", [Pattern(module="*.v_proj")], {"init": "random"}),
-                            adapter_name="lora").eval()
-    model.add_adapter("ia3", Rule("v", "ia3", [Pattern(module="*.v_proj")], {"init": "random", "feedforward": feedforward}))
+    model = graphpeft.apply(
+        tiny_llama(), Rule("v", "lora", [Pattern(module="*.v_proj")], {"init": "random"}), adapter_name="lora"
+    ).eval()
+    model.add_adapter(
+        "ia3", Rule("v", "ia3", [Pattern(module="*.v_proj")], {"init": "random", "feedforward": feedforward})
+    )
     model.add_adapter("ffn", "ia3", init="random")
     model.set_adapter([*order, "ffn"])
     composed = _logits(model)

@@ -2,9 +2,9 @@
 
 import pytest
 import torch
-from models import tiny_llama, tiny_t5
 
 import graphpeft
+from models import tiny_llama, tiny_t5
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +25,7 @@ def _reference(base, model, **inputs):
         model.unmerge()
 
 
-@pytest.mark.parametrize("batch_size,length", [(1, 1), (1, 64), (2, 3), (5, 17), (8, 64), (8, 1)])
+@pytest.mark.parametrize(("batch_size", "length"), [(1, 1), (1, 64), (2, 3), (5, 17), (8, 64), (8, 1)])
 def test_batch_sizes_and_lengths(pair, batch_size, length):
     base, model = pair
     ids = torch.randint(3, 96, (batch_size, length))
@@ -90,7 +90,7 @@ def test_flags_taken_only_through_kwargs_are_honoured(pair):
     expected = _reference(base, model, input_ids=ids, attention_mask=mask, output_hidden_states=True)
     out = model(input_ids=ids, attention_mask=mask, output_hidden_states=True)
     assert len(out.hidden_states) == len(expected.hidden_states) == base.config.num_hidden_layers + 1
-    for ours, theirs in zip(out.hidden_states, expected.hidden_states):
+    for ours, theirs in zip(out.hidden_states, expected.hidden_states, strict=True):
         assert (ours - theirs).abs().max() <= 1e-5
     as_tuple = model(input_ids=ids[:1, :4], attention_mask=mask[:1, :4], return_dict=False)
     assert isinstance(as_tuple, tuple)

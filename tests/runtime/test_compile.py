@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from models import batch, tiny_llama
 
 import graphpeft
+from models import batch, tiny_llama
 
 
 def adapted_model() -> graphpeft.GraphPeftModel:
@@ -18,7 +18,9 @@ def adapted_model() -> graphpeft.GraphPeftModel:
     return graphpeft.apply(tiny_llama(layers=1), "lora", r=4, init="random").train()
 
 
-def loss_and_grads(model: torch.nn.Module, trained: graphpeft.GraphPeftModel) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def loss_and_grads(
+    model: torch.nn.Module, trained: graphpeft.GraphPeftModel
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     inputs = batch("llama", left_pad=False)
     loss = model(**inputs, labels=inputs["input_ids"]).loss
     loss.backward()

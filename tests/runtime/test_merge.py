@@ -3,11 +3,10 @@
 import copy
 
 import pytest
-import torch
-from models import BUILDERS, batch, tiny_llama
 
 import graphpeft
 from graphpeft.rewrite.claims import adapter_nodes
+from models import BUILDERS, batch, tiny_llama
 
 
 @pytest.mark.parametrize("dora", [False, True])

@@ -3,7 +3,6 @@
 import copy
 
 import torch
-from models import batch, tiny_llama
 from peft import LoraConfig, get_peft_model
 from torch import nn
 
@@ -11,6 +10,7 @@ import graphpeft
 from graphpeft.rewrite.claims import ADAPTER_NODE
 from graphpeft.rules.pattern import Pattern
 from graphpeft.rules.rule import Rule
+from models import batch, tiny_llama
 
 
 def test_output_type_equals_the_base_models():
@@ -64,7 +64,9 @@ class TwoLayer(nn.Module):
 def test_any_module_with_example_inputs_matches_peft():
     torch.manual_seed(0)
     base = TwoLayer()
-    reference = get_peft_model(copy.deepcopy(base), LoraConfig(r=2, target_modules=["up", "down"], init_lora_weights=False))
+    reference = get_peft_model(
+        copy.deepcopy(base), LoraConfig(r=2, target_modules=["up", "down"], init_lora_weights=False)
+    )
     rule = Rule("both", "lora", (Pattern(op="linear", module="up"), Pattern(op="linear", module="down")), {"r": 2})
     model = graphpeft.apply(copy.deepcopy(base), rule, example_inputs=(torch.randn(3, 8),))
     for name, param in model.adapter_parameters().items():
@@ -77,7 +79,9 @@ def test_any_module_with_example_inputs_matches_peft():
 
 def test_embedding_lora_matches_peft(tmp_path):
     base = tiny_llama()
-    reference = get_peft_model(copy.deepcopy(base), LoraConfig(r=4, target_modules=["embed_tokens", "q_proj"], init_lora_weights=False)).eval()
+    reference = get_peft_model(
+        copy.deepcopy(base), LoraConfig(r=4, target_modules=["embed_tokens", "q_proj"], init_lora_weights=False)
+    ).eval()
     reference.save_pretrained(tmp_path)
     model = graphpeft.load(copy.deepcopy(base), tmp_path)
     assert "model.embed_tokens:embedding" in model.adapter_specs["default"].claims
@@ -98,7 +102,9 @@ class ConvNet(nn.Module):
 def test_conv2d_lora_matches_peft(tmp_path):
     torch.manual_seed(0)
     base = ConvNet()
-    reference = get_peft_model(copy.deepcopy(base), LoraConfig(r=2, target_modules=["conv"], init_lora_weights=False)).eval()
+    reference = get_peft_model(
+        copy.deepcopy(base), LoraConfig(r=2, target_modules=["conv"], init_lora_weights=False)
+    ).eval()
     reference.save_pretrained(tmp_path)
     x = torch.randn(2, 3, 8, 8)
     model = graphpeft.load(copy.deepcopy(base), tmp_path, example_inputs=(x,))

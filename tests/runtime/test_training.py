@@ -1,9 +1,9 @@
 """Training an adapted model: the loss falls, the base stays put, dropout follows train()/eval()."""
 
 import torch
-from models import batch, tiny_llama
 
 import graphpeft
+from models import batch, tiny_llama
 
 
 def test_twenty_adamw_steps_lower_the_loss_and_leave_base_weights_bit_identical():
@@ -27,7 +27,8 @@ def test_twenty_adamw_steps_lower_the_loss_and_leave_base_weights_bit_identical(
 def test_only_adapter_parameters_are_trainable():
     model = graphpeft.apply(tiny_llama(), "lora", r=4)
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
-    assert trainable and all(n.startswith("adapters.") and ".lora_" in n for n in trainable)
+    assert trainable
+    assert all(n.startswith("adapters.") and ".lora_" in n for n in trainable)
     assert all(not p.requires_grad for p in model.base_model.parameters())
 
 

@@ -7,10 +7,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from dot_reader import read_dot
-from models import tiny_llama
 
+from dot_reader import read_dot
 from graphpeft.tools.cli import load_model, main, parse_overrides
+from models import tiny_llama
 
 
 @pytest.fixture(scope="module")
@@ -36,14 +36,17 @@ def test_module_function_builds_the_model():
 def test_inspect_prints_the_dry_run_and_exits_0(llama_dir, capsys):
     assert main(["inspect", str(llama_dir), "--rules", "lora", "--set", "r=4"]) == 0
     out = capsys.readouterr().out
-    assert "q_proj linear 32→32" in out and "lora_A 4×32" in out and "Summary per method" in out
+    assert "q_proj linear 32→32" in out
+    assert "lora_A 4×32" in out
+    assert "Summary per method" in out
 
 
 def test_viz_writes_dot_that_parses(llama_dir, tmp_path, capsys):
     target = tmp_path / "graph.dot"
     assert main(["viz", str(llama_dir), "--rules", "lora", "--level", "module", "-o", str(target)]) == 0
     nodes, edges = read_dot(target.read_text())
-    assert "model.layers.0.self_attn.q_proj" in nodes and edges
+    assert "model.layers.0.self_attn.q_proj" in nodes
+    assert edges
     assert f"wrote {target}" in capsys.readouterr().out
 
 
@@ -52,12 +55,13 @@ def test_diff_prints_added_nodes_per_site_and_writes_the_html_diff(llama_dir, tm
     assert main(["diff", str(llama_dir), "--rules", "lora", "-o", str(target)]) == 0
     out = capsys.readouterr().out
     assert "rewrite diff: 12 added, 2 rewired" in out
-    assert "+ model.layers.0.self_attn.v_proj:linear" in out and "(lora_down)" in out
+    assert "+ model.layers.0.self_attn.v_proj:linear" in out
+    assert "(lora_down)" in out
     assert '"openDiff": true' in target.read_text()
 
 
 @pytest.mark.parametrize(
-    "argv, message",
+    ("argv", "message"),
     [
         (["inspect", "no/such/dir", "--rules", "lora"], "neither a directory with config.json nor module:function"),
         (["viz", "models:tiny_llama", "--rules", "lora", "-o", "graph.svg"], "name the output *.html or *.dot"),
@@ -68,13 +72,16 @@ def test_diff_prints_added_nodes_per_site_and_writes_the_html_diff(llama_dir, tm
 def test_usage_errors_exit_2_with_the_message_on_stderr(argv, message, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
-    assert message in err and "Traceback" not in err
+    assert message in err
+    assert "Traceback" not in err
 
 
 def test_graphpeft_errors_exit_1_with_the_message_only(llama_dir, capsys):
     assert main(["inspect", str(llama_dir), "--rules", "lorra"]) == 1
     err = capsys.readouterr().err
-    assert err.startswith("graphpeft inspect: ") and "did you mean 'lora'?" in err and "Traceback" not in err
+    assert err.startswith("graphpeft inspect: ")
+    assert "did you mean 'lora'?" in err
+    assert "Traceback" not in err
 
 
 def test_help_exits_0_and_missing_arguments_exit_2(capsys):
@@ -87,13 +94,23 @@ def test_help_exits_0_and_missing_arguments_exit_2(capsys):
 
 def test_overrides_parse_as_toml_values():
     assert parse_overrides(["r=16", "dropout=0.1", "init=gaussian", "dora=true"]) == {
-        "r": 16, "dropout": 0.1, "init": "gaussian", "dora": True,
+        "r": 16,
+        "dropout": 0.1,
+        "init": "gaussian",
+        "dora": True,
     }
 
 
 def test_installed_command_runs_inspect_in_a_subprocess(llama_dir):
     script = Path(sys.executable).with_name("graphpeft")
     command = [str(script)] if script.exists() else [sys.executable, "-m", "graphpeft.tools.cli"]
-    done = subprocess.run(command + ["inspect", str(llama_dir), "--rules", "lora"], capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [*command, "inspect", str(llama_dir), "--rules", "lora"],
+        capture_output=True,
+        check=False,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
-    assert "model.layers" not in done.stderr and "v_proj linear 32→16" in done.stdout
+    assert "model.layers" not in done.stderr
+    assert "v_proj linear 32→16" in done.stdout

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import pytest
-from models import tiny_bert, tiny_llama
-from shared_models import llama_with_lora
 
 import graphpeft
 from graphpeft import Pattern, Rule
 from graphpeft.runtime.explain_report import ExplainReport
+from models import tiny_bert, tiny_llama
+from shared_models import llama_with_lora
 
 Q_AND_V = [f"model.layers.{i}.self_attn.{p}_proj:linear" for i in (0, 1) for p in ("q", "v")]
 
@@ -60,30 +60,42 @@ def test_optional_rule_that_matches_nothing_is_reported_not_raised(dry):
 @pytest.fixture(scope="module")
 def troubled(base) -> ExplainReport:
     """One dry run with a typo rule and two rules that claim the same q_proj sites."""
-    return graphpeft.explain(base, [
-        Rule("typo", "lora", [Pattern(op="linear", module="*.self_attn.q_projj")]),
-        Rule("first", "lora", [Pattern(op="linear", module="*.q_proj")]),
-        Rule("second", "lora", [Pattern(op="linear", module="*.self_attn.*")]),
-    ])
+    return graphpeft.explain(
+        base,
+        [
+            Rule("typo", "lora", [Pattern(op="linear", module="*.self_attn.q_projj")]),
+            Rule("first", "lora", [Pattern(op="linear", module="*.q_proj")]),
+            Rule("second", "lora", [Pattern(op="linear", module="*.self_attn.*")]),
+        ],
+    )
 
 
 def test_required_rule_that_matches_nothing_names_the_closest_fqns(troubled):
     (miss,) = troubled.unmatched
-    assert miss.rule == "typo" and miss.required and not troubled.ok
+    assert miss.rule == "typo"
+    assert miss.required
+    assert not troubled.ok
     assert miss.closest[0] == "model.layers.0.self_attn.q_proj"
-    assert "q_projj" in miss.message and "closest FQNs" in troubled.text()
+    assert "q_projj" in miss.message
+    assert "closest FQNs" in troubled.text()
 
 
 def test_two_rules_claiming_one_site_are_reported_with_both_names(troubled):
     (problem,) = troubled.problems
-    assert "'first'" in problem and "'second'" in problem and "q_proj" in problem
+    assert "'first'" in problem
+    assert "'second'" in problem
+    assert "q_proj" in problem
 
 
 def test_text_view_shows_tree_summary_rules_and_misses(dry):
     text = dry.text(width=140)
-    assert "LlamaForCausalLM" in text and "layers.0 (LlamaDecoderLayer)" in text
-    assert "q_proj linear 32→32" in text and "lora_A 4×32" in text and "256 params" in text
-    assert "Summary per method" in text and "896" in text
+    assert "LlamaForCausalLM" in text
+    assert "layers.0 (LlamaDecoderLayer)" in text
+    assert "q_proj linear 32→32" in text
+    assert "lora_A 4×32" in text
+    assert "256 params" in text
+    assert "Summary per method" in text
+    assert "896" in text
     assert "train_head (train, optional)" in text
 
 

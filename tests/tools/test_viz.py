@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import networkx as nx
 import pytest
-from dot_reader import read_dot
-from models import tiny_llama
-from shared_models import llama_with_lora
 
 import graphpeft
+from dot_reader import read_dot
 from graphpeft.errors import UsageError
 from graphpeft.tools.graph_records import diff_of
 from graphpeft.tools.viz import to_dot, write
+from models import tiny_llama
+from shared_models import llama_with_lora
 
 Q0 = "model.layers.0.self_attn.q_proj"
 
@@ -42,7 +42,9 @@ def test_op_graph_marks_claimed_site_nodes_with_their_claims(ops):
 
 
 def test_op_graph_edges_follow_the_adapter_dataflow(ops):
-    add = next(n for n, d in ops.nodes(data=True) if d["adapter"] and d["adapter"]["role"] == "lora_add" and d["module"] == Q0)
+    add = next(
+        n for n, d in ops.nodes(data=True) if d["adapter"] and d["adapter"]["role"] == "lora_add" and d["module"] == Q0
+    )
     site = next(n for n, d in ops.nodes(data=True) if d["kind"] == "site" and d["module"] == Q0)
     assert ops.has_edge(site, add)
     assert all(not ops.nodes[user]["adapter"] for user in ops.successors(add)), "the site's old users now read lora_add"
@@ -51,7 +53,9 @@ def test_op_graph_edges_follow_the_adapter_dataflow(ops):
 
 def test_module_graph_groups_ops_by_innermost_module(modules):
     q = modules.nodes[Q0]
-    assert q["kind"] == "adapted" and q["adapters"] == ["default:lora"] and q["cls"] == "Linear"
+    assert q["kind"] == "adapted"
+    assert q["adapters"] == ["default:lora"]
+    assert q["cls"] == "Linear"
     assert q["ops"] == 2 + 6  # weight read + linear, plus the adapter nodes
     assert modules.nodes["model.layers.0.self_attn.k_proj"]["kind"] == "module"
     assert not any(d.get("target") for _, d in modules.nodes(data=True)), "no op-level nodes remain"
@@ -117,7 +121,7 @@ def test_a_bare_graph_module_is_viewed_as_it_is():
 
 
 def test_views_refuse_a_model_that_is_not_adapted():
-    with pytest.raises(UsageError, match="wrap it with graphpeft.apply"):
+    with pytest.raises(UsageError, match=r"wrap it with graphpeft\.apply"):
         graphpeft.to_networkx(tiny_llama())
     with pytest.raises(UsageError, match="level must be one of op, module"):
         graphpeft.to_networkx(llama_with_lora(), level="layer")

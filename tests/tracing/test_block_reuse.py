@@ -5,10 +5,16 @@ import copy
 
 import pytest
 import torch
-from models import VOCAB, batch, tiny_llama, tiny_qwen3_moe
 from peft import LoraConfig, get_peft_model
 from torch import nn
-from transformers import BertConfig, BertForSequenceClassification, GPT2Config, GPT2LMHeadModel, OPTConfig, OPTForCausalLM
+from transformers import (
+    BertConfig,
+    BertForSequenceClassification,
+    GPT2Config,
+    GPT2LMHeadModel,
+    OPTConfig,
+    OPTForCausalLM,
+)
 from transformers.models.llama.modeling_llama import LlamaMLP
 
 import graphpeft
@@ -16,6 +22,7 @@ from graphpeft import GraphPeftModel
 from graphpeft.rewrite.sites import graph_sites
 from graphpeft.tracing.block_reuse import ENV_SWITCH, REUSED, find_block_list
 from graphpeft.tracing.export import export_graph
+from models import VOCAB, batch, tiny_llama, tiny_qwen3_moe
 
 LAYERS = 5
 
@@ -99,8 +106,11 @@ def test_lora_on_a_deep_llama_matches_peft_in_logits_loss_and_every_layers_gradi
         for proj in ("q_proj", "v_proj"):
             for slot in ("lora_A", "lora_B"):
                 grad = model.adapters.get_parameter(f"model.layers.{layer}.self_attn.{proj}.{slot}.default").grad
-                expected = peft_params[f"base_model.model.model.layers.{layer}.self_attn.{proj}.{slot}.default.weight"].grad
-                assert grad is not None and grad.abs().sum() > 0
+                expected = peft_params[
+                    f"base_model.model.model.layers.{layer}.self_attn.{proj}.{slot}.default.weight"
+                ].grad
+                assert grad is not None
+                assert grad.abs().sum() > 0
                 assert (grad - expected).abs().max() <= 1e-5
 
 
@@ -111,21 +121,42 @@ def _gpt2():
 
 def _bert():
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=LAYERS, num_attention_heads=4,
-                        intermediate_size=64, max_position_embeddings=128, num_labels=3, pad_token_id=0)
+    config = BertConfig(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        num_hidden_layers=LAYERS,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=128,
+        num_labels=3,
+        pad_token_id=0,
+    )
     return BertForSequenceClassification(config).eval()
 
 
 def _opt():
     torch.manual_seed(0)
-    config = OPTConfig(vocab_size=VOCAB, hidden_size=32, ffn_dim=64, num_hidden_layers=LAYERS, num_attention_heads=4,
-                       max_position_embeddings=128, word_embed_proj_dim=32, pad_token_id=0)
+    config = OPTConfig(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        ffn_dim=64,
+        num_hidden_layers=LAYERS,
+        num_attention_heads=4,
+        max_position_embeddings=128,
+        word_embed_proj_dim=32,
+        pad_token_id=0,
+    )
     return OPTForCausalLM(config).eval()
 
 
-@pytest.mark.parametrize(("kind", "build", "blocks"), [
-    ("gpt2", _gpt2, "transformer.h"), ("bert", _bert, "bert.encoder.layer"), ("opt", _opt, "model.decoder.layers"),
-])
+@pytest.mark.parametrize(
+    ("kind", "build", "blocks"),
+    [
+        ("gpt2", _gpt2, "transformer.h"),
+        ("bert", _bert, "bert.encoder.layer"),
+        ("opt", _opt, "model.decoder.layers"),
+    ],
+)
 def test_other_architectures_reuse_their_blocks_with_the_eager_models_logits(kind, build, blocks):
     base = build()
     model = GraphPeftModel(base)
@@ -160,13 +191,15 @@ def test_layers_that_differ_are_exported_whole():
     model = graphpeft.apply(base, "lora", r=4)
     assert REUSED not in model._base_graph().meta
     shapes = {site.fqn: site.weight_shape for site in model.sites() if site.op == "linear"}
-    assert shapes["model.layers.3.mlp.gate_proj"] == (48, 32) and shapes["model.layers.4.mlp.gate_proj"] == (64, 32)
+    assert shapes["model.layers.3.mlp.gate_proj"] == (48, 32)
+    assert shapes["model.layers.4.mlp.gate_proj"] == (64, 32)
     with torch.no_grad():
         assert (model(**batch("llama")).logits - base(**batch("llama")).logits).abs().max() <= 1e-5
 
 
 def test_tracing_leaves_the_layer_list_and_config_as_they_were(deep_llama, runs):
-    assert deep_llama.model.layers is runs["layers"] and len(runs["layers"]) == LAYERS
+    assert deep_llama.model.layers is runs["layers"]
+    assert len(runs["layers"]) == LAYERS
     assert deep_llama.config.num_hidden_layers == LAYERS
 
 
@@ -199,12 +232,15 @@ class Stack(nn.Module):
         return tuple(outputs) if self.every_output else x
 
 
-@pytest.mark.parametrize(("flags", "reused"), [
-    ({}, True),
-    ({"scale_by_index": True}, False),  # the blocks compute with their index: block 2 is not block 1
-    ({"every_output": True}, False),  # per-block outputs leave the blocks
-    ({"needs_all_blocks": True}, False),  # the cut model does not export
-])
+@pytest.mark.parametrize(
+    ("flags", "reused"),
+    [
+        ({}, True),
+        ({"scale_by_index": True}, False),  # the blocks compute with their index: block 2 is not block 1
+        ({"every_output": True}, False),  # per-block outputs leave the blocks
+        ({"needs_all_blocks": True}, False),  # the cut model does not export
+    ],
+)
 def test_a_stack_is_stamped_only_when_the_copy_is_exact(flags, reused):
     stack = Stack(**flags)
     x = torch.randn(2, 8)
@@ -213,7 +249,7 @@ def test_a_stack_is_stamped_only_when_the_copy_is_exact(flags, reused):
     assert len(stack.blocks) == LAYERS
     with torch.no_grad():
         got, expected = graph(x), stack(x)
-    for a, b in zip(*(t if isinstance(t, tuple) else (t,) for t in (got, expected))):
+    for a, b in zip(*(t if isinstance(t, tuple) else (t,) for t in (got, expected)), strict=True):
         assert torch.equal(a, b)
 
 

@@ -10,8 +10,12 @@ import graphpeft
 
 def test_apply_on_a_7b_shaped_llama_on_the_meta_device():
     config = LlamaConfig(
-        vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
-        num_attention_heads=32, num_key_value_heads=32,
+        vocab_size=32000,
+        hidden_size=4096,
+        intermediate_size=11008,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=32,
     )
     with torch.device("meta"):
         base = LlamaForCausalLM(config)
@@ -22,4 +26,4 @@ def test_apply_on_a_7b_shaped_llama_on_the_meta_device():
     assert trainable == 32 * 2 * 16 * (4096 + 4096)
     assert total > 6_700_000_000
     assert model.adapters.get_parameter("model.layers.31.self_attn.v_proj.lora_B.default").device.type == "meta"
-    print(f"apply on 7B-shaped llama (meta): {elapsed:.1f}s")
+    print(f"apply on 7B-shaped llama (meta): {elapsed:.1f}s")  # noqa: T201 - the timing, shown under pytest -s

@@ -45,7 +45,7 @@ def block_of(node: fx.Node) -> str | None:
 def block_regions(gm: fx.GraphModule) -> list[tuple[str, list[fx.Node]]]:
     """Contiguous runs of nodes of one block, in graph order (``get_attr`` nodes neither join nor break a run)."""
     runs: list[tuple[str, list[fx.Node]]] = []
-    current = None
+    current: tuple[str, list[fx.Node]] | None = None
     for node in gm.graph.nodes:
         if node.op == "get_attr":
             continue

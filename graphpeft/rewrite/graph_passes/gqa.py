@@ -21,7 +21,7 @@ _SDPA = torch.ops.aten.scaled_dot_product_attention.default
 _NO_OP_SLICE = 2**63 - 1
 
 
-def _repeated_source(node: fx.Node) -> tuple[fx.Node, int] | None:
+def _repeated_source(node: object) -> tuple[fx.Node, int] | None:
     """``(k, n_rep)`` when ``node`` is ``k`` (B, kv, S, D) repeated along heads; else None."""
     if not (isinstance(node, fx.Node) and node.target is torch.ops.aten.reshape.default):
         return None
@@ -29,20 +29,37 @@ def _repeated_source(node: fx.Node) -> tuple[fx.Node, int] | None:
     if not (isinstance(expand, fx.Node) and expand.target is torch.ops.aten.expand.default and len(expand.users) == 1):
         return None
     unsqueeze = expand.args[0]
-    if not (isinstance(unsqueeze, fx.Node) and unsqueeze.target is torch.ops.aten.unsqueeze.default
-            and unsqueeze.args[1] == 2 and len(unsqueeze.users) == 1):
+    if not (
+        isinstance(unsqueeze, fx.Node)
+        and unsqueeze.target is torch.ops.aten.unsqueeze.default
+        and unsqueeze.args[1] == 2
+        and len(unsqueeze.users) == 1
+    ):
         return None
     sizes, merged = expand.args[1], node.args[1]
-    if len(sizes) != 5 or len(merged) != 4 or not isinstance(sizes[1], int) or not isinstance(sizes[2], int):
+    if not (isinstance(sizes, (list, tuple)) and isinstance(merged, (list, tuple))):
         return None
-    same = [merged[0] is sizes[0] or merged[0] == sizes[0], merged[1] == sizes[1] * sizes[2],
-            merged[2] is sizes[3] or merged[2] == sizes[3], merged[3] == sizes[4]]
+    if len(sizes) != 5 or len(merged) != 4:
+        return None
+    batch, kv_heads, n_rep, length, head_dim = sizes
+    if not isinstance(kv_heads, int) or not isinstance(n_rep, int):
+        return None
+    same = [
+        merged[0] is batch or merged[0] == batch,
+        merged[1] == kv_heads * n_rep,
+        merged[2] is length or merged[2] == length,
+        merged[3] == head_dim,
+    ]
     if not all(same):
         return None
     source = unsqueeze.args[0]
+    if not isinstance(source, fx.Node):
+        return None
     if source.target is torch.ops.aten.slice.Tensor and source.args[1:] == (0, 0, _NO_OP_SLICE):
-        source = source.args[0]  # repeat_kv's ``hidden[:, :, None]`` starts with a full slice of dim 0
-    return source, sizes[2]
+        sliced = source.args[0]  # repeat_kv's ``hidden[:, :, None]`` starts with a full slice of dim 0
+        assert isinstance(sliced, fx.Node)
+        source = sliced
+    return source, n_rep
 
 
 def use_native_gqa(gm: fx.GraphModule) -> int:

@@ -41,8 +41,11 @@ class _HeadCrossEntropy(torch.autograd.Function):
         if len(parts) == 1:  # the same kernel as the unfused graph, so the same value to the bit
             loss = F.cross_entropy(logits, labels, ignore_index=ignore_index, reduction=_NAMES[reduction])
         else:
-            total = sum(F.cross_entropy(logits[rows], labels[rows], ignore_index=ignore_index, reduction="sum")
-                        for rows in parts)
+            total = sum(
+                F.cross_entropy(logits[rows], labels[rows], ignore_index=ignore_index, reduction="sum")
+                for rows in parts
+            )
+            assert isinstance(total, torch.Tensor)  # two or more parts: never sum()'s start value 0
             loss = total / (labels != ignore_index).sum() if reduction == _MEAN else total
         ctx.save_for_backward(hidden, weight, bias, logits, labels)
         ctx.ignore_index, ctx.reduction = ignore_index, reduction
@@ -65,13 +68,13 @@ class _HeadCrossEntropy(torch.autograd.Function):
             grad = torch.softmax(logits[rows], dim=-1)  # d loss / d logits = (softmax - onehot) * scale
             grad.scatter_add_(1, targets[rows], minus_one[rows]).mul_(row_scale[rows])
             grad = grad.to(weight.dtype)
-            if need_hidden:
+            if grad_hidden is not None:
                 torch.mm(grad, weight, out=grad_hidden[rows])
-            if need_weight:
+            if grad_weight is not None:
                 grad_weight.addmm_(grad.t(), flat[rows])
-            if need_bias:
+            if grad_bias is not None:
                 grad_bias += grad.sum(0)
-        if need_hidden:
+        if grad_hidden is not None:
             grad_hidden = grad_hidden.view(hidden.shape)
         return grad_hidden, grad_weight, grad_bias, None, None, None, None
 
@@ -106,18 +109,30 @@ def fuse_head_loss(gm: fx.GraphModule) -> int:
         if node.op != "call_function" or node.target is not torch.ops.aten.cross_entropy_loss.default:
             continue
         logits, labels, *rest = node.args
-        options = dict(zip(("weight", "reduction", "ignore_index", "label_smoothing"), rest))
+        options = dict(zip(("weight", "reduction", "ignore_index", "label_smoothing"), rest, strict=False))
         options.update(node.kwargs)
         linear = _head_linear(logits)
-        if (linear is None or options.get("weight") is not None or options.get("label_smoothing", 0.0)
-                or options.get("reduction", _MEAN) not in (_MEAN, _SUM)):
+        if (
+            linear is None
+            or options.get("weight") is not None
+            or options.get("label_smoothing", 0.0)
+            or options.get("reduction", _MEAN) not in (_MEAN, _SUM)
+        ):
             continue
-        hidden, weight, bias = (list(linear.args) + [None])[:3]
+        hidden, weight, bias = [*linear.args, None][:3]
         with gm.graph.inserting_before(node):
             detached = gm.graph.call_function(torch.ops.aten.detach.default, (logits,))
             loss = gm.graph.call_function(
                 head_cross_entropy,
-                (hidden, weight, bias, detached, labels, options.get("ignore_index", -100), options.get("reduction", _MEAN)),
+                (
+                    hidden,
+                    weight,
+                    bias,
+                    detached,
+                    labels,
+                    options.get("ignore_index", -100),
+                    options.get("reduction", _MEAN),
+                ),
             )
         loss.meta = dict(node.meta)
         node.replace_all_uses_with(loss)

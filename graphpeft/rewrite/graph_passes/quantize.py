@@ -20,7 +20,9 @@ from ..quantized_base import WEIGHT_INDEX, WEIGHT_READS, dequantize_weight, read
 
 class _QuantizedLinear(torch.autograd.Function):
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor, bias: Any, shape: Any, scheme: str) -> torch.Tensor:
+    def forward(
+        ctx: Any, x: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor, bias: Any, shape: Any, scheme: str
+    ) -> torch.Tensor:
         ctx.save_for_backward(codes, scales)
         ctx.shape, ctx.scheme, ctx.has_bias = shape, scheme, bias is not None
         return torch.nn.functional.linear(x, dequantize_weight(codes, scales, shape, scheme, x.dtype), bias)
@@ -33,7 +35,9 @@ class _QuantizedLinear(torch.autograd.Function):
         return grad @ weight, None, None, grad_bias, None, None
 
 
-def quantized_linear(x: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor, bias: Any, shape: Any, scheme: str) -> torch.Tensor:
+def quantized_linear(
+    x: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor, bias: Any, shape: Any, scheme: str
+) -> torch.Tensor:
     """``linear(x, W, bias)`` with W (out, in) dequantized from (codes, scales) in forward and in backward."""
     return _QuantizedLinear.apply(x, codes, scales, bias, tuple(shape), scheme)
 
@@ -81,5 +85,3 @@ def _buffer(gm: fx.GraphModule, target: str, tensor: torch.Tensor) -> fx.Node:
     if not hasattr(gm, name):
         gm.register_buffer(name, tensor)
     return gm.graph.get_attr(name)
-
-

@@ -14,7 +14,7 @@ The non-linearity makes the adapter impossible to fold into a weight: it is not 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import fx, nn
@@ -22,7 +22,7 @@ from torch import fx, nn
 from ...errors import TraceError
 from ...rules.options import Option, positive
 from ...rules.registry import register_method
-from ...tracing.graph_utils import container
+from ...tracing.graph_utils import adapter_slot, container
 from ..editor import SiteEditor
 from ..sites import Site
 from .base import Method, adapter_dtype
@@ -50,28 +50,32 @@ class Bottleneck(Method):
     site_ops = ("linear",)
     mergeable = False
     wrong_op = "bottleneck adapters attach to linear sites (block outputs), not {op}"
-    options = {
+    options: ClassVar[dict[str, Option]] = {
         "reduction_factor": Option(int, 16, "bottleneck = d // reduction_factor", check=positive),
-        "bottleneck_size": Option(int, 0, "bottleneck width (0: use reduction_factor)", check=lambda v: None if v >= 0 else "must be >= 0"),
+        "bottleneck_size": Option(
+            int, 0, "bottleneck width (0: use reduction_factor)", check=lambda v: None if v >= 0 else "must be >= 0"
+        ),
         "non_linearity": Option(str, "relu", "activation between down and up", choices=tuple(ACTIVATIONS)),
         "scaling": Option((int, float), 1.0, "factor on the adapter's output"),
-        "input_of": Option(str, "", "parallel adapter: read the input of this block (a module name near the site, "
-                                    "e.g. 'mlp'); empty: sequential, read the site's own output"),
+        "input_of": Option(
+            str,
+            "",
+            "parallel adapter: read the input of this block (a module name near the site, "
+            "e.g. 'mlp'); empty: sequential, read the site's own output",
+        ),
     }
 
     def create(self, site: Site, options: dict[str, Any], model: nn.Module, store: nn.Module, adapter: str) -> None:
-        weight = model.get_parameter(site.weight)
+        weight = model.get_parameter(site.weight_fqn)
         d, width = site.out_features, bottleneck_width(site, options)
-        kwargs = {"device": weight.device, "dtype": adapter_dtype(weight)}
+        kwargs: dict[str, Any] = {"device": weight.device, "dtype": adapter_dtype(weight)}
         down, up = torch.empty(width, d, **kwargs), torch.zeros(d, width, **kwargs)
         if weight.device.type != "meta":
             nn.init.kaiming_uniform_(down, a=math.sqrt(5))
         tensors = (down, torch.zeros(width, **kwargs), up, torch.zeros(d, **kwargs))
         host = container(store, site.host)
-        for slot, tensor in zip(SLOTS, tensors):
-            if slot not in host._modules:
-                host.register_module(slot, nn.ParameterDict())
-            host._modules[slot][adapter] = nn.Parameter(tensor)
+        for name, tensor in zip(SLOTS, tensors, strict=True):
+            adapter_slot(host, name, nn.ParameterDict, create=True)[adapter] = nn.Parameter(tensor)
 
     def rewrite(self, edit: SiteEditor) -> None:
         options = edit.options
@@ -90,7 +94,7 @@ class Bottleneck(Method):
 
     def state(self, site: Site, store: nn.Module, adapter: str) -> dict[str, torch.Tensor]:
         host = container(store, site.host, create=False)
-        return {slot: host._modules[slot][adapter] for slot in SLOTS}
+        return {name: adapter_slot(host, name, nn.ParameterDict)[adapter] for name in SLOTS}
 
     def load_state(self, site: Site, store: nn.Module, adapter: str, tensors: dict[str, torch.Tensor]) -> None:
         with torch.no_grad():

@@ -22,14 +22,17 @@ if TYPE_CHECKING:
 DRY_RUN = "dry_run"
 
 
-class MetaShadow:
+class MetaShadow(nn.Module):
     """Stands in for the base model in a dry run: the parameters and submodules it hands out are meta copies."""
 
-    def __init__(self, model: nn.Module):
-        self.model = model
+    model: nn.Module
 
-    def get_parameter(self, name: str) -> torch.Tensor:
-        return _meta(self.model.get_parameter(name))
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        object.__setattr__(self, "model", model)  # not a submodule: the shadow holds none of the model's tensors
+
+    def get_parameter(self, name: str) -> nn.Parameter:
+        return _meta_parameter(self.model.get_parameter(name))
 
     def get_submodule(self, name: str) -> nn.Module:
         module = self.model.get_submodule(name)
@@ -38,11 +41,16 @@ class MetaShadow:
 
 
 def _meta(tensor: torch.Tensor) -> torch.Tensor:
-    meta = torch.empty_like(tensor, device="meta")
-    return nn.Parameter(meta, requires_grad=tensor.requires_grad) if isinstance(tensor, nn.Parameter) else meta
+    return _meta_parameter(tensor) if isinstance(tensor, nn.Parameter) else torch.empty_like(tensor, device="meta")
 
 
-def meta_state_shapes(method: Method, site: Site, options: dict[str, Any], model: nn.Module) -> dict[str, tuple[int, ...]]:
+def _meta_parameter(param: nn.Parameter) -> nn.Parameter:
+    return nn.Parameter(torch.empty_like(param, device="meta"), requires_grad=param.requires_grad)
+
+
+def meta_state_shapes(
+    method: Method, site: Site, options: dict[str, Any], model: nn.Module
+) -> dict[str, tuple[int, ...]]:
     """``suffix -> shape`` of what ``method.state`` would return after creating the adapter for ``site``."""
     store = nn.Module()
     method.create(site, options, MetaShadow(model), store, DRY_RUN)

@@ -13,14 +13,14 @@ Merging multiplies the weight's output rows (and the bias) or input columns by l
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
 from ...rules.options import Option
 from ...rules.registry import register_method
-from ...tracing.graph_utils import container
+from ...tracing.graph_utils import adapter_slot, container
 from ..editor import SiteEditor
 from ..mixed import check_mixable_site, gather_rows, row_shape
 from ..sites import Site
@@ -41,20 +41,21 @@ class IA3(Method):
     mergeable = True
     mixable = True
     wrong_op = "IA3 adapts linear sites, not {op}"
-    options = {
+    options: ClassVar[dict[str, Option]] = {
         "feedforward": Option(bool, False, "scale the site's input (PEFT's feedforward_modules) instead of its output"),
-        "init": Option(str, "ones", "initialisation: ones (identity, as PEFT) or random (normal)", choices=("ones", "random")),
+        "init": Option(
+            str, "ones", "initialisation: ones (identity, as PEFT) or random (normal)", choices=("ones", "random")
+        ),
     }
 
     def create(self, site: Site, options: dict[str, Any], model: nn.Module, store: nn.Module, adapter: str) -> None:
-        weight = model.get_parameter(site.weight)
-        vector = torch.ones(vector_shape(site, options["feedforward"]), device=weight.device, dtype=adapter_dtype(weight))
+        weight = model.get_parameter(site.weight_fqn)
+        vector = torch.ones(
+            vector_shape(site, options["feedforward"]), device=weight.device, dtype=adapter_dtype(weight)
+        )
         if options["init"] == "random" and weight.device.type != "meta":
             nn.init.normal_(vector, mean=1.0, std=0.1)
-        host = container(store, site.host)
-        if SLOT not in host._modules:
-            host.register_module(SLOT, nn.ParameterDict())
-        host._modules[SLOT][adapter] = nn.Parameter(vector)
+        adapter_slot(container(store, site.host), SLOT, nn.ParameterDict, create=True)[adapter] = nn.Parameter(vector)
 
     def rewrite(self, edit: SiteEditor) -> None:
         if edit.options["feedforward"]:
@@ -78,7 +79,9 @@ class IA3(Method):
             if feedforward:
                 edit.before()
             flats = [
-                edit.call(aten.view.default, edit.param(SLOT, adapter=order[slot]), [-1], role="ia3_flat") if claim else None
+                edit.call(aten.view.default, edit.param(SLOT, adapter=order[slot]), [-1], role="ia3_flat")
+                if claim
+                else None
                 for slot, claim in enumerate(group)
             ]
             template = next(f for f in flats if f is not None)
@@ -100,7 +103,7 @@ class IA3(Method):
 
     def _fold(self, site: Site, options: dict[str, Any], model: nn.Module, vector: torch.Tensor, invert: bool) -> None:
         """Multiply (or divide) W's output rows / input columns, and the bias for output scaling, by l."""
-        weight = model.get_parameter(site.weight)
+        weight = model.get_parameter(site.weight_fqn)
         flat = vector.detach().float().flatten()
         factor = 1.0 / flat if invert else flat
         feedforward = options["feedforward"]
@@ -115,7 +118,7 @@ class IA3(Method):
 
     # ------------------------------------------------------------------ state
     def _vector(self, site: Site, store: nn.Module, adapter: str) -> torch.Tensor:
-        return container(store, site.host, create=False)._modules[SLOT][adapter]
+        return adapter_slot(container(store, site.host, create=False), SLOT, nn.ParameterDict)[adapter]
 
     def state(self, site: Site, store: nn.Module, adapter: str) -> dict[str, torch.Tensor]:
         return {SLOT: self._vector(site, store, adapter)}

@@ -15,7 +15,7 @@ fused projections (option ``slices``) are handled in :mod:`.lora_parameter_sites
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -23,7 +23,7 @@ from torch import nn
 from ...errors import AdapterError
 from ...rules.options import Option, positive, probability
 from ...rules.registry import register_method
-from ...tracing.graph_utils import container
+from ...tracing.graph_utils import adapter_slot, container
 from ..editor import SiteEditor
 from ..mixed import check_mixable_site, row_shape
 from ..sites import PARAM_SITE_OPS, Site
@@ -47,7 +47,9 @@ def _rank_problem(site: Site, r: int) -> str | None:
     most = min(out_features, in_features)
     if r <= most:
         return None
-    return f"r={r} is larger than its {out_features}x{in_features} weight allows (rank at most {most}); choose r <= {most}"
+    return (
+        f"r={r} is larger than its {out_features}x{in_features} weight allows (rank at most {most}); choose r <= {most}"
+    )
 
 
 def _matrix_shape(site: Site) -> tuple[int, int]:
@@ -61,7 +63,7 @@ def _matrix_shape(site: Site) -> tuple[int, int]:
 def _distinct_names(value: Any) -> str | None:
     if all(isinstance(v, str) and v for v in value) and len(set(value)) == len(value):
         return None
-    return "must be a list of distinct slice names, e.g. [\"q\", \"v\"]"
+    return 'must be a list of distinct slice names, e.g. ["q", "v"]'
 
 
 class LoRA(Method):
@@ -69,7 +71,7 @@ class LoRA(Method):
     site_ops = ("linear", "embedding", "conv2d")  # plus the parameter sites (lora_parameter_sites)
     mergeable = True
     mixable = True
-    options = {
+    options: ClassVar[dict[str, Option]] = {
         "r": Option(int, 8, "rank of the update", check=positive),
         "alpha": Option((int, float), 8, "scale numerator (PEFT's lora_alpha)", check=positive),
         "dropout": Option((int, float), 0.0, "dropout on the adapter input (linear sites)", check=probability),
@@ -77,7 +79,9 @@ class LoRA(Method):
         "dora": Option(bool, False, "weight-decomposed LoRA (magnitude vector per output)"),
         "init": Option(str, "default", "initialisation", choices=("default", "gaussian", "random")),
         "slices": Option(
-            (list, tuple), (), "output slices to adapt, by name from the site's split (empty: the whole output)",
+            (list, tuple),
+            (),
+            "output slices to adapt, by name from the site's split (empty: the whole output)",
             check=_distinct_names,
         ),
     }
@@ -99,10 +103,11 @@ class LoRA(Method):
     # ------------------------------------------------------------------ parameters
     def create(self, site: Site, options: dict[str, Any], model: nn.Module, store: nn.Module, adapter: str) -> None:
         if lora_parameter_sites.handles(site, options):
-            return lora_parameter_sites.create(site, options, model, store, adapter)
-        weight = model.get_parameter(site.weight)
+            lora_parameter_sites.create(site, options, model, store, adapter)
+            return
+        weight = model.get_parameter(site.weight_fqn)
         r, init = options["r"], options["init"]
-        kwargs = {"device": weight.device, "dtype": weight.dtype}
+        kwargs: dict[str, Any] = {"device": weight.device, "dtype": weight.dtype}
         if weight.dtype in (torch.float16, torch.bfloat16):
             kwargs["dtype"] = torch.float32  # adapters train in fp32 (PEFT's autocast_adapter_dtype)
         if site.op == "conv2d":
@@ -130,7 +135,9 @@ class LoRA(Method):
         delta = (b @ a) * scale  # (out, in) / (dim, vocab)
         return delta.t() if (site.op == "embedding" or site.transposed) else delta
 
-    def _weight_norm(self, site: Site, weight: torch.Tensor, a: torch.Tensor, b: torch.Tensor, scale: float) -> torch.Tensor:
+    def _weight_norm(
+        self, site: Site, weight: torch.Tensor, a: torch.Tensor, b: torch.Tensor, scale: float
+    ) -> torch.Tensor:
         """‖W + scale·B A‖ per output row, shape (out,)."""
         with torch.no_grad():
             combined = _weight_out_in(site, weight).to(a.dtype) + scale * (b @ a)
@@ -138,12 +145,14 @@ class LoRA(Method):
 
     # ------------------------------------------------------------------ rewrite
     def rewrite(self, edit: SiteEditor) -> None:
-        site, node, options = edit.site, edit.node, edit.options
+        site, node, options = edit.site, edit.site_node, edit.options
         scale = scale_of(options)
         if site.op == "embedding":
-            return self._rewrite_embedding(edit, scale)
+            self._rewrite_embedding(edit, scale)
+            return
         if lora_parameter_sites.handles(site, options):
-            return lora_parameter_sites.rewrite(edit, scale)
+            lora_parameter_sites.rewrite(edit, scale)
+            return
         x = to_adapter_dtype(edit, edit.site_input)
         dropout = options["dropout"] if edit.training else 0.0
         x_in = edit.call(aten.dropout.default, x, float(dropout), True, role="lora_dropout") if dropout > 0 else x
@@ -186,20 +195,31 @@ class LoRA(Method):
         return edit.call(aten.linear.default, down, b, role="lora_up")
 
     def _norm_nodes(self, edit: SiteEditor, w_oi: Any, a: Any, b: Any, scale: float) -> Any:
-        lora_w = edit.call(aten.detach.default, edit.call(aten.mm.default, b, a, role="dora_lora_weight"), role="dora_lora_weight_detached")
-        combined = edit.call(aten.add.Tensor, w_oi, edit.call(aten.mul.Tensor, lora_w, scale, role="dora_lora_weight_scaled"), role="dora_combined")
+        lora_w = edit.call(
+            aten.detach.default,
+            edit.call(aten.mm.default, b, a, role="dora_lora_weight"),
+            role="dora_lora_weight_detached",
+        )
+        combined = edit.call(
+            aten.add.Tensor,
+            w_oi,
+            edit.call(aten.mul.Tensor, lora_w, scale, role="dora_lora_weight_scaled"),
+            role="dora_combined",
+        )
         norm = edit.call(aten.linalg_vector_norm.default, combined, 2, [1], role="dora_weight_norm")
         return edit.call(aten.detach.default, norm, role="dora_weight_norm_detached")
 
     def _rewrite_embedding(self, edit: SiteEditor, scale: float) -> None:
-        node, options = edit.node, edit.options
+        node, options = edit.site_node, edit.options
         ids = node.args[1]
         padding_idx = node.args[2] if len(node.args) > 2 else -1
         a, b = edit.param("lora_embedding_A"), edit.param("lora_embedding_B")
         a_t = edit.call(aten.t.default, a, role="lora_embedding_A_t")
         down = edit.call(aten.embedding.default, a_t, ids, padding_idx, role="lora_down")
         down = edit.call(aten.mul.Tensor, down, scale, role="lora_scale")  # rank-r activations, as for linear sites
-        scaled = edit.call(aten.matmul.default, down, edit.call(aten.t.default, b, role="lora_embedding_B_t"), role="lora_up")
+        scaled = edit.call(
+            aten.matmul.default, down, edit.call(aten.t.default, b, role="lora_embedding_B_t"), role="lora_up"
+        )
         if not options["dora"]:
             out = edit.call(aten.add.Tensor, edit.output, scaled, role="lora_add")
             edit.redirect(to_site_dtype(edit, out))
@@ -257,8 +277,9 @@ class LoRA(Method):
     # ------------------------------------------------------------------ merge
     def merge(self, site: Site, options: dict[str, Any], model: nn.Module, store: nn.Module, adapter: str) -> None:
         if lora_parameter_sites.handles(site, options):
-            return lora_parameter_sites.merge(site, options, model, *self._ab(site, store, adapter), scale_of(options), 1.0)
-        weight = model.get_parameter(site.weight)
+            lora_parameter_sites.merge(site, options, model, *self._ab(site, store, adapter), scale_of(options), 1.0)
+            return
+        weight = model.get_parameter(site.weight_fqn)
         a, b = self._ab(site, store, adapter)
         scale = scale_of(options)
         with torch.no_grad():
@@ -268,30 +289,37 @@ class LoRA(Method):
                 norm = self._weight_norm(site, weight.float(), a.float(), b.float(), scale)
                 factor = self._magnitude(site, store, adapter).float() / norm
                 _dora_norms(store, site)[adapter] = norm
-                merged = merged * (factor.view(1, -1) if (site.op == "embedding" or site.transposed) else factor.view(-1, 1))
+                merged = merged * (
+                    factor.view(1, -1) if (site.op == "embedding" or site.transposed) else factor.view(-1, 1)
+                )
             weight.copy_(merged.to(weight.dtype))
 
     def unmerge(self, site: Site, options: dict[str, Any], model: nn.Module, store: nn.Module, adapter: str) -> None:
         if lora_parameter_sites.handles(site, options):
-            return lora_parameter_sites.merge(site, options, model, *self._ab(site, store, adapter), scale_of(options), -1.0)
-        weight = model.get_parameter(site.weight)
+            lora_parameter_sites.merge(site, options, model, *self._ab(site, store, adapter), scale_of(options), -1.0)
+            return
+        weight = model.get_parameter(site.weight_fqn)
         a, b = self._ab(site, store, adapter)
         with torch.no_grad():
             restored = weight.float()
             if options["dora"]:
                 norm = _dora_norms(store, site).pop(adapter)
                 factor = self._magnitude(site, store, adapter).float() / norm
-                restored = restored / (factor.view(1, -1) if (site.op == "embedding" or site.transposed) else factor.view(-1, 1))
+                restored = restored / (
+                    factor.view(1, -1) if (site.op == "embedding" or site.transposed) else factor.view(-1, 1)
+                )
             restored = restored - self._delta(site, a.float(), b.float(), scale_of(options))
             weight.copy_(restored.to(weight.dtype))
 
     def _ab(self, site: Site, store: nn.Module, adapter: str) -> tuple[torch.Tensor, torch.Tensor]:
         slot_a, slot_b = slot_names(site)
         host = container(store, site.host, create=False)
-        return host._modules[slot_a][adapter], host._modules[slot_b][adapter]
+        a, b = (adapter_slot(host, name, nn.ParameterDict)[adapter] for name in (slot_a, slot_b))
+        return a, b
 
     def _magnitude(self, site: Site, store: nn.Module, adapter: str) -> torch.Tensor:
-        return container(store, site.host, create=False)._modules["lora_magnitude_vector"][adapter]
+        host = container(store, site.host, create=False)
+        return adapter_slot(host, "lora_magnitude_vector", nn.ParameterDict)[adapter]
 
     # ------------------------------------------------------------------ state
     def state(self, site: Site, store: nn.Module, adapter: str) -> dict[str, torch.Tensor]:
@@ -301,9 +329,10 @@ class LoRA(Method):
         else:
             out = {"lora_A.weight": a, "lora_B.weight": b}
         host = container(store, site.host, create=False)
-        magnitudes = host._modules.get("lora_magnitude_vector")
-        if magnitudes is not None and adapter in magnitudes:
-            out["lora_magnitude_vector"] = magnitudes[adapter]
+        if "lora_magnitude_vector" in host._modules:
+            magnitudes = adapter_slot(host, "lora_magnitude_vector", nn.ParameterDict)
+            if adapter in magnitudes:
+                out["lora_magnitude_vector"] = magnitudes[adapter]
         return out
 
     def load_state(self, site: Site, store: nn.Module, adapter: str, tensors: dict[str, torch.Tensor]) -> None:

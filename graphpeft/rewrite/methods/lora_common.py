@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ...tracing.graph_utils import container
+from ...tracing.graph_utils import adapter_slot, container
 from ..editor import SiteEditor
 from ..sites import Site
 
@@ -45,7 +45,7 @@ def to_adapter_dtype(edit: SiteEditor, x: Any, adapter: str | None = None) -> An
 def to_site_dtype(edit: SiteEditor, out: Any, adapter: str | None = None) -> Any:
     """The adapted result cast back to the site's own output dtype (PEFT adds base and update in the
     adapter's precision, then rounds once to the base dtype)."""
-    value = edit.node.meta.get("val")
+    value = edit.site_node.meta.get("val")
     if value is None or value.dtype == adapter_dtype_of(edit, adapter):
         return out
     return edit.call(aten.to.dtype, out, value.dtype, role="lora_cast_out")
@@ -72,7 +72,5 @@ def initialise(site: Site, a: torch.Tensor, b: torch.Tensor, r: int, init: str) 
 def register_slots(store: nn.Module, site: Site, adapter: str, tensors: dict[str, torch.Tensor]) -> None:
     """Put ``tensors`` into the adapter tree as ``<site.host>.<slot>.<adapter>``."""
     host = container(store, site.host)
-    for slot, tensor in tensors.items():
-        if slot not in host._modules:
-            host.register_module(slot, nn.ParameterDict())
-        host._modules[slot][adapter] = nn.Parameter(tensor)
+    for name, tensor in tensors.items():
+        adapter_slot(host, name, nn.ParameterDict, create=True)[adapter] = nn.Parameter(tensor)

@@ -52,12 +52,12 @@ def split_sizes(split: dict[str, int | float], width: int) -> list[tuple[str, in
     """Sizes of a split: given as sizes summing to ``width``, or as proportions of it."""
     values = list(split.values())
     if all(isinstance(v, int) for v in values) and sum(values) == width:
-        return list(split.items())
+        return [(name, value) for name, value in split.items() if isinstance(value, int)]
     total = sum(values)
     sizes = [(name, width * value / total) for name, value in split.items()]
     if any(abs(size - round(size)) > 1e-9 for _, size in sizes):
         raise ValueError(f"split {split} is neither sizes summing to the output width {width} nor proportions of it")
-    return [(name, int(round(size))) for name, size in sizes]
+    return [(name, round(size)) for name, size in sizes]
 
 
 def check(site: Site, options: dict[str, Any]) -> str | None:
@@ -77,7 +77,8 @@ def check(site: Site, options: dict[str, Any]) -> str | None:
         )
     for name in slices:
         if name not in split:
-            return f"slice {name!r} is not in the site's split{did_you_mean(name, split)}; its parts are {', '.join(split)}"
+            known = ", ".join(split)
+            return f"slice {name!r} is not in the site's split{did_you_mean(name, split)}; its parts are {known}"
     try:
         split_sizes(split, site.out_features)
     except ValueError as exc:
@@ -94,16 +95,16 @@ def _chosen_width(site: Site, options: dict[str, Any]) -> int:
 # ---------------------------------------------------------------------- parameters
 def create(site: Site, options: dict[str, Any], model: nn.Module, store: nn.Module, adapter: str) -> None:
     """A: (r, in) and B: (chosen out, r), with a leading experts dim for stacked weights."""
-    weight = model.get_parameter(site.weight)
+    weight = model.get_parameter(site.weight_fqn)
     r = options["r"]
-    kwargs = {"device": weight.device, "dtype": weight.dtype}
+    kwargs: dict[str, Any] = {"device": weight.device, "dtype": weight.dtype}
     if weight.dtype in (torch.float16, torch.bfloat16):
         kwargs["dtype"] = torch.float32  # adapters train in fp32, as for module sites
     lead = (site.experts,) if site.experts else ()
     a = torch.empty(*lead, r, site.in_features, **kwargs)
     b = torch.empty(*lead, _chosen_width(site, options), r, **kwargs)
     if weight.device.type != "meta":
-        for a_part, b_part in zip(a.view(-1, *a.shape[-2:]), b.view(-1, *b.shape[-2:])):
+        for a_part, b_part in zip(a.view(-1, *a.shape[-2:]), b.view(-1, *b.shape[-2:]), strict=True):
             initialise(site, a_part, b_part, r, options["init"])
     register_slots(store, site, adapter, {"lora_A": a, "lora_B": b})
 
@@ -115,7 +116,7 @@ def rewrite(edit: SiteEditor, scale: float) -> None:
     As at module sites, the update runs in the adapter's dtype (fp32 adapters on a bf16/fp16 base:
     x is cast up) and the adapted output is rounded once to the site's dtype.
     """
-    site, node, options = edit.site, edit.node, edit.options
+    site, node, options = edit.site, edit.site_node, edit.options
     x = to_adapter_dtype(edit, edit.site_input)
     dropout = options["dropout"] if edit.training else 0.0
     if dropout > 0:
@@ -126,7 +127,9 @@ def rewrite(edit: SiteEditor, scale: float) -> None:
         b_t = edit.call(aten.transpose.int, b, -2, -1, role="lora_B_t")  # (E, r, out)
         if site.op == "grouped_mm":
             offsets = node.args[2] if len(node.args) > 2 else node.kwargs["offs"]
-            grouped = _grouped_mm_for(node.target, edit.store.get_parameter(f"{site.host}.lora_A.{edit.claim.adapter}").dtype)
+            grouped = _grouped_mm_for(
+                node.target, edit.store.get_parameter(f"{site.host}.lora_A.{edit.claim.adapter}").dtype
+            )
             down = edit.call(grouped, x, a_t, offsets, role="lora_down")
             down = edit.call(aten.mul.Tensor, down, scale, role="lora_scale")
             up = edit.call(grouped, down, b_t, offsets, role="lora_up")
@@ -152,8 +155,8 @@ def _grouped_mm_for(target: Any, dtype: torch.dtype) -> Any:
     so other dtypes go through transformers' grouped-mm fallback, as transformers itself routes them."""
     if target is not aten._grouped_mm.default or dtype == torch.bfloat16:
         return target
-    # optional dependency, loaded on first use: transformers' MoE integration registers grouped_mm_fallback
-    import transformers.integrations.moe  # noqa: F401
+    # loaded on first use (not at start-up): transformers' MoE integration registers grouped_mm_fallback
+    import transformers.integrations.moe  # noqa: F401, PLC0415
 
     return torch.ops.transformers.grouped_mm_fallback.default
 
@@ -180,7 +183,7 @@ def full_b(site: Site, options: dict[str, Any], b: torch.Tensor) -> torch.Tensor
     offset = 0
     for _, start, size, chosen in slice_layout(site, options):
         if chosen:
-            full[..., start:start + size, :] = b[..., offset:offset + size, :]
+            full[..., start : start + size, :] = b[..., offset : offset + size, :]
             offset += size
     return full
 
@@ -191,9 +194,11 @@ def operand_delta(site: Site, options: dict[str, Any], a: torch.Tensor, b: torch
     return delta.transpose(-2, -1) if site.transposed else delta
 
 
-def merge(site: Site, options: dict[str, Any], model: nn.Module, a: torch.Tensor, b: torch.Tensor, scale: float, sign: float) -> None:
+def merge(
+    site: Site, options: dict[str, Any], model: nn.Module, a: torch.Tensor, b: torch.Tensor, scale: float, sign: float
+) -> None:
     """Add (``sign`` = 1) or subtract (-1) the delta into the parameter through the view chain."""
-    param = model.get_parameter(site.weight)
+    param = model.get_parameter(site.weight_fqn)
     with torch.no_grad():
         operand = replay(param, site.view)
         if not shares_storage(operand, param):

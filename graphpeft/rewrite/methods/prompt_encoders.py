@@ -17,6 +17,8 @@ from torch import nn
 class VirtualTokenModule(nn.Module):
     """Base: ``output()`` returns the virtual-token table (rows, width)."""
 
+    embedding: nn.Embedding  # the trainable rows, PEFT's name
+
     def output(self) -> torch.Tensor:
         raise NotImplementedError
 
@@ -50,7 +52,9 @@ class PromptEncoder(VirtualTokenModule):
         self.kind = kind
         self.embedding = nn.Embedding(rows, width)
         if kind == "lstm":
-            self.lstm_head = nn.LSTM(width, hidden, num_layers=layers, dropout=dropout, bidirectional=True, batch_first=True)
+            self.lstm_head = nn.LSTM(
+                width, hidden, num_layers=layers, dropout=dropout, bidirectional=True, batch_first=True
+            )
             self.mlp_head = nn.Sequential(nn.Linear(2 * hidden, 2 * hidden), nn.ReLU(), nn.Linear(2 * hidden, width))
         else:
             self.mlp_head = nn.Sequential(

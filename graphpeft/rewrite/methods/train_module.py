@@ -8,17 +8,20 @@ weights never change and ``disable_adapter()`` sees the original module.
 from __future__ import annotations
 
 import copy
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import nn
 
 from ...rules.registry import register_method
-from ...tracing.graph_utils import container
+from ...tracing.graph_utils import adapter_slot, container
 from ..editor import SiteEditor
 from ..quantized_base import dequantize_base
 from ..sites import Site
 from .base import Method
+
+if TYPE_CHECKING:
+    from ...rules.options import Option
 
 SLOT = "modules_to_save"
 
@@ -26,8 +29,8 @@ SLOT = "modules_to_save"
 class Train(Method):
     name = "train"
     site_ops = ("module",)
-    wrong_op = "the train method takes module sites: write the target as {op = \"module\", module = \"classifier\"}"
-    options: dict = {}
+    wrong_op = 'the train method takes module sites: write the target as {op = "module", module = "classifier"}'
+    options: ClassVar[dict[str, Option]] = {}
     mergeable = True
 
     def create(self, site: Site, options: dict[str, Any], model: nn.Module, store: nn.Module, adapter: str) -> None:
@@ -35,18 +38,16 @@ class Train(Method):
         dequantize_base(copied)  # a quantized base module's copy would hold zero placeholders, not its weights
         for param in copied.parameters():
             param.requires_grad_(True)
-        host = container(store, site.fqn)
-        if SLOT not in host._modules:
-            host.register_module(SLOT, nn.ModuleDict())
-        host._modules[SLOT][adapter] = copied
+        adapter_slot(container(store, site.fqn), SLOT, nn.ModuleDict, create=True)[adapter] = copied
 
     def rewrite(self, edit: SiteEditor) -> None:
         prefix = edit.site.fqn + "."
-        copied = container(edit.store, f"{edit.site.fqn}.{SLOT}", create=False)[edit.claim.adapter]
+        host = container(edit.store, edit.site.fqn, create=False)
+        copied = adapter_slot(host, SLOT, nn.ModuleDict)[edit.claim.adapter]
         for node in list(edit.gm.graph.nodes):
             if node.op != "get_attr" or not str(node.target).startswith(prefix):
                 continue
-            local = str(node.target)[len(prefix):]
+            local = str(node.target)[len(prefix) :]
             try:
                 copied.get_parameter(local)
             except AttributeError:
@@ -57,7 +58,7 @@ class Train(Method):
 
     def merge(self, site: Site, options: dict[str, Any], model: nn.Module, store: nn.Module, adapter: str) -> None:
         original = model.get_submodule(site.fqn)
-        copied = container(store, f"{site.fqn}.{SLOT}", create=False)[adapter]
+        copied = adapter_slot(container(store, site.fqn, create=False), SLOT, nn.ModuleDict)[adapter]
         backup = {k: v.detach().clone() for k, v in original.state_dict().items()}
         container(store, site.fqn).__dict__.setdefault("_train_merge_backup", {})[adapter] = backup
         with torch.no_grad():
@@ -72,7 +73,7 @@ class Train(Method):
                 original.state_dict()[name].copy_(value)
 
     def state(self, site: Site, store: nn.Module, adapter: str) -> dict[str, torch.Tensor]:
-        copied = container(store, f"{site.fqn}.{SLOT}", create=False)[adapter]
+        copied = adapter_slot(container(store, site.fqn, create=False), SLOT, nn.ModuleDict)[adapter]
         return dict(copied.named_parameters())
 
     def load_state(self, site: Site, store: nn.Module, adapter: str, tensors: dict[str, torch.Tensor]) -> None:

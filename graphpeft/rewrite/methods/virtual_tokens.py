@@ -23,6 +23,7 @@ from torch import nn
 from ...errors import RuleError
 from ...rules.options import Option, positive, probability
 from ...rules.registry import register_method
+from ...tracing.graph_utils import adapter_slot
 from ...tracing.model_facts import forward_parameters, is_encoder_decoder, prefix_geometry
 from ..editor import SiteEditor
 from ..sites import Site
@@ -46,7 +47,9 @@ def _non_negative(value: Any) -> str | None:
 
 def encoder_of(store: nn.Module, adapter: str) -> VirtualTokenModule:
     """The adapter's virtual-token module."""
-    return store._modules[SLOT][adapter]
+    module = adapter_slot(store, SLOT, nn.ModuleDict)[adapter]
+    assert isinstance(module, VirtualTokenModule)
+    return module
 
 
 class VirtualTokenMethod(Method):
@@ -65,15 +68,14 @@ class VirtualTokenMethod(Method):
         return {STATE_KEY: self.table_shape(site, options, model)}
 
     def create(self, site: Site, options: dict[str, Any], model: nn.Module, store: nn.Module, adapter: str) -> None:
-        if SLOT not in store._modules:
-            store.register_module(SLOT, nn.ModuleDict())
-        if adapter in store._modules[SLOT]:
+        modules = adapter_slot(store, SLOT, nn.ModuleDict, create=True)
+        if adapter in modules:
             return  # prefix tuning claims one site per layer; its module is made once
         device = next(model.parameters()).device
         module = self.build(site, options, model).to(device)
         for param in module.parameters():
             param.requires_grad_(True)
-        store._modules[SLOT][adapter] = module
+        modules[adapter] = module
 
     def rewrite(self, edit: SiteEditor) -> None:
         """Nothing to insert: the runtime feeds these tokens through the graph's inputs."""
@@ -87,7 +89,7 @@ class VirtualTokenMethod(Method):
         table = tensors[STATE_KEY]
         if module.reparameterized:
             fixed = PromptTable(*table.shape).to(device=table.device, dtype=table.dtype)
-            store._modules[SLOT][adapter] = module = fixed
+            adapter_slot(store, SLOT, nn.ModuleDict)[adapter] = module = fixed
         with torch.no_grad():
             module.embedding.weight.copy_(table)
 
@@ -101,7 +103,7 @@ class EmbeddingTokenMethod(VirtualTokenMethod):
     """Prompt tuning and P-tuning: rows prepended to the word embeddings, so they target the embedding site."""
 
     site_ops = ("embedding",)
-    wrong_op = "virtual tokens are prepended to the word embeddings: target the embedding site (op = \"embedding\")"
+    wrong_op = 'virtual tokens are prepended to the word embeddings: target the embedding site (op = "embedding")'
 
     def table_shape(self, site: Site, options: dict[str, Any], model: nn.Module) -> tuple[int, int]:
         return _prompt_rows(options, model), site.out_features
@@ -111,21 +113,30 @@ class PromptTuning(EmbeddingTokenMethod):
     name = "prompt_tuning"
     peft_type = "PROMPT_TUNING"
     options = virtual_token_options(
-        init=Option(str, "random", "random | sample_vocab (rows of the embedding matrix) | text", choices=("random", "sample_vocab", "text")),
+        init=Option(
+            str,
+            "random",
+            "random | sample_vocab (rows of the embedding matrix) | text",
+            choices=("random", "sample_vocab", "text"),
+        ),
         init_token_ids=Option(list, [], "init = text: token ids of the init text"),
         init_text=Option(str, "", "init = text: the text, tokenized with `tokenizer`"),
         tokenizer=Option(str, "", "init = text: a local tokenizer path for init_text (AutoTokenizer)"),
     )
 
     def check_site(self, site: Site, options: dict[str, Any]) -> str | None:
-        if options["init"] == "text" and not options["init_token_ids"] and not (options["init_text"] and options["tokenizer"]):
-            return "init = \"text\" needs init_token_ids, or init_text together with tokenizer"
+        if (
+            options["init"] == "text"
+            and not options["init_token_ids"]
+            and not (options["init_text"] and options["tokenizer"])
+        ):
+            return 'init = "text" needs init_token_ids, or init_text together with tokenizer'
         return super().check_site(site, options)
 
     def build(self, site: Site, options: dict[str, Any], model: nn.Module) -> VirtualTokenModule:
         rows, width = self.table_shape(site, options, model)
         table = PromptTable(rows, width)
-        words = model.get_parameter(site.weight).detach()
+        words = model.get_parameter(site.weight_fqn).detach()
         if options["init"] == "sample_vocab":
             ids = torch.randint(0, words.shape[0], (rows,), device=words.device)
         elif options["init"] == "text":
@@ -144,7 +155,7 @@ def _text_ids(options: dict[str, Any]) -> list[int]:
         if not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
             raise RuleError(f"prompt_tuning init_token_ids must be integers, got {ids!r}")
         return list(ids)
-    from transformers import AutoTokenizer  # optional dependency, loaded on first use: only init_text tokenizes
+    from transformers import AutoTokenizer  # noqa: PLC0415 - loaded on first use: only init_text tokenizes
 
     tokenizer = AutoTokenizer.from_pretrained(options["tokenizer"])
     return list(tokenizer(options["init_text"])["input_ids"])
@@ -168,14 +179,16 @@ class PTuning(EmbeddingTokenMethod):
     def build(self, site: Site, options: dict[str, Any], model: nn.Module) -> VirtualTokenModule:
         rows, width = self.table_shape(site, options, model)
         hidden = options["encoder_hidden_size"] or width
-        return PromptEncoder(rows, width, hidden, options["encoder"], options["encoder_num_layers"], options["encoder_dropout"])
+        return PromptEncoder(
+            rows, width, hidden, options["encoder"], options["encoder_num_layers"], options["encoder_dropout"]
+        )
 
 
 class PrefixTuning(VirtualTokenMethod):
     name = "prefix_tuning"
     peft_type = "PREFIX_TUNING"
     site_ops = ("attention",)
-    wrong_op = "prefix tuning adds keys and values to attention: target attention sites (op = \"attention\")"
+    wrong_op = 'prefix tuning adds keys and values to attention: target attention sites (op = "attention")'
     options = virtual_token_options(
         prefix_projection=Option(bool, False, "produce the prefix through an MLP (reparameterization)"),
         encoder_hidden_size=Option(int, 0, "hidden size of the projection MLP (0 = kv_heads·head_dim)", _non_negative),
@@ -185,7 +198,8 @@ class PrefixTuning(VirtualTokenMethod):
         params = forward_parameters(model)
         if "cache" not in params and "past_key_values" not in params:
             raise RuleError(
-                f"prefix_tuning feeds its keys/values through the KV cache, and {type(model).__name__}.forward takes no "
+                "prefix_tuning feeds its keys/values through the KV cache, "
+                f"and {type(model).__name__}.forward takes no "
                 "cache (PEFT cannot prefix-tune it either); use prompt_tuning or p_tuning for this model"
             )
         _, kv_heads, head_dim = prefix_geometry(model.config)
