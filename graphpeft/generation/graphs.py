@@ -2,7 +2,7 @@
 
 Both graphs are exported from the base model itself (so module FQNs, and with them
 the adapter sites, are the same as in the forward graphs) and rewritten with
-``GraphPeftModel._rewrite`` using the same adapters and parameters:
+the same pipeline (:func:`graphpeft.rewrite.pipeline.adapt_graph`), adapters and parameters:
 
 - *prefill* runs the prompt and returns the last position's logits and the cache;
 - *decode* takes one new token per row plus the cache and returns the grown cache,
@@ -25,10 +25,10 @@ from torch import fx
 from torch.export import Dim
 
 from ..errors import CallError
-from ..rewrite.graph_passes.gqa import use_native_gqa
+from ..rewrite.pipeline import GraphSettings, adapt_graph, prepare_export
 from ..tracing.example_inputs import EXAMPLE_BATCH, EXAMPLE_DECODER_SEQ, EXAMPLE_SEQ, max_positions
 from ..tracing.export import export_graph
-from ..tracing.graph_utils import RUNTIME_CHECKS, clone_graph, drop_checks
+from ..tracing.graph_utils import clone_graph
 from ..tracing.kv_cache import GraphCache, GraphEncoderDecoderCache
 from ..tracing.model_facts import forward_parameters
 from ..tracing.signature import Signature
@@ -86,30 +86,19 @@ def generation_signature(phase: str, device: str) -> Signature:
     return Signature((("graphpeft.generate", phase),), False, device)
 
 
-def build_generation_graphs(
-    model: GraphPeftModel,
-    adapters: tuple[str, ...],
-    rewrite: Callable[[fx.GraphModule, str], None] | None = None,
-) -> GenerationGraphs:
-    """Copies of the base model's prefill and decode exports with ``adapters`` placed on both.
-
-    ``rewrite(gm, phase)`` replaces the default placement (``model._rewrite``; an encoder-decoder's
-    decode graph skips the sites it never computes: the encoder and the cross-attention key/value
-    projections, whose results sit in the cache).
-    """
+def build_generation_graphs(model: GraphPeftModel, adapters: tuple[str, ...], mixed: bool = False) -> GenerationGraphs:
+    """Copies of the base model's prefill and decode exports with ``adapters`` placed on both (stacked for
+    mixed-adapter batches when ``mixed``; see :mod:`graphpeft.rewrite.pipeline`)."""
     base = model.base_model
     check_generative(base)
     layout = _describe(base, None, None)
     graphs = []
     for phase, export in zip(PHASES, base_generation_graphs(model, layout), strict=True):
-        gm = clone_graph(export)
-        if rewrite is not None:
-            rewrite(gm, phase)
-        elif adapters:
-            skip = phase == "decode" and layout.encoder_decoder
-            model._rewrite(gm, adapters, training=False, skip_missing=skip)
-        drop_checks(gm, RUNTIME_CHECKS)  # generate() guarantees ids, masks and cache lengths by construction
-        graphs.append(gm)
+        # an encoder-decoder's decode step computes neither the encoder nor the cross-attention key/value
+        # projections (their results sit in the cache), so those sites are absent there
+        skip = phase == "decode" and layout.encoder_decoder
+        settings = GraphSettings(False, skip_missing=skip, mixed=mixed, drop_runtime_checks=True)
+        graphs.append(adapt_graph(clone_graph(export), model.adapter_claims(adapters), base, model.adapters, settings))
     return _describe(base, *graphs)
 
 
@@ -130,7 +119,7 @@ def base_generation_graphs(model: GraphPeftModel, layout: GenerationGraphs) -> t
         example, shapes = _decode_example(base, layout, example, out)
         decode = export_graph(base, (), example, shapes, training=False, runtime_asserts=True)
         for graph in (prefill, decode):
-            use_native_gqa(graph)
+            prepare_export(graph, drop_dtype_checks=False)
         model._base_graphs[keys[0]], model._base_graphs[keys[1]] = prefill, decode
     return model._base_graphs[keys[0]], model._base_graphs[keys[1]]
 

@@ -13,9 +13,8 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import torch
-from torch import fx
 
-from ..rewrite.mixed import ROWS, mixed_rows, rewrite_mixed
+from ..rewrite.mixed import ROWS, mixed_rows
 from .graphs import GenerationGraphs, build_generation_graphs, cached_generation_graphs
 
 if TYPE_CHECKING:
@@ -32,13 +31,4 @@ def mixed_generation(
 
 def mixed_generation_graphs(model: GraphPeftModel, order: tuple[str, ...]) -> GenerationGraphs:
     """Prefill and decode graphs carrying the stacked adapters ``order`` (built once per order)."""
-    encoder_decoder = bool(getattr(model.base_model.config, "is_encoder_decoder", False))
-
-    def place(gm: fx.GraphModule, phase: str) -> None:
-        # An encoder-decoder's decode step computes neither the encoder nor the cross-attention
-        # key/value projections (their results are in the cache), so those sites are absent there.
-        rewrite_mixed(model, gm, order, training=False, skip_missing=phase == "decode" and encoder_decoder)
-
-    return cached_generation_graphs(
-        model, ("mixed", *order), lambda: build_generation_graphs(model, order, rewrite=place)
-    )
+    return cached_generation_graphs(model, ("mixed", *order), lambda: build_generation_graphs(model, order, mixed=True))

@@ -16,12 +16,12 @@ a call runs) is :mod:`graphpeft.runtime.mixed_batches`; generation's is
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import torch
 import torch.utils._pytree as pytree
-from torch import fx
+from torch import fx, nn
 from torch.fx.graph import _PyTreeCodeGen
 
 from ..errors import AdapterError, CallError, TraceError, did_you_mean
@@ -30,7 +30,7 @@ from .adapter_names import BASE
 from .claims import Claim
 from .editor import SiteEditor
 from .materialize import finish
-from .sites import graph_sites
+from .sites import Site, graph_sites
 
 if TYPE_CHECKING:
     from ..runtime.model import GraphPeftModel
@@ -95,16 +95,22 @@ def add_rows_input(gm: fx.GraphModule) -> fx.Node:
 
 
 def rewrite_mixed(
-    model: GraphPeftModel, gm: fx.GraphModule, order: tuple[str, ...], training: bool, skip_missing: bool = False
+    gm: fx.GraphModule,
+    adapters: Sequence[tuple[str, Mapping[str, tuple[Site, Claim]]]],
+    store: nn.Module,
+    training: bool,
+    skip_missing: bool = False,
 ) -> None:
-    """Place the stacked adapters ``order`` (+ the base slot) on every site any of them claims.
+    """Place the stacked ``adapters`` (name, claims; one slot each, in this order, + the base slot) on every
+    site any of them claims.
 
     ``skip_missing`` leaves out claimed sites that ``gm`` never computes (an encoder-decoder's decode step)."""
     rows = add_rows_input(gm)
+    order = tuple(name for name, _ in adapters)
     located = {s.key: (s, n) for s, n in graph_sites(gm)}
     wanted: dict[str, dict[str, list[Claim | None]]] = {}
-    for slot, name in enumerate(order):
-        for key, (_, claim) in model.adapter_specs[name].claims.items():
+    for slot, (_, adapter_claims) in enumerate(adapters):
+        for key, (_, claim) in adapter_claims.items():
             per_method = wanted.setdefault(key, {})
             claims = per_method.setdefault(claim.method, [None] * (len(order) + 1))
             claims[slot] = claim
@@ -125,7 +131,7 @@ def rewrite_mixed(
         for method_name, claims in per_method.items():
             method = get_method(method_name)
             label = Claim("mixed", "+".join(c.rule for c in claims if c), method_name, {})
-            edit = SiteEditor(gm, node, site, label, model.adapters, training, output, inner)
+            edit = SiteEditor(gm, node, site, label, store, training, output, inner)
             method.rewrite_mixed(edit, claims, order, rows)
             output, inner = edit.output, inner | edit.created
     finish(gm)

@@ -14,18 +14,12 @@ from typing import Any
 import torch
 from torch import fx, nn
 
-from ..errors import CallError, TraceError
-from ..rewrite.claims import Claim
-from ..rewrite.graph_passes.activation_checkpointing import checkpoint_blocks
-from ..rewrite.graph_passes.gqa import use_native_gqa
-from ..rewrite.graph_passes.head_loss import fuse_head_loss
-from ..rewrite.graph_passes.quantize import quantize_graph
-from ..rewrite.materialize import annotate, materialize
+from ..errors import CallError
+from ..rewrite.pipeline import AdapterClaims, GraphSettings, adapt_graph, prepare_export
 from ..rewrite.sites import Site, graph_sites, module_sites
-from ..rules.registry import get_method
 from ..tracing.example_inputs import example_inputs
 from ..tracing.export import export_graph
-from ..tracing.graph_utils import clone_graph, drop_checks
+from ..tracing.graph_utils import clone_graph
 from ..tracing.signature import fits, signature_of
 from .call_inputs import canonical_kwargs
 from .model_state import ModelState
@@ -71,14 +65,20 @@ class GraphDispatch(ModelState):
         key = (signature, adapters)
         graph = self._graphs.get(key)
         if graph is None:
-            graph = clone_graph(self._traced(signature, kwargs))
-            self._rewrite(graph, adapters, signature.training)
-            if self.quantization:
-                quantize_graph(graph, self.base_model)
-            if signature.training:
-                fuse_head_loss(graph)
-            if self.checkpointing and signature.training:
-                checkpoint_blocks(graph)
+            training = signature.training
+            settings = GraphSettings(
+                training,
+                quantized=bool(self.quantization),
+                fuse_head_loss=training,
+                checkpointing=self.checkpointing and training,
+            )
+            graph = adapt_graph(
+                clone_graph(self._traced(signature, kwargs)),
+                self.adapter_claims(adapters),
+                self.base_model,
+                self.adapters,
+                settings,
+            )
             self._graphs[key] = graph
         return graph
 
@@ -107,8 +107,7 @@ class GraphDispatch(ModelState):
             graph = export_graph(
                 self.base_model, (), example, shapes, signature.training, reuse_blocks=self.reuse_blocks
             )
-            drop_checks(graph)
-            use_native_gqa(graph)
+            prepare_export(graph)
             self._base_graphs[signature] = graph
         return graph
 
@@ -121,32 +120,9 @@ class GraphDispatch(ModelState):
         static = not self._transformers and self._dynamic_shapes is None
         return self._traced(signature_of(self.base_model, kwargs, self.training, static), kwargs)
 
-    def _rewrite(
-        self, gm: fx.GraphModule, adapters: tuple[str, ...], training: bool, skip_missing: bool = False
-    ) -> None:
-        """Place ``adapters`` on ``gm``. ``skip_missing`` leaves out claimed sites that ``gm`` never
-        computes (an encoder-decoder's decode step runs neither the encoder nor the cross-attention
-        key/value projections); otherwise a missing site is an error."""
-        located: dict[str, tuple[Site, fx.Node | None]] = {s.key: (s, n) for s, n in graph_sites(gm)}
-        located.update({s.key: (s, None) for s in module_sites(self.base_model)})
-        plan = []
-        wanted: dict[str, list[Claim]] = {}
-        for name in adapters:
-            for key, (_, claim) in self._spec(name).claims.items():
-                if not get_method(claim.method).virtual_tokens:  # they enter through the inputs instead
-                    wanted.setdefault(key, []).append(claim)
-        for key, claims in wanted.items():
-            if key not in located:
-                if skip_missing:
-                    continue
-                raise TraceError(
-                    f"site {key} (claimed by rule {claims[0].rule!r}) is not in the graph traced for this call; "
-                    "the model's graph changes with these inputs, so the adapter cannot be placed"
-                )
-            site, node = located[key]
-            plan.append((site, node, claims))
-        annotate(plan)
-        materialize(gm, plan, self.adapters, training)
+    def adapter_claims(self, adapters: tuple[str, ...]) -> list[tuple[str, AdapterClaims]]:
+        """``(name, claims)`` of each of ``adapters``, as :func:`graphpeft.rewrite.pipeline.adapt_graph` takes them."""
+        return [(name, self._spec(name).claims) for name in adapters]
 
     def _apply(self, fn: Any, recurse: bool = True) -> Any:
         # Graphs bake devices and dtypes into some ops (arange(..., device=cpu)); retrace after .to().

@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ..rewrite.mixed import ROWS, mixed_rows, rewrite_mixed
+from ..rewrite.mixed import ROWS, mixed_rows
+from ..rewrite.pipeline import GraphSettings, adapt_graph
 from ..tracing.graph_utils import clone_graph
 
 if TYPE_CHECKING:
@@ -23,8 +24,14 @@ def mixed_call(model: GraphPeftModel, kwargs: dict[str, Any], adapter_names: Seq
     key = (signature, ("mixed", *order))
     graph = model._graphs.get(key)
     if graph is None:
-        graph = clone_graph(model._traced(signature, kwargs))
-        rewrite_mixed(model, graph, order, signature.training)
+        settings = GraphSettings(signature.training, mixed=True)
+        graph = adapt_graph(
+            clone_graph(model._traced(signature, kwargs)),
+            model.adapter_claims(order),
+            model.base_model,
+            model.adapters,
+            settings,
+        )
         model._graphs[key] = graph
     return graph(**kwargs, **{ROWS: rows})
 

@@ -12,6 +12,7 @@ from torch import fx, nn
 
 from ..errors import UsageError
 from ..rewrite.claims import ADAPTER_NODE, CLAIMS
+from ..rewrite.pipeline import GraphSettings, adapt_graph
 from ..runtime.model import GraphPeftModel
 from ..tracing.graph_utils import clone_graph
 
@@ -23,9 +24,13 @@ def graphs_of(obj: Any) -> tuple[fx.GraphModule, fx.GraphModule | None]:
     if isinstance(obj, GraphPeftModel):
         base = obj._base_graph()
         rewritten = clone_graph(base)  # shares the base's tensors
-        adapters = obj._graph_adapters()
-        if adapters:
-            obj._rewrite(rewritten, adapters, obj.training)
+        adapt_graph(
+            rewritten,
+            obj.adapter_claims(obj._graph_adapters()),
+            obj.base_model,
+            obj.adapters,
+            GraphSettings(obj.training),
+        )
         return rewritten, base
     if isinstance(obj, fx.GraphModule):
         return obj, None

@@ -33,7 +33,7 @@ def test_rewrite_keeps_the_loss_and_adapter_gradients(monkeypatch):
 
     def loss_and_grads(native: bool):
         if not native:
-            monkeypatch.setattr("graphpeft.runtime.graph_dispatch.use_native_gqa", lambda gm: 0)
+            monkeypatch.setattr("graphpeft.rewrite.pipeline.use_native_gqa", lambda gm: 0)
         model = graphpeft.apply(tiny_llama(), "lora", r=4, init="random").train()
         loss = model(**inputs, labels=inputs["input_ids"]).loss
         loss.backward()
